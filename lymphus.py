@@ -1,0 +1,887 @@
+"""LymphUs: cervical lymph node ultrasound images of patients with papillary thyroid carcinoma.
+
+A `datasets` builder for the two official archives (`Center-1.zip`, `Center-2.zip`), plus the
+commands that turn them into a Parquet export with a dataset card, push it to the Hub, and write
+synthetic archives in the identical format for tests and offline demos:
+
+    python lymphus.py synth --output_dir archives/                     # synthetic Center-1/2.zip
+    python lymphus.py export --data_dir archives/ --output_dir lymphus-export \
+        --verification_mode basic_checks                               # synthetic: checksums differ
+    python lymphus.py push lymphus-export --repo_id you/lymphus --private
+
+    >>> import datasets
+    >>> datasets.load_dataset("lymphus-export", "center1")             # or the Hub id after `push`
+
+The builder class is instantiated directly (datasets >= 4 has no loading scripts):
+
+    >>> builder = LymphUs(config_name="center1", data_dir="archives/")
+    >>> builder.download_and_prepare()   # refuses archives whose SHA-256 is not the official one
+    >>> dataset = builder.as_dataset()
+"""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import datasets
+import numpy as np
+from datasets.exceptions import DatasetGenerationError, NonMatchingChecksumError
+from datasets.utils.info_utils import VerificationMode
+from PIL import Image
+
+
+logger = logging.getLogger(__name__)
+
+_CITATION = """\
+@article{mohammadi2026lymphus,
+  title   = {LymphUs: A multicenter open-access database of lymph node ultrasound images in patients with papillary thyroid carcinoma for clinical and artificial intelligence research},
+  author  = {Mohammadi, Afshin and Mohebbi, Alisa and Mirza-Aghazadeh-Attari, Mohammad and Mohammadzadeh, Sara and Acharya, U. Rajendra and Tan, Ru-San and others},
+  journal = {Data in Brief},
+  pages   = {112694},
+  year    = {2026},
+  doi     = {10.1016/j.dib.2026.112694}
+}
+@article{abbasianardakani2023metastatic,
+  title   = {Diagnosis of Metastatic Lymph Nodes in Patients With Papillary Thyroid Cancer: A Comparative Multi-Center Study of Semantic Features and Deep Learning-Based Models},
+  author  = {Abbasian Ardakani, Ali and Mohammadi, Afshin and Mirza-Aghazadeh-Attari, Mohammad and Faeghi, Fariborz and Vogl, Thomas J. and Acharya, U. Rajendra},
+  journal = {Journal of Ultrasound in Medicine},
+  volume  = {42},
+  number  = {6},
+  pages   = {1211--1221},
+  year    = {2023},
+  doi     = {10.1002/jum.16131}
+}
+"""
+
+_DESCRIPTION = """\
+LymphUs is a public two-centre database of cervical lymph node B-mode ultrasound images from 338
+patients with papillary thyroid carcinoma (centre 1: 99 benign + 81 malignant; centre 2: 76 benign
++ 82 malignant). Each case has one grayscale image, an expert segmentation mask of the node, the
+pathology label (benign or malignant = metastatic) and radiologists' semantic features.
+"""
+
+_HOMEPAGE = "https://qamebi.com/cervical-lymph-node/"
+
+# The landing page says the data are freely accessible for research and asks users to cite both
+# papers; it states no licence for the images. The data article itself is CC BY 4.0.
+_LICENSE = "other"
+_LICENSE_NAME = "lymphus-research-use"
+_LICENSE_DETAILS = (
+    "The landing page states that the data are freely accessible for research and asks users to cite "
+    "the data article and the study; it states no licence for the images themselves. The data article "
+    "(Data in Brief, 2026) is published under CC BY 4.0."
+)
+
+_URLS = {
+    "center1": "https://qamebi.com/wp-content/uploads/2026/03/Center-1.zip",
+    "center2": "https://qamebi.com/wp-content/uploads/2026/03/Center-2.zip",
+}
+
+# SHA-256 and size of the official archives and spreadsheets (the publisher gives none: these come
+# from a published audit of the real files, see reference/official_cases.csv for every member).
+_ARCHIVES = {
+    "center1": {
+        "file": "Center-1.zip",
+        "folder": "Center 1",
+        "bytes": 21_867_173,
+        "sha256": "03990985c9c9b1e0e7a4f48775182a3943117b661c30152e9d9fe4fc594f380c",
+        "spreadsheet": "Center 1/Lymphnode US features Database 1.xlsx",
+        "spreadsheet_sha256": "fc6e5a4eeadaf0ce5a37d903109871bf254a569e8e1cc98e61dab3ebee30bfce",
+        "group_counts": {"Benign": 99, "Malignant": 81},
+    },
+    "center2": {
+        "file": "Center-2.zip",
+        "folder": "Center 2",
+        "bytes": 29_108_550,
+        "sha256": "93c5c8c24ea42afafb1c120cdeebd1813d86e894a9d10d0b1b4a80b353d9f6fb",
+        "spreadsheet": "Center 2/Lymphnode US features Database 2.xlsx",
+        "spreadsheet_sha256": "ec50058bf8e38dba8a12964f15992b9d2b54de29d80401995e00c88638b24fac",
+        "group_counts": {"Benign": 76, "Malignant": 82},
+    },
+}
+
+# One row per case of the official release: size, mask extent and SHA-256 of every member.
+_OFFICIAL_CASES_CSV = Path(__file__).parent / "reference" / "official_cases.csv"
+
+LABEL_NAMES = ["benign", "malignant"]
+CENTRES = ["center1", "center2"]
+SPLITS = ["train", "validation", "test"]
+SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
+# Fixed so that the same archives always give the same split membership; changing it changes every
+# published split, so it is part of the dataset's definition, not a knob.
+SPLIT_SEED = 20230601
+
+# The spreadsheet's header row, verbatim (with the source's spelling), and our column for each.
+SPREADSHEET_COLUMNS = {
+    "Image name": "image_name",
+    "Group": "group",
+    "Maximum diameter": "maximum_diameter",
+    "Minimum diameter": "minimum_diameter",
+    "Aspect ratio": "aspect_ratio",
+    "Hypoechoic": "hypoechoic",
+    "Hyperechoic": "hyperechoic",
+    "Isoechoic": "isoechoic",
+    "Homogeneity": "homogeneity",
+    "Prominent Echogenicty (For Heterogeneous nodes)": "prominent_echogenicity",
+    "Loss of fatty hilum/thinning of hilum": "loss_of_fatty_hilum",
+    "Centrality": "centrality",
+    "Microcalcifications": "microcalcifications",
+    "Necrosis": "necrosis",
+    "Margin1": "margin1",
+    "Margin2": "margin2",
+    "Internal component": "internal_component",
+    "Intranodal cystic lesion": "intranodal_cystic_lesion",
+}
+MEASUREMENT_FEATURES = ["maximum_diameter", "minimum_diameter", "aspect_ratio"]
+CODED_FEATURES = [name for name in list(SPREADSHEET_COLUMNS.values())[5:]]
+SEMANTIC_FEATURES = {
+    **{name: datasets.Value("float64") for name in MEASUREMENT_FEATURES},
+    **{name: datasets.Value("int32") for name in CODED_FEATURES},
+}
+# The sheet's coding is not published: numbers are taken as they are, and only these words are mapped.
+YES_NO_WORDS = {
+    "yes": 1, "y": 1, "true": 1, "present": 1, "positive": 1, "+": 1,
+    "no": 0, "n": 0, "false": 0, "absent": 0, "negative": 0, "-": 0,
+}
+
+_FEATURES = datasets.Features(
+    {
+        "image": datasets.Image(),
+        "mask": datasets.Image(),
+        "label": datasets.ClassLabel(names=LABEL_NAMES),
+        "centre": datasets.Value("string"),
+        "case_id": datasets.Value("string"),
+        "patient_id": datasets.Value("string"),
+        **SEMANTIC_FEATURES,
+    }
+)
+
+_CASE_MEMBER = re.compile(
+    r"^Center (?P<centre>[12])/(?P<folder>Benign|Malignant)/"
+    r"(?P<index>\d+) (?P<group>Benign|Malignant) (?P<kind>Image\.bmp|Mask\.tif|Lesion\.bmp)$"
+)
+_IGNORED_MEMBER = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$)")
+
+
+class LymphUsFormatError(ValueError):
+    """The archives do not hold what the official release holds; the message names the place."""
+
+
+@dataclass
+class LymphUsConfig(datasets.BuilderConfig):
+    """Which centres go into which split. `test_centre` set: the whole of that centre is the test split."""
+
+    centres: tuple = ("center1", "center2")
+    test_centre: Optional[str] = None
+
+
+class LymphUs(datasets.GeneratorBasedBuilder):
+    """LymphUs, built from the official archives (or a `data_dir` holding them or their folders)."""
+
+    VERSION = datasets.Version("1.0.0")
+    BUILDER_CONFIG_CLASS = LymphUsConfig
+    BUILDER_CONFIGS = [
+        LymphUsConfig(
+            name="all",
+            centres=("center1", "center2"),
+            description="Both centres; each split is the union of the per-centre splits. For pooled training.",
+        ),
+        LymphUsConfig(
+            name="center1",
+            centres=("center1",),
+            description="Centre 1 only (180 cases): internal validation within one centre.",
+        ),
+        LymphUsConfig(
+            name="center2",
+            centres=("center2",),
+            description="Centre 2 only (158 cases): internal validation within one centre.",
+        ),
+        LymphUsConfig(
+            name="center1_to_center2",
+            centres=("center1",),
+            test_centre="center2",
+            description="External validation: train/validation of centre 1, test = all of centre 2.",
+        ),
+        LymphUsConfig(
+            name="center2_to_center1",
+            centres=("center2",),
+            test_centre="center1",
+            description="External validation: train/validation of centre 2, test = all of centre 1.",
+        ),
+    ]
+    DEFAULT_CONFIG_NAME = "all"
+
+    def _info(self):
+        return datasets.DatasetInfo(
+            description=_DESCRIPTION,
+            features=_FEATURES,
+            homepage=_HOMEPAGE,
+            license=_LICENSE,
+            citation=_CITATION,
+        )
+
+    def download_and_prepare(self, *args, verification_mode=VerificationMode.ALL_CHECKS, **kwargs):
+        # datasets defaults to basic_checks; this builder refuses unofficial archives unless asked.
+        return super().download_and_prepare(*args, verification_mode=verification_mode or "all_checks", **kwargs)
+
+    def _download_and_prepare(self, dl_manager, verification_mode, **prepare_split_kwargs):
+        self._verify_official_checksums = verification_mode == VerificationMode.ALL_CHECKS
+        super()._download_and_prepare(dl_manager, verification_mode, **prepare_split_kwargs)
+
+    def _split_generators(self, dl_manager):
+        verify = getattr(self, "_verify_official_checksums", True)
+        centres = sorted(set(self.config.centres) | {self.config.test_centre} - {None})
+        sources = {centre: locate_source(centre, self.config.data_dir, dl_manager, verify) for centre in centres}
+        self.source_descriptions = {centre: describe_source(source) for centre, source in sources.items()}
+        cases = {centre: read_centre(source) for centre, source in sources.items()}
+        splits = {split: [case for centre in self.config.centres for case in cases[centre] if case["split"] == split] for split in SPLITS}
+        if self.config.test_centre:
+            splits["test"] = cases[self.config.test_centre]
+        return [datasets.SplitGenerator(name=split, gen_kwargs={"cases": splits[split]}) for split in SPLITS]
+
+    def _generate_examples(self, cases):
+        mismatched_lesions = []
+        for case in cases:
+            example, lesion_matches = load_case(case)
+            if not lesion_matches:
+                mismatched_lesions.append(case["case_id"])
+            yield case["case_id"], example
+        if mismatched_lesions:
+            logger.warning(
+                f"Lesion.bmp is no longer image x mask for {len(mismatched_lesions)} case(s): "
+                f"{', '.join(mismatched_lesions)}. The release defined it so; the image and mask are used as they are."
+            )
+
+
+# Reading the archives
+
+
+@dataclass
+class CentreSource:
+    """One centre's files: an official-format zip, or the folder a user got by unzipping it."""
+
+    centre: str
+    path: Path
+    names: list = field(default_factory=list)
+    _zip: Optional[zipfile.ZipFile] = field(default=None, repr=False)
+
+    def read(self, member):
+        if self.path.is_dir():
+            return (self.path.parent / member).read_bytes()
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.path)
+        return self._zip.read(member)
+
+    def describe(self, member=None):
+        return f"{self.path}" + (f" member '{member}'" if member else "")
+
+
+def sha256_of_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def locate_source(centre, data_dir, dl_manager=None, verify_checksums=True):
+    """Find a centre's archive (data_dir zip, data_dir folder, else the official URL) and check it."""
+    archive = _ARCHIVES[centre]
+    if data_dir:
+        zip_path, folder = Path(data_dir) / archive["file"], Path(data_dir) / archive["folder"]
+        if zip_path.is_file():
+            path = zip_path
+        elif folder.is_dir():
+            path = folder
+        else:
+            raise FileNotFoundError(
+                f"{centre}: neither '{zip_path}' nor the extracted folder '{folder}' exists in data_dir '{data_dir}'. "
+                f"Download {archive['file']} from {_HOMEPAGE} or run `python lymphus.py synth --output_dir {data_dir}`."
+            )
+    else:
+        path = Path(dl_manager.download(_URLS[centre]))
+    source = CentreSource(centre=centre, path=path, names=list_members(path))
+    if verify_checksums:
+        verify_official_checksums(source)
+    return source
+
+
+def list_members(path):
+    if path.is_dir():
+        return sorted(p.relative_to(path.parent).as_posix() for p in path.rglob("*") if p.is_file())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [info.filename for info in archive.infolist() if not info.is_dir()]
+    except zipfile.BadZipFile as error:
+        raise LymphUsFormatError(f"{path}: not a readable zip archive ({error})") from None
+
+
+def verify_official_checksums(source):
+    """A zip must be the official archive byte for byte; an unzipped folder, every official member."""
+    fix = "If this is a re-zipped copy or synthetic archives, pass verification_mode='basic_checks' (--verification_mode basic_checks)."
+    if source.path.is_file():
+        expected = _ARCHIVES[source.centre]["sha256"]
+        actual = sha256_of_file(source.path)
+        if actual != expected:
+            raise NonMatchingChecksumError(
+                f"{source.path}: SHA-256 {actual} is not the official {_ARCHIVES[source.centre]['file']}'s {expected}. {fix}"
+            )
+        return
+    expected = official_member_hashes(source.centre)
+    for member, expected_sha256 in expected.items():
+        if member not in source.names:
+            raise NonMatchingChecksumError(f"{source.describe(member)}: missing from the extracted folder. {fix}")
+        actual = hashlib.sha256(source.read(member)).hexdigest()
+        if actual != expected_sha256:
+            raise NonMatchingChecksumError(
+                f"{source.describe(member)}: SHA-256 {actual} is not the official member's {expected_sha256}. {fix}"
+            )
+
+
+def read_official_cases():
+    with open(_OFFICIAL_CASES_CSV, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def official_member_hashes(centre):
+    hashes = {_ARCHIVES[centre]["spreadsheet"]: _ARCHIVES[centre]["spreadsheet_sha256"]}
+    for row in read_official_cases():
+        if f"center{row['centre']}" == centre:
+            stem = f"Center {row['centre']}/{row['group']}/{row['index_within_group']} {row['group']}"
+            hashes[f"{stem} Image.bmp"] = row["image_member_sha256"]
+            hashes[f"{stem} Mask.tif"] = row["mask_member_sha256"]
+            hashes[f"{stem} Lesion.bmp"] = row["lesion_member_sha256"]
+    return hashes
+
+
+def read_centre(source):
+    """Cross-check the spreadsheet against the members; return the centre's cases with their split."""
+    members = index_members(source)
+    spreadsheet = _ARCHIVES[source.centre]["spreadsheet"]
+    rows = parse_spreadsheet(source.read(spreadsheet), source.describe(spreadsheet))
+    cases = []
+    for row in rows:
+        kinds = members.get((row["group"], row["image_name"]), {})
+        missing = [kind for kind in ("Image.bmp", "Mask.tif") if kind not in kinds]
+        if missing:
+            other_group = "Malignant" if row["group"] == "Benign" else "Benign"
+            hint = ""
+            if (other_group, row["image_name"]) in members:
+                hint = f" The {other_group} folder has case {row['image_name']}: does the sheet's Group disagree with the folder?"
+            raise LymphUsFormatError(
+                f"{source.describe(spreadsheet)} row {row['row']} (Group {row['group']}, Image name {row['image_name']}): "
+                f"no member '{_ARCHIVES[source.centre]['folder']}/{row['group']}/{row['image_name']} {row['group']} {missing[0]}'.{hint}"
+            )
+        label = row["group"].lower()
+        case_id = f"{source.centre}-{label}-{row['image_name']}"
+        cases.append({
+            "source": source, "centre": source.centre, "label": label, "case_id": case_id,
+            # One image per patient in the release, so the case is the patient; splits group by this anyway.
+            "patient_id": case_id, "members": kinds, "features": {name: row[name] for name in SEMANTIC_FEATURES},
+        })
+    rowless = sorted(set(members) - {(row["group"], row["image_name"]) for row in rows})
+    if rowless:
+        group, index = rowless[0]
+        raise LymphUsFormatError(
+            f"{source.describe(next(iter(members[rowless[0]].values())))}: no row of the spreadsheet has Group {group} "
+            f"and Image name {index} ({len(rowless)} case(s) without a row in all)."
+        )
+    splits = assign_splits([(case["patient_id"], case["label"]) for case in cases])
+    for case in cases:
+        case["split"] = splits[case["patient_id"]]
+    return cases
+
+
+def index_members(source):
+    """Map (group, case number) -> {kind: member}; refuse anything the release does not hold."""
+    members = {}
+    spreadsheet = _ARCHIVES[source.centre]["spreadsheet"]
+    folder = _ARCHIVES[source.centre]["folder"]
+    if spreadsheet not in source.names:
+        raise LymphUsFormatError(f"{source.describe()}: the spreadsheet '{spreadsheet}' is missing.")
+    for name in source.names:
+        if name == spreadsheet or _IGNORED_MEMBER.search(name):
+            continue
+        match = _CASE_MEMBER.match(name)
+        if not match or not name.startswith(folder + "/"):
+            raise LymphUsFormatError(
+                f"{source.describe(name)}: unexpected member; the release holds only "
+                f"'{folder}/<Benign|Malignant>/<n> <Group> Image.bmp|Mask.tif|Lesion.bmp' and the spreadsheet."
+            )
+        if match["folder"] != match["group"]:
+            raise LymphUsFormatError(f"{source.describe(name)}: a {match['group']} file in the {match['folder']} folder.")
+        members.setdefault((match["group"], int(match["index"])), {})[match["kind"]] = name
+    return members
+
+
+def parse_spreadsheet(xlsx_bytes, where):
+    """Rows of the features sheet as typed dicts; blank rows skipped; each bad cell named."""
+    import openpyxl
+
+    try:
+        workbook = openpyxl.load_workbook(io.BytesIO(xlsx_bytes), read_only=True, data_only=True)
+    except Exception as error:
+        raise LymphUsFormatError(f"{where}: not a readable .xlsx workbook ({error})") from None
+    sheet = workbook.worksheets[0]
+    rows = sheet.iter_rows(values_only=True)
+    header = [str(cell).strip() if cell is not None else "" for cell in next(rows, ())]
+    while header and header[-1] == "":
+        header.pop()
+    if header != list(SPREADSHEET_COLUMNS):
+        missing = [h for h in SPREADSHEET_COLUMNS if h not in header]
+        unexpected = [h for h in header if h not in SPREADSHEET_COLUMNS]
+        raise LymphUsFormatError(
+            f"{where}: row 1 headers differ from the official ones; missing {missing}, unexpected {unexpected}, got {header}"
+        )
+    parsed, seen = [], {}
+    for row_number, values in enumerate(rows, start=2):
+        values = list(values[: len(header)]) + [None] * (len(header) - len(values))
+        if all(value is None or (isinstance(value, str) and not value.strip()) for value in values):
+            continue
+        record = {"row": row_number}
+        for column, value in zip(SPREADSHEET_COLUMNS, values):
+            record[SPREADSHEET_COLUMNS[column]] = parse_cell(value, SPREADSHEET_COLUMNS[column], f"{where} row {row_number} column '{column}'")
+        if record["image_name"] is None or record["group"] is None:
+            raise LymphUsFormatError(f"{where} row {row_number}: 'Image name' and 'Group' must both be filled, got {values[:2]}")
+        key = (record["group"], record["image_name"])
+        if key in seen:
+            raise LymphUsFormatError(f"{where} rows {seen[key]} and {row_number}: both are Group {key[0]}, Image name {key[1]}")
+        seen[key] = row_number
+        parsed.append(record)
+    workbook.close()
+    return parsed
+
+
+def parse_cell(value, column, where):
+    """One spreadsheet cell as its typed value: blank -> None (never 0), a bad value -> an error naming it."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value == "":
+            return None
+    if value is None:
+        return None
+    if column == "group":
+        if isinstance(value, str) and value.capitalize() in ("Benign", "Malignant"):
+            return value.capitalize()
+        raise LymphUsFormatError(f"{where}: value {value!r} is neither 'Benign' nor 'Malignant'")
+    if isinstance(value, str) and column in CODED_FEATURES and value.lower() in YES_NO_WORDS:
+        return YES_NO_WORDS[value.lower()]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not np.isfinite(number):
+        raise LymphUsFormatError(f"{where}: value {value!r} is not a number" + (" or a yes/no word" if column in CODED_FEATURES else ""))
+    if column in MEASUREMENT_FEATURES:
+        return number
+    if number != int(number):
+        raise LymphUsFormatError(f"{where}: value {value!r} is not a whole number (expected an integer code)")
+    return int(number)
+
+
+def assign_splits(patients, seed=SPLIT_SEED, fractions=SPLIT_FRACTIONS):
+    """Patient-grouped, label-stratified split: {patient_id: split}.
+
+    Patients of each label are sorted by id, shuffled with a fixed-seed generator and cut at the
+    rounded fractions, so membership depends only on the set of patients and never on file order.
+    Validation and test get at least one patient of each label that has three or more (this only
+    matters for tiny synthetic archives: it changes nothing at the official counts).
+    """
+    labels = {}
+    for patient_id, label in patients:
+        if labels.setdefault(patient_id, label) != label:
+            raise LymphUsFormatError(f"patient {patient_id} has cases with both labels; a patient-level split needs one label per patient")
+    assignment = {}
+    rng = np.random.default_rng(seed)
+    for label in sorted(set(labels.values())):
+        ids = sorted(p for p, l in labels.items() if l == label)
+        ids = [ids[i] for i in rng.permutation(len(ids))]
+        at_least = 1 if len(ids) >= 3 else 0
+        n_test = max(at_least, round(len(ids) * fractions["test"]))
+        n_validation = max(at_least, round(len(ids) * fractions["validation"]))
+        for position, patient_id in enumerate(ids):
+            assignment[patient_id] = "test" if position < n_test else "validation" if position < n_test + n_validation else "train"
+    return assignment
+
+
+def load_case(case):
+    """Decode and check one case; return (example, whether Lesion.bmp is still image x mask)."""
+    source, members = case["source"], case["members"]
+    image_bytes = source.read(members["Image.bmp"])
+    image = decode_image(image_bytes, source.describe(members["Image.bmp"]))
+    if image.mode != "L":
+        raise LymphUsFormatError(f"{source.describe(members['Image.bmp'])}: mode {image.mode}, expected 8-bit grayscale (L)")
+    mask = decode_mask(source.read(members["Mask.tif"]), image.size, source.describe(members["Mask.tif"]))
+    lesion_matches = True
+    if "Lesion.bmp" in members:
+        lesion = np.asarray(decode_image(source.read(members["Lesion.bmp"]), source.describe(members["Lesion.bmp"])).convert("L"))
+        pixels = np.asarray(image)
+        lesion_matches = lesion.shape == pixels.shape and np.array_equal(lesion, pixels * mask)
+    mask_png = io.BytesIO()
+    Image.fromarray(mask).save(mask_png, format="PNG")
+    example = {
+        # The source BMP bytes, untouched: lossless and exactly as released.
+        "image": {"bytes": image_bytes, "path": None},
+        "mask": {"bytes": mask_png.getvalue(), "path": None},
+        "label": case["label"],
+        "centre": case["centre"],
+        "case_id": case["case_id"],
+        "patient_id": case["patient_id"],
+        **case["features"],
+    }
+    return example, lesion_matches
+
+
+def decode_image(data, where):
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as error:
+        raise LymphUsFormatError(f"{where}: cannot be decoded as an image ({error})") from None
+    return image
+
+
+def decode_mask(data, image_size, where):
+    """The mask as a uint8 array of 0 (background) and 1 (node); binary, the image's size, not empty."""
+    mask = decode_image(data, where)
+    if mask.size != image_size:
+        raise LymphUsFormatError(f"{where}: mask size {mask.size} differs from the image's {image_size}")
+    if mask.mode == "1":
+        pixels = np.asarray(mask, dtype=bool)
+    elif mask.mode in ("L", "P", "I;16", "I"):
+        values = np.unique(np.asarray(mask))
+        if not set(values.tolist()) <= {0, 1} and not set(values.tolist()) <= {0, 255}:
+            raise LymphUsFormatError(f"{where}: mask is not binary, it holds values {values[:10].tolist()}")
+        pixels = np.asarray(mask) > 0
+    else:
+        raise LymphUsFormatError(f"{where}: mask mode {mask.mode} is not a binary mask")
+    if not pixels.any():
+        raise LymphUsFormatError(f"{where}: mask is empty (no node pixel)")
+    return pixels.astype(np.uint8)
+
+
+# Synthetic archives in the official format
+
+
+def write_synthetic_archives(output_dir, cases_per_group=None, scale=1.0, seed=0):
+    """Write Center-1.zip and Center-2.zip in the official format, with made-up pixels and features.
+
+    Sizes, mask extents, counts and spreadsheet row order come from the official inventory
+    (reference/official_cases.csv); `cases_per_group` keeps the first n cases of each group and
+    `scale` shrinks every size, for fast tests. Malignant nodes are rounder, brighter, heterogeneous
+    and without a hilum, so a small model can learn the difference. Same arguments, same bytes.
+    """
+    if cases_per_group is not None and cases_per_group < 3:
+        raise ValueError(f"cases_per_group={cases_per_group}: use at least 3, so that every split gets a case of each label")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    inventory = read_official_cases()
+    paths = []
+    for centre in CENTRES:
+        rows = [row for row in inventory if f"center{row['centre']}" == centre]
+        if cases_per_group is not None:
+            rows = [row for row in rows if int(row["index_within_group"]) <= cases_per_group]
+        rows.sort(key=lambda row: int(row["spreadsheet_row"]))
+        members = {}
+        for row in rows:
+            image, mask = synthetic_case(row, scale, rng)
+            stem = f"{_ARCHIVES[centre]['folder']}/{row['group']}/{row['index_within_group']} {row['group']}"
+            members[f"{stem} Image.bmp"] = encode(Image.fromarray(image), "BMP")
+            members[f"{stem} Mask.tif"] = encode(Image.fromarray(mask.astype(bool)), "TIFF", compression="packbits")
+            members[f"{stem} Lesion.bmp"] = encode(Image.fromarray(image * mask), "BMP")
+        members[_ARCHIVES[centre]["spreadsheet"]] = synthetic_spreadsheet(rows, centre, rng)
+        path = output_dir / _ARCHIVES[centre]["file"]
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.comment = b"LymphUs synthetic archive (lymphus.py synth): no patient data"
+            for name in sorted(members):
+                info = zipfile.ZipInfo(name, date_time=(2026, 3, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, members[name])
+        paths.append(path)
+    return paths
+
+
+def encode(image, image_format, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def synthetic_case(row, scale, rng):
+    """A speckled background with one node filling the official mask's bounding box."""
+    width, height = max(8, round(int(row["width"]) * scale)), max(8, round(int(row["height"]) * scale))
+    y0, y1 = (min(height - 1, round(int(row[k]) * scale)) for k in ("mask_y_min", "mask_y_max"))
+    x0, x1 = (min(width - 1, round(int(row[k]) * scale)) for k in ("mask_x_min", "mask_x_max"))
+    malignant = row["group"] == "Malignant"
+    yy, xx = np.mgrid[0:height, 0:width]
+    cy, cx, ry, rx = (y0 + y1) / 2, (x0 + x1) / 2, max((y1 - y0) / 2, 1), max((x1 - x0) / 2, 1)
+    inside = ((yy - cy) / (ry + 0.5)) ** 2 + ((xx - cx) / (rx + 0.5)) ** 2 <= 1
+    inside[round(cy), round(cx)] = True
+    image = 90 + 25 * rng.standard_normal((height, width))
+    if malignant:  # brighter, heterogeneous node with bright specks (microcalcification-like)
+        node = 150 + 35 * rng.standard_normal((height, width))
+        node[rng.random((height, width)) < 0.03] = 250
+    else:  # dark node with a bright central hilum stripe
+        node = 45 + 12 * rng.standard_normal((height, width))
+        node[np.abs(yy - cy) < max(1, ry / 4)] = 170
+    image = np.where(inside, node, image)
+    return np.clip(image, 0, 255).astype(np.uint8), inside.astype(np.uint8)
+
+
+def synthetic_spreadsheet(rows, centre, rng):
+    """The features workbook: official headers, groups in the official order, blank rows between."""
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    workbook.properties.creator = "lymphus synth"
+    workbook.properties.created = workbook.properties.modified = __import__("datetime").datetime(2026, 3, 1)
+    sheet = workbook.active
+    sheet.append(list(SPREADSHEET_COLUMNS))
+    previous_group = None
+    for row in rows:
+        if previous_group is not None and row["group"] != previous_group:
+            sheet.append([None] * len(SPREADSHEET_COLUMNS))  # the official blank row between groups
+        previous_group = row["group"]
+        sheet.append([int(row["index_within_group"]), row["group"], *synthetic_features(row["group"] == "Malignant", rng)])
+    if centre == "center2":  # centre 2's sheet ends with eight blank (formatted) rows
+        for _ in range(8):
+            sheet.append([None] * len(SPREADSHEET_COLUMNS))
+    last_row = sheet.max_row
+    sheet.cell(row=last_row, column=1).number_format = "0"  # keeps trailing blank rows in the file
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    return buffer.getvalue()
+
+
+def synthetic_features(malignant, rng):
+    """Plausible, made-up radiologist features that lean the way the literature says they do."""
+    long_axis = round(float(rng.uniform(8, 30)), 1)
+    short_axis = round(long_axis * float(rng.uniform(0.55, 0.95) if malignant else rng.uniform(0.3, 0.6)), 1)
+    echo = rng.choice(3, p=[0.3, 0.5, 0.2] if malignant else [0.8, 0.05, 0.15])
+    homogeneous = int(rng.random() < (0.3 if malignant else 0.8))
+    def yes(p):
+        return int(rng.random() < p)
+    return [
+        long_axis, short_axis, round(long_axis / short_axis, 2),
+        int(echo == 0), int(echo == 1), int(echo == 2), homogeneous,
+        None if homogeneous else int(rng.integers(1, 4)),  # blank for homogeneous nodes
+        yes(0.8 if malignant else 0.2), yes(0.4 if malignant else 0.6), yes(0.5 if malignant else 0.05),
+        yes(0.2 if malignant else 0.02), int(rng.integers(0, 3)), int(rng.integers(0, 2)),
+        yes(0.3 if malignant else 0.1), yes(0.25 if malignant else 0.03),
+    ]
+
+
+# Export: Parquet per centre and split, a dataset card, and configs that compose them
+
+
+def parquet_path(centre, split):
+    return f"data/{centre}/{split}-00000-of-00001.parquet"
+
+
+def config_parts(config):
+    """The (centre, split) Parquet files behind each split of a config: composed, never copied."""
+    parts = {split: [(centre, split) for centre in config.centres] for split in SPLITS}
+    if config.test_centre:
+        parts["test"] = [(config.test_centre, split) for split in SPLITS]
+    return parts
+
+
+def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwrite=False):
+    """Build both centres once, write Parquet + README.md, and move the finished folder into place.
+
+    Everything is written in a staging folder beside `output_dir` and renamed at the end, so a failed
+    export leaves no `output_dir/README.md` that looks complete.
+    """
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists and is not empty; choose another --output_dir or pass --overwrite")
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.incomplete-", dir=output_dir.parent))
+    try:
+        split_infos, sources = {}, {}
+        for centre in CENTRES:
+            builder = LymphUs(config_name=centre, data_dir=data_dir, cache_dir=str(staging / "cache"))
+            try:
+                builder.download_and_prepare(str(staging / "build" / centre), file_format="parquet", verification_mode=verification_mode)
+            except DatasetGenerationError as error:
+                if isinstance(error.__cause__, LymphUsFormatError):
+                    raise error.__cause__ from None  # the case at fault, not datasets' generic wrapper
+                raise
+            for split in SPLITS:
+                (built,) = (staging / "build" / centre).glob(f"*-{split}.parquet")
+                target = staging / parquet_path(centre, split)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                built.rename(target)
+                split_infos[centre, split] = builder.info.splits[split]
+            sources[centre] = builder.source_descriptions[centre]
+        shutil.rmtree(staging / "build")
+        shutil.rmtree(staging / "cache")
+
+        counts = {key: label_counts(staging / parquet_path(*key)) for key in split_infos}
+        card_data = DatasetCardData(
+            pretty_name="LymphUs",
+            license=_LICENSE,
+            license_name=_LICENSE_NAME,
+            license_link=_HOMEPAGE,
+            language=["en"],
+            task_categories=["image-classification", "image-segmentation"],
+            size_categories=["n<1K"],
+            tags=["medical", "ultrasound", "lymph-node", "thyroid-cancer", "papillary-thyroid-carcinoma", "multicenter"],
+        )
+        infos = DatasetInfosDict()
+        metadata_configs = MetadataConfigs()
+        config_counts = {}
+        for config in LymphUs.BUILDER_CONFIGS:
+            metadata_configs[config.name] = {
+                "data_files": [{"split": split, "path": [parquet_path(*part) for part in parts]} for split, parts in config_parts(config).items()],
+                **({"default": True} if config.name == LymphUs.DEFAULT_CONFIG_NAME else {}),
+            }
+            splits = datasets.SplitDict()
+            for split, parts in config_parts(config).items():
+                splits.add(datasets.SplitInfo(
+                    name=split,
+                    num_bytes=sum(split_infos[part].num_bytes for part in parts),
+                    num_examples=sum(split_infos[part].num_examples for part in parts),
+                ))
+                config_counts[config.name, split] = [sum(counts[part][label] for part in parts) for label in range(2)]
+            infos[config.name] = datasets.DatasetInfo(features=_FEATURES, splits=splits, config_name=config.name)
+        metadata_configs.to_dataset_card_data(card_data)
+        infos.to_dataset_card_data(card_data)
+        card = DatasetCard.from_template(
+            card_data,
+            template_path=str(Path(__file__).parent / "dataset_card.md"),
+            configs=LymphUs.BUILDER_CONFIGS,
+            config_counts=config_counts,
+            splits=SPLITS,
+            sources=sources,
+            archives=_ARCHIVES,
+            urls=_URLS,
+            features=_FEATURES,
+            citation=_CITATION,
+            license_details=_LICENSE_DETAILS,
+            homepage=_HOMEPAGE,
+            split_seed=SPLIT_SEED,
+            lymphus_version=str(LymphUs.VERSION),
+        )
+        card.save(staging / "README.md")  # written last: its presence means the export is complete
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return output_dir
+
+
+def label_counts(parquet_path):
+    import pyarrow.parquet as pq
+
+    labels = pq.read_table(parquet_path, columns=["label"]).column("label").to_numpy()
+    return [int((labels == 0).sum()), int((labels == 1).sum())]
+
+
+def describe_source(source):
+    """Provenance for the card: what was read and whether it is the official release."""
+    if source.path.is_file():
+        sha256 = sha256_of_file(source.path)
+        with zipfile.ZipFile(source.path) as archive:
+            synthetic = b"synthetic" in archive.comment
+        return {"name": source.path.name, "sha256": sha256, "official": sha256 == _ARCHIVES[source.centre]["sha256"], "synthetic": synthetic}
+    official = official_member_hashes(source.centre)
+    matches = all(
+        member in source.names and hashlib.sha256(source.read(member)).hexdigest() == expected
+        for member, expected in official.items()
+    )
+    return {"name": source.path.name + "/ (extracted folder)", "sha256": None, "official": matches, "synthetic": False}
+
+
+def push_export(export_dir, repo_id, private=False, token=None):
+    """Upload an export folder as a dataset repo; `datasets.load_dataset(repo_id, config)` then works."""
+    from huggingface_hub import HfApi
+
+    export_dir = Path(export_dir)
+    if not (export_dir / "README.md").is_file():
+        raise FileNotFoundError(f"{export_dir}/README.md is missing: is '{export_dir}' a finished `python lymphus.py export` folder?")
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(export_dir), repo_id=repo_id, repo_type="dataset", commit_message="Upload LymphUs export")
+    return repo_url
+
+
+# Command line
+
+
+@dataclass
+class SynthArguments:
+    output_dir: str = field(metadata={"help": "Folder to write Center-1.zip and Center-2.zip into."})
+    cases_per_group: Optional[int] = field(
+        default=None, metadata={"help": "Keep only cases 1..n of each group (default: the official 338 cases)."}
+    )
+    scale: float = field(default=1.0, metadata={"help": "Multiply every official image size and mask extent by this (1.0: official sizes)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the synthetic pixels and features."})
+
+
+@dataclass
+class ExportArguments:
+    output_dir: str = field(metadata={"help": "Folder to write the Parquet files and README.md into."})
+    data_dir: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder with Center-1.zip / Center-2.zip or their extracted 'Center 1/', 'Center 2/' folders. Default: download the official archives."},
+    )
+    verification_mode: str = field(
+        default="all_checks",
+        metadata={"help": "all_checks: refuse archives whose SHA-256 is not the official one. basic_checks: accept them (re-zipped copies, synthetic archives). Content checks always run.", "choices": ["all_checks", "basic_checks"]},
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+
+
+@dataclass
+class PushArguments:
+    export_dir: str = field(metadata={"help": "A folder written by `python lymphus.py export` (also accepted as the first positional argument)."})
+    repo_id: str = field(metadata={"help": "Dataset repo on the Hub, e.g. 'your-name/lymphus'."})
+    private: bool = field(default=False, metadata={"help": "Create the repo as private."})
+
+
+COMMANDS = {"synth": SynthArguments, "export": ExportArguments, "push": PushArguments}
+
+
+def main(argv=None):
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        raise SystemExit(f"usage: python lymphus.py {{{','.join(COMMANDS)}}} --help")
+    command, argv = argv[0], argv[1:]
+    if command == "push" and argv and not argv[0].startswith("-"):
+        argv = ["--export_dir", *argv]  # `push OUT --repo_id ID`
+    (args,) = HfArgumentParser(COMMANDS[command]).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if command == "synth":
+        paths = write_synthetic_archives(args.output_dir, cases_per_group=args.cases_per_group, scale=args.scale, seed=args.seed)
+        print("Wrote " + ", ".join(str(p) for p in paths) + " (synthetic: export them with --verification_mode basic_checks)")
+    elif command == "export":
+        output_dir = export_dataset(args.data_dir, args.output_dir, args.verification_mode, args.overwrite)
+        print(f"Exported to {output_dir}: datasets.load_dataset({str(output_dir)!r}, 'center1')")
+    else:
+        url = push_export(args.export_dir, args.repo_id, private=args.private)
+        print(f"Pushed {args.export_dir} to {url}: datasets.load_dataset({args.repo_id!r}, 'center1')")
+
+
+if __name__ == "__main__":
+    main()
