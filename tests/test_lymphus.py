@@ -374,3 +374,33 @@ def test_command_line_synth_and_export(tmp_path):
     lymphus.main(["synth", "--output_dir", str(tmp_path / "a"), "--cases_per_group", "3", "--scale", "0.1"])
     lymphus.main(["export", "--data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"])
     assert len(datasets.load_dataset(str(tmp_path / "out"), "center2")["train"]) == 2
+
+
+# Hub
+
+
+def rows(dataset):
+    dataset = dataset.cast_column("image", datasets.Image(decode=False)).cast_column("mask", datasets.Image(decode=False))
+    return sorted((dict(row, image=row["image"]["bytes"], mask=row["mask"]["bytes"]) for row in dataset), key=lambda row: row["case_id"])
+
+
+def test_push_then_load_dataset_from_the_hub(small_archives, tmp_path, local_hub, monkeypatch, capsys):
+    export = lymphus.export_dataset(small_archives, tmp_path / "export", "basic_checks")
+    repo_id = f"{local_hub.user}/lymphus-{tmp_path.name}"
+    monkeypatch.setenv("HF_TOKEN", local_hub.token)
+    lymphus.main(["push", str(export), "--repo_id", repo_id, "--private"])
+    assert local_hub.token not in capsys.readouterr().out
+    for config in ("center1", "all", "center1_to_center2"):
+        remote = datasets.load_dataset(repo_id, config)
+        local = datasets.load_dataset(str(export), config)
+        assert set(remote) == set(lymphus.SPLITS)
+        for split in lymphus.SPLITS:
+            assert rows(remote[split]) == rows(local[split])
+    from huggingface_hub import HfApi
+
+    assert HfApi(token=local_hub.token).repo_info(repo_id, repo_type="dataset").private
+
+
+def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
+    with pytest.raises(FileNotFoundError, match="README.md is missing"):
+        lymphus.push_export(tmp_path, "someone/lymphus")

@@ -1,0 +1,86 @@
+"""Time `lymphus.py export` against datasets' ImageFolder on the same official-size synthetic data.
+
+    python benchmarks/bench_export.py [--repeats 3]
+
+(a) export: both centres from the two archives -> verified Parquet for every subset + the card
+    (checksums, spreadsheet parsing and cross-checks, every image, mask and lesion decoded and checked).
+(b) ImageFolder: `load_dataset("imagefolder")` on the same images and masks, already extracted, with
+    a metadata.csv linking each image to its mask (`image_file_name`, `mask_file_name`, label, centre),
+    then `to_parquet` of the result. Extraction is not timed; (b) verifies nothing.
+Target: ratio (a) / (b) <= 1.0. Prints the best of `--repeats` runs of each.
+"""
+
+import argparse
+import csv
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import datasets  # noqa: E402
+
+import lymphus  # noqa: E402
+
+
+def extract_for_imagefolder(archives, folder):
+    """Unzip both archives and write the metadata file ImageFolder reads to link image and mask."""
+    rows = []
+    for centre in lymphus.CENTRES:
+        with zipfile.ZipFile(archives / lymphus._ARCHIVES[centre]["file"]) as archive:
+            archive.extractall(folder)
+            for name in archive.namelist():
+                if name.endswith(" Image.bmp"):
+                    rows.append({
+                        "image_file_name": name,
+                        "mask_file_name": name.replace(" Image.bmp", " Mask.tif"),
+                        "label": name.split("/")[1].lower(),
+                        "centre": centre,
+                    })
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
+
+
+def time_export(archives, work):
+    start = time.perf_counter()
+    lymphus.export_dataset(archives, work / f"export-{time.perf_counter_ns()}", verification_mode="basic_checks")
+    return time.perf_counter() - start
+
+
+def time_imagefolder(folder, work):
+    start = time.perf_counter()
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train", cache_dir=str(work / f"cache-{time.perf_counter_ns()}"))
+    dataset.to_parquet(str(work / f"imagefolder-{time.perf_counter_ns()}.parquet"))
+    return time.perf_counter() - start, len(dataset)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        archives = work / "archives"
+        lymphus.write_synthetic_archives(archives)  # official counts, sizes and mask extents
+        n_cases = extract_for_imagefolder(archives, work / "extracted")
+        export_times, imagefolder_times = [], []
+        for _ in range(args.repeats):  # interleaved, so that machine noise hits both alike
+            export_times.append(time_export(archives, work))
+            seconds, n_rows = time_imagefolder(work / "extracted", work)
+            assert n_rows == n_cases, (n_rows, n_cases)
+            imagefolder_times.append(seconds)
+    export_seconds, imagefolder_seconds = min(export_times), min(imagefolder_times)
+    print(f"cases: {n_cases} (official-size synthetic archives)")
+    print(f"(a) lymphus export, all subsets:      {export_seconds:.2f} s   (runs: {', '.join(f'{t:.2f}' for t in export_times)})")
+    print(f"(b) ImageFolder load + to_parquet:    {imagefolder_seconds:.2f} s   (runs: {', '.join(f'{t:.2f}' for t in imagefolder_times)})")
+    print(f"ratio (a)/(b): {export_seconds / imagefolder_seconds:.2f}  (target <= 1.0)")
+
+
+if __name__ == "__main__":
+    main()
