@@ -1,0 +1,482 @@
+"""Tests of the local evaluate modules in metrics/ against scikit-learn, scipy and brute force."""
+
+import importlib.util
+import json
+import math
+import socket
+import time
+import warnings
+from pathlib import Path
+
+import evaluate
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+from scipy.stats import norm
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSIFICATION_DIR = REPO / "metrics" / "clinical_classification"
+SEGMENTATION_DIR = REPO / "metrics" / "binary_segmentation"
+INTERVAL_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
+
+
+def _import_by_path(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cc = _import_by_path(CLASSIFICATION_DIR / "clinical_classification.py")
+bs = _import_by_path(SEGMENTATION_DIR / "binary_segmentation.py")
+
+
+@pytest.fixture(scope="module")
+def clinical():
+    return evaluate.load(str(CLASSIFICATION_DIR))
+
+
+@pytest.fixture(scope="module")
+def segmentation():
+    return evaluate.load(str(SEGMENTATION_DIR))
+
+
+def _random_case(rng, n, prevalence=0.4, separation=1.0, decimals=None):
+    """Labels and probabilities with some signal; rounding makes ties."""
+    labels = (rng.random(n) < prevalence).astype(int)
+    labels[:2] = [0, 1]  # both classes present
+    probabilities = 1.0 / (1.0 + np.exp(-(rng.normal(size=n) + separation * (2 * labels - 1))))
+    if decimals is not None:
+        probabilities = np.round(probabilities, decimals)
+    return labels, probabilities
+
+
+def _same(a, b):
+    """Equality of results dicts, NaN equal to NaN."""
+    assert a.keys() == b.keys()
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, float) and math.isnan(x):
+            assert isinstance(y, float) and math.isnan(y), key
+        elif isinstance(x, list):
+            np.testing.assert_array_equal(np.array(x), np.array(y), err_msg=key)
+        else:
+            assert x == y, key
+
+
+# ------------------------------------------------------------------ loading
+
+
+def test_modules_load_and_run_without_network(monkeypatch):
+    # A fresh interpreter with HF_*_OFFLINE=1 would prove the same, but `import evaluate`
+    # pulls in transformers and torch (~10 s of CPU), so forbid sockets in-process instead.
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    clinical = evaluate.load(str(CLASSIFICATION_DIR))
+    segmentation = evaluate.load(str(SEGMENTATION_DIR))
+    result = clinical.compute(predictions=[0.1, 0.4, 0.35, 0.8], references=[0, 0, 1, 1], n_bootstrap=10)
+    assert (result["roc_auc"], result["sensitivity"], result["specificity"]) == (0.75, 0.5, 1.0)
+    mask = np.ones((4, 5), dtype=np.uint8)
+    assert segmentation.compute(predictions=[mask], references=[mask], n_bootstrap=10)["dice"] == 1.0
+
+
+def test_results_are_json_serialisable(clinical, segmentation):
+    labels, probabilities = _random_case(np.random.default_rng(0), 40)
+    results = clinical.compute(predictions=probabilities, references=labels, n_bootstrap=50)
+    json.dumps(results, allow_nan=True)
+    assert all(type(v) in (int, float) for v in results.values())
+    mask = np.zeros((6, 7), dtype=np.uint8)
+    mask[1:4, 2:5] = 1
+    json.dumps(segmentation.compute(predictions=[mask], references=[mask], n_bootstrap=5), allow_nan=True)
+
+
+# ------------------------------------------------------------------ classification: point estimates
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_point_estimates_match_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    labels, probabilities = _random_case(rng, int(rng.integers(10, 200)), decimals=int(rng.integers(1, 4)))
+    threshold = float(rng.choice([0.5, rng.random(), probabilities[3]]))
+    result = cc.binary_classification_metrics(labels, probabilities, threshold)
+    predicted = (probabilities >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
+    assert (result["tn"], result["fp"], result["fn"], result["tp"]) == (tn, fp, fn, tp)
+    assert (result["n"], result["n_positive"], result["n_negative"]) == (labels.size, labels.sum(), (labels == 0).sum())
+    assert result["roc_auc"] == pytest.approx(roc_auc_score(labels, probabilities), abs=1e-12)
+    assert cc.roc_auc(labels, probabilities) == result["roc_auc"]
+    assert result["accuracy"] == pytest.approx((predicted == labels).mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's zero-division warnings when nothing is predicted positive
+        expected = {
+            "balanced_accuracy": balanced_accuracy_score(labels, predicted),
+            "sensitivity": recall_score(labels, predicted, zero_division=np.nan),
+            "specificity": recall_score(labels, predicted, pos_label=0, zero_division=np.nan),
+            "ppv": precision_score(labels, predicted, zero_division=np.nan),
+            "npv": precision_score(labels, predicted, pos_label=0, zero_division=np.nan),
+            "f1": f1_score(labels, predicted, zero_division=np.nan),
+        }
+    for name, value in expected.items():
+        np.testing.assert_allclose(result[name], value, rtol=1e-12, err_msg=name)
+
+
+def test_evaluate_module_equals_plain_function(clinical):
+    labels, probabilities = _random_case(np.random.default_rng(5), 150, decimals=2)
+    via_evaluate = clinical.compute(predictions=probabilities.tolist(), references=labels.tolist(), threshold=0.4, seed=3)
+    direct = cc.clinical_classification_metrics(labels, probabilities, threshold=0.4, seed=3)
+    _same(via_evaluate, direct)
+    expected_keys = {f"{n}{s}" for n in INTERVAL_METRICS for s in ("", "_ci_low", "_ci_high")}
+    expected_keys |= {"threshold", "tn", "fp", "fn", "tp", "n", "n_positive", "n_negative"}
+    assert expected_keys <= set(via_evaluate)
+
+
+def test_one_class_only_gives_nan_without_warnings(clinical):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = clinical.compute(predictions=[0.2, 0.7, 0.9, 0.6], references=[1, 1, 1, 1], n_bootstrap=200)
+    for name in ("roc_auc", "roc_auc_ci_low", "roc_auc_ci_high", "specificity", "specificity_ci_low", "balanced_accuracy"):
+        assert math.isnan(result[name]), name
+    assert result["sensitivity"] == 0.75
+    assert result["ppv"] == 1.0 and result["npv"] == 0.0  # the one predicted negative is malignant
+    assert (result["n_positive"], result["n_negative"]) == (4, 0)
+    assert math.isnan(cc.youden_threshold([0, 0, 0], [0.1, 0.2, 0.3]))
+    assert math.isnan(cc.delong_test([0, 0, 0], [0.1, 0.2, 0.3], [0.3, 0.2, 0.1])["z"])
+    # no positive case and nothing predicted positive: F1 and PPV do not exist
+    negatives = cc.binary_classification_metrics([0, 0], [0.1, 0.2], 0.5)
+    assert math.isnan(negatives["f1"]) and math.isnan(negatives["ppv"]) and negatives["specificity"] == 1.0
+
+
+def test_all_ties():
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    probabilities = np.full(6, 0.5)
+    result = cc.clinical_classification_metrics(labels, probabilities, n_bootstrap=100)
+    assert result["roc_auc"] == 0.5 == roc_auc_score(labels, probabilities)
+    assert result["roc_auc_ci_low"] == result["roc_auc_ci_high"] == 0.5
+    assert result["sensitivity"] == 1.0 and result["specificity"] == 0.0
+    assert cc.youden_threshold(labels, probabilities) == 0.5
+
+
+def test_perfect_separation():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    probabilities = np.array([0.05, 0.2, 0.3, 0.6, 0.61, 0.9, 1.0])
+    result = cc.clinical_classification_metrics(labels, probabilities, threshold=0.5, n_bootstrap=300)
+    assert result["roc_auc"] == result["roc_auc_ci_low"] == result["roc_auc_ci_high"] == 1.0
+    for name in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"):
+        assert result[name] == 1.0
+    assert cc.youden_threshold(labels, probabilities) == 0.6  # lowest threshold of the tied best J = 1
+    delong = cc.delong_ci(labels, probabilities)
+    assert delong["roc_auc"] == 1.0 and delong["standard_error"] == 0.0
+
+
+def test_all_predicted_negative():
+    labels = np.array([0, 1, 1, 0, 1])
+    probabilities = np.array([0.1, 0.3, 0.2, 0.4, 0.45])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = cc.clinical_classification_metrics(labels, probabilities, threshold=0.5, n_bootstrap=100)
+    assert (result["tp"], result["fp"]) == (0, 0)
+    assert math.isnan(result["ppv"]) and math.isnan(result["ppv_ci_low"]) and math.isnan(result["ppv_ci_high"])
+    assert result["sensitivity"] == 0.0 and result["f1"] == 0.0 and result["specificity"] == 1.0
+    assert result["npv"] == pytest.approx(2 / 5)
+    assert result["balanced_accuracy"] == 0.5 == balanced_accuracy_score(labels, np.zeros(5, int))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_youden_threshold_matches_roc_curve(seed):
+    rng = np.random.default_rng(100 + seed)
+    labels, probabilities = _random_case(rng, int(rng.integers(8, 120)), separation=0.5, decimals=int(rng.integers(1, 3)))
+    fpr, tpr, thresholds = roc_curve(labels, probabilities, drop_intermediate=False)
+    j = tpr - fpr
+    tied_best = thresholds[np.isfinite(thresholds) & np.isclose(j, j.max(), rtol=0, atol=1e-12)]
+    chosen = cc.youden_threshold(labels, probabilities)
+    assert chosen == tied_best.min()
+    point = cc.binary_classification_metrics(labels, probabilities, chosen)
+    assert point["sensitivity"] + point["specificity"] - 1 == pytest.approx(j.max(), abs=1e-12)
+
+
+# ------------------------------------------------------------------ classification: bootstrap
+
+
+def test_bootstrap_interval_contains_estimate_and_narrows_with_more_cases():
+    labels, probabilities = _random_case(np.random.default_rng(7), 100)
+    small = cc.clinical_classification_metrics(labels, probabilities, n_bootstrap=1000, seed=1)
+    # The same case mix, ten times over: same estimates, intervals about sqrt(10) narrower.
+    large = cc.clinical_classification_metrics(np.tile(labels, 10), np.tile(probabilities, 10), n_bootstrap=1000, seed=1)
+    for result in (small, large):
+        for name in INTERVAL_METRICS:
+            assert result[f"{name}_ci_low"] <= result[name] <= result[f"{name}_ci_high"], name
+    for name in INTERVAL_METRICS:
+        assert large[name] == pytest.approx(small[name], abs=1e-12)
+        small_width = small[f"{name}_ci_high"] - small[f"{name}_ci_low"]
+        large_width = large[f"{name}_ci_high"] - large[f"{name}_ci_low"]
+        assert 0.2 < large_width / small_width < 0.5, name  # 1 / sqrt(10) = 0.32
+
+
+def test_bootstrap_is_reproducible_and_confidence_level_matters():
+    labels, probabilities = _random_case(np.random.default_rng(8), 120)
+    first = cc.clinical_classification_metrics(labels, probabilities, seed=11)
+    assert first == cc.clinical_classification_metrics(labels, probabilities, seed=11)
+    other = cc.clinical_classification_metrics(labels, probabilities, seed=12)
+    assert first["roc_auc_ci_low"] != other["roc_auc_ci_low"]
+    narrow = cc.clinical_classification_metrics(labels, probabilities, seed=11, confidence_level=0.5)
+    assert first["roc_auc_ci_low"] < narrow["roc_auc_ci_low"] <= narrow["roc_auc_ci_high"] < first["roc_auc_ci_high"]
+    skipped = cc.clinical_classification_metrics(labels, probabilities, n_bootstrap=0)
+    assert math.isnan(skipped["roc_auc_ci_low"]) and skipped["roc_auc"] == first["roc_auc"]
+
+
+def test_bootstrap_is_stratified_and_its_auc_matches_sklearn_per_replicate():
+    # One malignant case among 15: an ordinary bootstrap would lose it in ~37% of replicates.
+    labels = np.array([1] + [0] * 15)
+    probabilities = np.round(np.random.default_rng(9).random(16), 1)
+    n_bootstrap, seed = 60, 4
+    replicates = cc._bootstrap_replicates(labels, probabilities, 0.5, n_bootstrap, seed)
+    assert not np.isnan(replicates["roc_auc"]).any() and not np.isnan(replicates["sensitivity"]).any()
+    # Redraw the same resamples (positives first, then negatives) and score them with sklearn.
+    rng = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    positive_draws = rng.integers(0, positives.size, size=(n_bootstrap, positives.size))
+    negative_draws = rng.integers(0, negatives.size, size=(n_bootstrap, negatives.size))
+    for b in range(n_bootstrap):
+        cases = np.concatenate([positives[positive_draws[b]], negatives[negative_draws[b]]])
+        assert replicates["roc_auc"][b] == pytest.approx(roc_auc_score(labels[cases], probabilities[cases]), abs=1e-12)
+        predicted = probabilities[cases] >= 0.5
+        assert replicates["specificity"][b] == pytest.approx(recall_score(labels[cases], predicted, pos_label=0))
+
+
+def test_bootstrap_is_fast():
+    labels, probabilities = _random_case(np.random.default_rng(10), 300)
+    start = time.perf_counter()
+    cc.clinical_classification_metrics(labels, probabilities, n_bootstrap=2000)
+    assert time.perf_counter() - start < 1.0
+
+
+# ------------------------------------------------------------------ classification: input checks
+
+
+@pytest.mark.parametrize(
+    "references, probabilities, message",
+    [
+        ([0, 1, 1], [0.1, 0.2], "has 2 values but references has 3"),
+        ([0, 2, 1], [0.1, 0.2, 0.3], "index 1: 2"),
+        ([0, 1, -1], [0.1, 0.2, 0.3], "index 2: -1"),
+        ([0, 1, 0.5], [0.1, 0.2, 0.3], "index 2: 0.5"),
+        (["benign", "malignant"], [0.1, 0.2], "dtype"),
+        ([0, 1, 1], [0.1, 1.5, 0.3], "index 1: 1.5"),
+        ([0, 1, 1], [0.1, -0.2, 0.3], "index 1: -0.2"),
+        ([0, 1, 1], [0.1, 0.2, float("nan")], "NaN value(s), first at index 2"),
+        ([0, 1], [[0.9, 0.1], [0.2, 0.8]], "must be 1-D"),
+        ([], [], "empty"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(references, probabilities, message):
+    for function in (cc.binary_classification_metrics, cc.roc_auc, cc.youden_threshold, cc.delong_ci):
+        with pytest.raises(ValueError) as error:
+            function(references, probabilities)
+        assert message in str(error.value)
+
+
+def test_bad_inputs_through_evaluate(clinical):
+    with pytest.raises(ValueError, match=r"predictions must lie in \[0, 1\].*index 1: 1.5"):
+        clinical.compute(predictions=[0.1, 1.5], references=[0, 1])
+    with pytest.raises(ValueError, match="index 0: 3"):
+        clinical.compute(predictions=[0.1, 0.5], references=[3, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        clinical.compute(predictions=[0.1, float("nan")], references=[0, 1])
+    with pytest.raises(ValueError, match="predictions has 3 values but references has 2"):
+        clinical.compute(predictions=[0.1, 0.2, 0.3], references=[0, 1])
+    with pytest.raises(ValueError, match="prediction must lie in"):
+        clinical.add(prediction=1.2, reference=1)
+    for option, value in (("threshold", 1.5), ("confidence_level", 95), ("n_bootstrap", -1)):
+        with pytest.raises(ValueError, match=option):
+            clinical.compute(predictions=[0.1, 0.9], references=[0, 1], **{option: value})
+    # Errors are raised before evaluate caches anything, so the module stays usable.
+    assert clinical.compute(predictions=[0.1, 0.9], references=[0, 1], n_bootstrap=10)["n"] == 2
+
+
+# ------------------------------------------------------------------ DeLong
+
+
+def _psi(x, y):
+    """DeLong et al. (1988) kernel: 1 if the positive scores higher, 1/2 on a tie, 0 otherwise."""
+    return 1.0 if x > y else 0.5 if x == y else 0.0
+
+
+def _delong_brute_force(labels, *score_sets):
+    """DeLong et al. (1988), Section 2, with explicit O(m n) loops over all positive/negative pairs."""
+    x_sets = [scores[labels == 1] for scores in score_sets]
+    y_sets = [scores[labels == 0] for scores in score_sets]
+    m, n = len(x_sets[0]), len(y_sets[0])
+    thetas, v10s, v01s = [], [], []
+    for xs, ys in zip(x_sets, y_sets):
+        psi = [[_psi(x, y) for y in ys] for x in xs]
+        thetas.append(sum(map(sum, psi)) / (m * n))
+        v10s.append([sum(row) / n for row in psi])  # V10(X_i)
+        v01s.append([sum(psi[i][j] for i in range(m)) / m for j in range(n)])  # V01(Y_j)
+    k = len(score_sets)
+
+    def s10(r, s):  # covariance of the V10 components of models r and s
+        return sum((v10s[r][i] - thetas[r]) * (v10s[s][i] - thetas[s]) for i in range(m)) / (m - 1)
+
+    def s01(r, s):  # covariance of the V01 components of models r and s
+        return sum((v01s[r][j] - thetas[r]) * (v01s[s][j] - thetas[s]) for j in range(n)) / (n - 1)
+
+    covariance = [[s10(r, s) / m + s01(r, s) / n for s in range(k)] for r in range(k)]
+    return thetas, v10s, v01s, covariance
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_delong_matches_brute_force(seed):
+    rng = np.random.default_rng(200 + seed)
+    labels, a = _random_case(rng, int(rng.integers(20, 90)), decimals=2)
+    b = np.clip(np.round(a + rng.normal(scale=0.15, size=a.size), 2), 0, 1)
+    thetas, v10s, v01s, covariance = _delong_brute_force(labels, a, b)
+    # The structural components average to the AUC, which is the Mann-Whitney AUC of sklearn.
+    for theta, v10, v01, scores in zip(thetas, v10s, v01s, (a, b)):
+        assert np.mean(v10) == pytest.approx(theta, abs=1e-12) and np.mean(v01) == pytest.approx(theta, abs=1e-12)
+        assert theta == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    variance = covariance[0][0] + covariance[1][1] - 2 * covariance[0][1]
+    z = (thetas[0] - thetas[1]) / math.sqrt(variance)
+    p_value = 2 * norm.sf(abs(z))
+
+    result = cc.delong_test(labels, a, b)
+    assert result["auc_a"] == pytest.approx(thetas[0], abs=1e-12)
+    assert result["auc_b"] == pytest.approx(thetas[1], abs=1e-12)
+    assert result["auc_difference"] == pytest.approx(thetas[0] - thetas[1], abs=1e-12)
+    assert abs(result["z"] - z) < 1e-10
+    assert abs(result["p_value"] - p_value) < 1e-10
+    # Swapping the models flips the sign of z and keeps p.
+    swapped = cc.delong_test(labels, b, a)
+    assert swapped["z"] == pytest.approx(-result["z"], abs=1e-12) and swapped["p_value"] == pytest.approx(p_value, abs=1e-12)
+
+    interval = cc.delong_ci(labels, a, confidence_level=0.95)
+    assert interval["standard_error"] == pytest.approx(math.sqrt(covariance[0][0]), abs=1e-12)
+    half_width = norm.ppf(0.975) * interval["standard_error"]
+    assert interval["roc_auc_ci_low"] == pytest.approx(max(0.0, thetas[0] - half_width), abs=1e-12)
+    assert interval["roc_auc_ci_high"] == pytest.approx(min(1.0, thetas[0] + half_width), abs=1e-12)
+    assert cc.roc_auc_delong_ci is cc.delong_ci
+
+
+def test_delong_degenerate_cases():
+    labels, a = _random_case(np.random.default_rng(3), 30, decimals=2)
+    identical = cc.delong_test(labels, a, a**2)  # same ranking: the difference has no variance
+    assert identical["auc_difference"] == 0.0 and math.isnan(identical["z"]) and math.isnan(identical["p_value"])
+    single_positive = cc.delong_ci([1, 0, 0], [0.9, 0.1, 0.2])
+    assert single_positive["roc_auc"] == 1.0 and math.isnan(single_positive["standard_error"])
+    with pytest.raises(ValueError, match="probabilities_b has 2 values"):
+        cc.delong_test([0, 1, 1], [0.1, 0.2, 0.3], [0.1, 0.2])
+    with pytest.raises(ValueError, match="probabilities_a .*index 0: 7"):
+        cc.delong_test([0, 1], [7, 0.2], [0.1, 0.2])
+
+
+# ------------------------------------------------------------------ segmentation
+
+
+def _square(shape, top, left, size):
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[top : top + size, left : left + size] = 1
+    return mask
+
+
+def _blob(rng, shape):
+    """A random smooth blob (sometimes touching the image edge)."""
+    noise = ndimage.gaussian_filter(rng.random(shape), sigma=min(shape) / 8)
+    return (noise > np.quantile(noise, rng.uniform(0.5, 0.9))).astype(np.uint8)
+
+
+def _brute_force_hd95(prediction, reference):
+    def boundary_points(mask):
+        padded = np.pad(mask.astype(bool), 1)  # outside the image is background
+        core = padded[1:-1, 1:-1]
+        has_background_neighbour = ~padded[:-2, 1:-1] | ~padded[2:, 1:-1] | ~padded[1:-1, :-2] | ~padded[1:-1, 2:]
+        return np.argwhere(core & has_background_neighbour)
+
+    distances = cdist(boundary_points(prediction), boundary_points(reference))
+    return max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95))
+
+
+def test_perfect_prediction(segmentation):
+    masks = [_square((20, 30), 5, 5, 8), _square((12, 9), 0, 0, 9), np.ones((5, 7), dtype=np.int64)]
+    result = segmentation.compute(predictions=masks, references=[m.copy() for m in masks], n_bootstrap=100)
+    assert result["per_image_dice"] == [1.0] * 3 and result["per_image_iou"] == [1.0] * 3
+    assert result["per_image_hd95"] == [0.0] * 3
+    assert result["dice"] == result["dice_ci_low"] == result["dice_ci_high"] == 1.0
+    assert result["hd95"] == 0.0 and result["iou"] == 1.0
+
+
+def test_empty_masks(segmentation):
+    empty, node = np.zeros((10, 10), dtype=np.uint8), _square((10, 10), 2, 2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = segmentation.compute(predictions=[empty, empty, node], references=[node, empty, empty], n_bootstrap=50)
+    assert result["per_image_dice"] == [0.0, 1.0, 0.0] and result["per_image_iou"] == [0.0, 1.0, 0.0]
+    assert all(math.isnan(v) for v in result["per_image_hd95"])
+    assert math.isnan(result["hd95"]) and math.isnan(result["hd95_ci_low"]) and result["n_hd95_defined"] == 0
+    assert result["dice"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("shift, dice, iou", [((0, 3), 0.7, 70 / 130), ((2, 3), 0.56, 56 / 144), ((0, 10), 0.0, 0.0)])
+def test_shifted_square_has_analytic_overlap(segmentation, shift, dice, iou):
+    reference = _square((40, 40), 10, 10, 10)
+    prediction = _square((40, 40), 10 + shift[0], 10 + shift[1], 10)
+    result = segmentation.compute(predictions=[prediction], references=[reference], n_bootstrap=0)
+    assert result["dice"] == pytest.approx(dice, abs=1e-12) and result["iou"] == pytest.approx(iou, abs=1e-12)
+    assert bs.dice_score(prediction, reference) == result["dice"] and bs.iou_score(prediction, reference) == result["iou"]
+    assert result["hd95"] == pytest.approx(_brute_force_hd95(prediction, reference), abs=1e-12)
+
+
+def test_hd95_matches_brute_force_on_random_blobs():
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        shape = (int(rng.integers(20, 70)), int(rng.integers(20, 70)))
+        prediction, reference = _blob(rng, shape), _blob(rng, shape)
+        expected = _brute_force_hd95(prediction, reference)
+        assert bs.hausdorff_distance_95(prediction, reference) == pytest.approx(expected, abs=1e-12)
+        assert bs.hausdorff_distance_95(reference, prediction) == pytest.approx(expected, abs=1e-12)
+
+
+def test_variable_sizes_and_all_input_paths_agree(segmentation):
+    rng = np.random.default_rng(1)
+    shapes = [(30, 41), (17, 25), (52, 33), (25, 25)]
+    references = [_blob(rng, s) for s in shapes]
+    predictions = [_blob(rng, s).astype(bool) for s in shapes]
+    direct = segmentation.compute(predictions=predictions, references=references, seed=5)
+    plain = bs.binary_segmentation_metrics(predictions, references, seed=5)
+    _same(direct, plain)
+    batched = evaluate.load(str(SEGMENTATION_DIR))
+    batched.add_batch(predictions=predictions[:2], references=references[:2])
+    batched.add(prediction=predictions[2], reference=references[2])
+    batched.add_batch(predictions=[p.tolist() for p in predictions[3:]], references=references[3:])
+    _same(batched.compute(seed=5), direct)
+    for name in ("dice", "iou", "hd95"):
+        assert direct[f"{name}_ci_low"] <= direct[name] <= direct[f"{name}_ci_high"]
+        assert direct[name] == pytest.approx(np.mean(direct[f"per_image_{name}"]))
+    assert direct == segmentation.compute(predictions=predictions, references=references, seed=5)
+
+
+def test_segmentation_bad_masks_name_the_image(segmentation):
+    good = _square((10, 10), 2, 2, 4)
+    with pytest.raises(ValueError, match=r"predictions\[1\] must contain only 0 .* \[255\]"):
+        segmentation.compute(predictions=[good, good * 255], references=[good, good])
+    with pytest.raises(ValueError, match=r"references\[0\] must contain only 0 .* \[2\]"):
+        segmentation.compute(predictions=[good], references=[good + 1])
+    with pytest.raises(ValueError, match=r"predictions\[0\] has shape \(10, 10\) but references\[0\] has shape \(10, 11\)"):
+        segmentation.compute(predictions=[good], references=[np.zeros((10, 11), dtype=np.uint8)])
+    with pytest.raises(ValueError, match=r"must be a 2-D HxW mask, got shape \(10, 10, 1\)"):
+        segmentation.compute(predictions=[good[..., None]], references=[good])
+    with pytest.raises(ValueError, match="got 2 predictions but 1 references"):
+        segmentation.compute(predictions=[good, good], references=[good])
+    with pytest.raises(ValueError, match=r"predictions\[0\] must contain only 0"):
+        segmentation.add_batch(predictions=[good - 1], references=[good])
