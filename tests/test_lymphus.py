@@ -404,3 +404,31 @@ def test_push_then_load_dataset_from_the_hub(small_archives, tmp_path, local_hub
 def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
     with pytest.raises(FileNotFoundError, match="README.md is missing"):
         lymphus.push_export(tmp_path, "someone/lymphus")
+
+
+# The download path (no data_dir): the official URLs, served here from a local HTTP server
+
+
+@pytest.fixture()
+def archive_server(small_archives, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(small_archives))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(lymphus, "_URLS", {centre: f"{base}/{info['file']}" for centre, info in lymphus._ARCHIVES.items()})
+    yield small_archives
+    server.shutdown()
+
+
+def test_download_path_checks_the_official_checksum(archive_server, tmp_path):
+    builder = lymphus.LymphUs(config_name="center2", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(NonMatchingChecksumError, match="SHA-256 [0-9a-f]{64} is not the official Center-2.zip's " + lymphus._ARCHIVES["center2"]["sha256"]):
+        builder.download_and_prepare()
+    builder = lymphus.LymphUs(config_name="center2", cache_dir=str(tmp_path / "cache2"))
+    builder.download_and_prepare(verification_mode="basic_checks")
+    assert sum(len(split) for split in builder.as_dataset().values()) == 6
