@@ -30,7 +30,8 @@ import shutil
 import sys
 import tempfile
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -253,10 +254,8 @@ class LymphUs(datasets.GeneratorBasedBuilder):
 
     def _generate_examples(self, cases):
         mismatched_lesions = []
-        # Decoding and checking is zlib and PIL work that releases the GIL: threads keep every core busy.
-        with ThreadPoolExecutor(max_workers=os.cpu_count()) as executor:
-            loaded = list(executor.map(load_case, cases))
-        for case, (example, lesion_matches) in zip(cases, loaded):
+        for case in cases:
+            example, lesion_matches = load_case(case)
             if not lesion_matches:
                 mismatched_lesions.append(case["case_id"])
             yield case["case_id"], example
@@ -701,6 +700,25 @@ def config_parts(config):
     return parts
 
 
+def build_centre_parquet(centre, data_dir, staging, verification_mode):
+    """Build one centre's splits into staging/data/<centre>/<split>-*.parquet; return their SplitInfos and provenance."""
+    builder = LymphUs(config_name=centre, data_dir=data_dir, cache_dir=str(staging / "cache" / centre))
+    build_dir = staging / "build" / centre
+    try:
+        builder.download_and_prepare(str(build_dir), file_format="parquet", verification_mode=verification_mode)
+    except DatasetGenerationError as error:
+        if isinstance(error.__cause__, LymphUsFormatError):
+            raise error.__cause__ from None  # the case at fault, not datasets' generic wrapper
+        raise
+    for split in SPLITS:
+        (parquet,) = build_dir.glob(f"*-{split}.parquet")
+        target = staging / parquet_path(centre, split)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        parquet.rename(target)
+    shutil.rmtree(build_dir)
+    return {split: builder.info.splits[split] for split in SPLITS}, builder.source_descriptions[centre]
+
+
 def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwrite=False):
     """Build both centres once, write Parquet + README.md, and move the finished folder into place.
 
@@ -717,25 +735,13 @@ def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwri
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.incomplete-", dir=output_dir.parent))
     try:
-        split_infos, sources = {}, {}
-        for centre in CENTRES:
-            builder = LymphUs(config_name=centre, data_dir=data_dir, cache_dir=str(staging / "cache"))
-            try:
-                builder.download_and_prepare(str(staging / "build" / centre), file_format="parquet", verification_mode=verification_mode)
-            except DatasetGenerationError as error:
-                if isinstance(error.__cause__, LymphUsFormatError):
-                    raise error.__cause__ from None  # the case at fault, not datasets' generic wrapper
-                raise
-            for split in SPLITS:
-                (built,) = (staging / "build" / centre).glob(f"*-{split}.parquet")
-                target = staging / parquet_path(centre, split)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                built.rename(target)
-                split_infos[centre, split] = builder.info.splits[split]
-            sources[centre] = builder.source_descriptions[centre]
+        # One process per centre: decoding and checking every image is CPU-bound Python + C work.
+        with ProcessPoolExecutor(max_workers=min(len(CENTRES), os.cpu_count() or 1)) as pool:
+            built = dict(zip(CENTRES, pool.map(build_centre_parquet, CENTRES, repeat(data_dir), repeat(staging), repeat(verification_mode))))
+        split_infos = {(centre, split): built[centre][0][split] for centre in CENTRES for split in SPLITS}
+        sources = {centre: built[centre][1] for centre in CENTRES}
         shutil.rmtree(staging / "build")
         shutil.rmtree(staging / "cache")
-
         counts = {key: label_counts(staging / parquet_path(*key)) for key in split_infos}
         card_data = DatasetCardData(
             pretty_name="LymphUs",

@@ -374,6 +374,7 @@ def test_command_line_synth_and_export(tmp_path):
     lymphus.main(["synth", "--output_dir", str(tmp_path / "a"), "--cases_per_group", "3", "--scale", "0.1"])
     lymphus.main(["export", "--data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"])
     assert len(datasets.load_dataset(str(tmp_path / "out"), "center2")["train"]) == 2
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["README.md", "data"]  # no build leftovers
 
 
 # Hub
