@@ -1,0 +1,195 @@
+"""Is the data pipeline of train_vit.py ever the bottleneck? Images/s of the full training step vs the model alone.
+
+In one process on one device:
+  full step   = DataLoader over the LymphUs export (Parquet decode, ROI, augmentation, normalisation in the
+                train_vit.py transform, collate, pinned copy to the device) + forward/backward/AdamW step;
+  model alone = the same forward/backward/AdamW step on a batch already on the device.
+ratio = full / model alone; >= 0.9 means the pipeline keeps the model fed. It also prints the data pipeline
+alone (DataLoader iterated without the model), to show the headroom.
+
+    python benchmarks/bench_train_vit.py                        # CPU: tiny ViT (64 px), fp32
+    python benchmarks/bench_train_vit.py --num_workers 12       # GPU: ViT-B/16 (224 px), bf16 autocast
+
+Without --dataset_name it writes synthetic archives at the official image sizes (lymphus.py synth) and
+exports them to a temporary folder first (about 15 s), so it runs offline.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_vit  # noqa: E402
+
+# The README's tiny ViT, and the ViT-B/16 architecture (random weights: speed does not depend on them).
+TINY_VIT = {
+    "model_type": "vit",
+    "image_size": 64,
+    "patch_size": 16,
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+}
+VIT_B16 = {"model_type": "vit", "image_size": 224, "patch_size": 16}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset_name", help="LymphUs export or Hub id (default: synthetic, at official sizes)")
+    parser.add_argument("--dataset_config", default="all")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", choices=["tiny", "vit-base"], help="default: vit-base on GPU, tiny on CPU")
+    parser.add_argument("--roi", default="crop", choices=train_vit.ROI_MODES)
+    parser.add_argument("--batch_size", type=int, help="default: 128 on GPU, 32 on CPU")
+    parser.add_argument("--num_workers", type=int, help="DataLoader workers (default: cores - 1, at most 12)")
+    parser.add_argument("--steps", type=int, help="timed steps (default: 100 on GPU, 20 on CPU)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
+    args.model = args.model or ("vit-base" if gpu else "tiny")
+    args.batch_size = args.batch_size or (128 if gpu else 32)
+    args.num_workers = args.num_workers if args.num_workers is not None else max(1, min(12, (os.cpu_count() or 2) - 1))
+    args.steps = args.steps or (100 if gpu else 20)
+    args.dtype = args.dtype or ("bf16" if gpu else "fp32")
+    return args
+
+
+def synthetic_export(directory):
+    import lymphus
+
+    lymphus.write_synthetic_archives(Path(directory) / "archives")
+    archives, export = Path(directory) / "archives", Path(directory) / "export"
+    return lymphus.export_dataset(archives, export, verification_mode="basic_checks")
+
+
+def build_model(name, device):
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    config_dict = dict(TINY_VIT if name == "tiny" else VIT_B16)
+    config = AutoConfig.for_model(config_dict.pop("model_type"), num_labels=2, **config_dict)
+    model = AutoModelForImageClassification.from_config(config).to(device)
+    return model, config.image_size
+
+
+def timed_steps(step, batches, steps, warmup, device):
+    """Images/s over `steps` calls of step(batch) after `warmup` untimed ones; batches is an iterator."""
+    for _ in range(warmup):
+        step(next(batches))
+    synchronize(device)
+    start, images = time.perf_counter(), 0
+    for _ in range(steps):
+        images += step(next(batches))
+    synchronize(device)
+    return images / (time.perf_counter() - start)
+
+
+def synchronize(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main():
+    args = parse_args()
+    from datasets import concatenate_datasets, load_dataset
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as scratch:
+        dataset_name = args.dataset_name or synthetic_export(scratch)
+        train = load_dataset(str(dataset_name), args.dataset_config, split="train")
+        # Steady state: enough images that no epoch boundary (DataLoader restart) falls inside the timed steps.
+        needed = 2 * (args.steps + args.warmup + 4 * args.num_workers) * args.batch_size
+        train = concatenate_datasets([train] * max(1, math.ceil(needed / len(train))))
+        model, image_size = build_model(args.model, args.device)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device.startswith("cuda"))
+        device_type = args.device.split(":")[0]
+        autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+        def step(batch):
+            pixel_values = batch["pixel_values"].to(args.device, non_blocking=True)
+            labels = batch["labels"].to(args.device, non_blocking=True)
+            with autocast:
+                loss = model(pixel_values=pixel_values, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return pixel_values.shape[0]
+
+        # The train_vit.py data pipeline, in a DataLoader set up as the Trainer's (pinned memory, prefetch 2)
+        size = (image_size, image_size)
+        transform = train_vit.ClassificationTransform(size, [0.5] * 3, [0.5] * 3, roi=args.roi, train=True)
+        columns = ["image", "label"] + (["mask"] if args.roi != "full" else [])
+        view = train.select_columns(columns).with_transform(train_vit.BatchTransform(transform))
+
+        def batches():
+            loader = torch.utils.data.DataLoader(
+                view,
+                batch_size=args.batch_size,
+                shuffle=True,
+                drop_last=True,
+                collate_fn=train_vit.collate_fn,
+                num_workers=args.num_workers,
+                pin_memory=args.device.startswith("cuda"),
+                persistent_workers=args.num_workers > 0,
+            )
+            while True:
+                yield from loader
+
+        # Batches prefetched while the workers start would flatter the first timed steps: warm up past them.
+        warmup = max(args.warmup, 2 * 2 * args.num_workers)
+        full = timed_steps(step, batches(), args.steps, warmup, args.device)
+        data_only = timed_steps(lambda batch: batch["pixel_values"].shape[0], batches(), args.steps, warmup, "cpu")
+
+        # The same step on a batch already on the device
+        ready = {
+            "pixel_values": torch.randn(args.batch_size, 3, image_size, image_size, device=args.device),
+            "labels": torch.randint(0, 2, (args.batch_size,), device=args.device),
+        }
+
+        def same_batch():
+            while True:
+                yield ready
+
+        model_only = timed_steps(step, same_batch(), args.steps, args.warmup, args.device)
+
+    gpu = args.device.startswith("cuda")
+    device = torch.cuda.get_device_name(0) if gpu else f"CPU ({torch.get_num_threads()} threads)"
+    results = {
+        "device": device,
+        "model": args.model,
+        "input": f"{image_size}x{image_size}",
+        "dtype": args.dtype,
+        "roi": args.roi,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "full_step_images_per_s": round(full, 1),
+        "model_only_images_per_s": round(model_only, 1),
+        "data_only_images_per_s": round(data_only, 1),
+        "ratio": round(full / model_only, 3),
+    }
+    print(
+        f"{device} | {args.model} {image_size}px {args.dtype} | roi {args.roi} | batch {args.batch_size} "
+        f"| workers {args.num_workers}\n"
+        f"full training step (data + model): {full:8.1f} images/s\n"
+        f"model alone (ready tensors):       {model_only:8.1f} images/s\n"
+        f"data pipeline alone:               {data_only:8.1f} images/s\n"
+        f"ratio: {full / model_only:.3f} "
+        f"({'data pipeline keeps up' if full / model_only >= 0.9 else 'data pipeline is the bottleneck'})"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
