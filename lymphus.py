@@ -751,7 +751,8 @@ def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwri
             language=["en"],
             task_categories=["image-classification", "image-segmentation"],
             size_categories=["n<1K"],
-            tags=["medical", "ultrasound", "lymph-node", "thyroid-cancer", "papillary-thyroid-carcinoma", "multicenter"],
+            tags=["medical", "ultrasound", "lymph-node", "thyroid-cancer", "papillary-thyroid-carcinoma", "multicenter"]
+            + (["synthetic"] if any(source["synthetic"] for source in sources.values()) else []),
         )
         infos = DatasetInfosDict()
         metadata_configs = MetadataConfigs()

@@ -83,6 +83,16 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_METRIC_PATH = REPO_ROOT / "metrics" / "clinical_classification"
 ROI_MODES = ("full", "crop", "masked")
+# The offline demo's model: a ViT small enough to train on 2 CPU cores in seconds.
+TINY_VIT_CONFIG = {
+    "model_type": "vit",
+    "image_size": 64,
+    "patch_size": 16,
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "num_attention_heads": 2,
+    "intermediate_size": 128,
+}
 PREDICTION_COLUMNS = ("case_id", "split", "label", "probability", "prediction_at_youden")
 # Metrics reported per threshold, in the card's order.
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
@@ -153,10 +163,20 @@ class DataTrainingArguments:
         default=str(DEFAULT_METRIC_PATH),
         metadata={"help": "The clinical_classification evaluate module (its folder or its .py file)."},
     )
+    offline_demo: bool = field(
+        default=False,
+        metadata={
+            "help": "No download at all: write synthetic archives in the official format (lymphus.py synth), export "
+            "them to <output_dir>/synthetic-lymphus, and train a tiny ViT built from a config on center1 with center2 "
+            "as external validation (each overridable with its own flag)."
+        },
+    )
 
     def __post_init__(self):
-        if self.dataset_name is None:
-            raise ValueError("--dataset_name is required: a folder written by `lymphus.py export`, or a Hub id.")
+        if self.dataset_name is None and not self.offline_demo:
+            raise ValueError(
+                "--dataset_name is required: a folder written by `lymphus.py export`, or a Hub id (or pass --offline_demo)."
+            )
         if self.external_config is not None and self.external_config == self.dataset_config:
             raise ValueError(
                 f"--external_config {self.external_config} is the training subset itself; choose the other centre."
@@ -424,7 +444,7 @@ def clinical_metrics_at_thresholds(
     references = [int(r) for r in references]
     probabilities = [float(p) for p in probabilities]
     return {
-        name: _json_safe(
+        name: json_safe(
             metric.compute(
                 predictions=probabilities,
                 references=references,
@@ -438,12 +458,12 @@ def clinical_metrics_at_thresholds(
     }
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN/inf -> None and numpy scalars -> Python, so JSON is strict and comparable."""
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
+        return [json_safe(item) for item in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -905,6 +925,16 @@ def launch_hub_job(
 # Outputs
 
 
+def write_synthetic_export(folder, scale=0.25) -> str:
+    """Synthetic LymphUs archives (official counts, images at `scale` x the official sizes) exported as Parquet."""
+    import lymphus
+
+    folder = Path(folder)
+    lymphus.write_synthetic_archives(folder / "archives", scale=scale)
+    lymphus.export_dataset(folder / "archives", folder / "export", verification_mode="basic_checks", overwrite=True)
+    return str(folder / "export")
+
+
 def write_predictions_csv(path, rows) -> Path:
     """rows: dicts with case_id, split, label, probability, prediction_at_youden."""
     with open(path, "w", newline="") as handle:
@@ -919,7 +949,7 @@ def _split_sizes(dataset, label_column, class_names):
     return {"n": len(dataset), **{name: int(count) for name, count in zip(class_names, counts)}}
 
 
-def _dataset_is_synthetic(dataset_name) -> bool:
+def dataset_is_synthetic(dataset_name) -> bool:
     """True when the dataset card says so: a `synthetic` tag, or the banner `lymphus.py export` writes for them."""
     from huggingface_hub import DatasetCard
 
@@ -983,6 +1013,13 @@ def main(args=None):
     transformers.set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+
+    # Offline demo: synthetic archives in the official format -> export -> a tiny ViT from a config
+    if data_args.offline_demo:
+        data_args.dataset_name = data_args.dataset_name or write_synthetic_export(output_dir / "synthetic-lymphus")
+        data_args.dataset_config = data_args.dataset_config or "center1"
+        data_args.external_config = data_args.external_config or "center2"
+        model_args.model_config_json = model_args.model_config_json or json.dumps(TINY_VIT_CONFIG)
 
     # Dataset
     dataset = load_dataset(data_args.dataset_name, data_args.dataset_config, cache_dir=model_args.cache_dir)
@@ -1237,7 +1274,7 @@ def main(args=None):
         class_names=class_names,
         positive_label=data_args.positive_label,
         plots=plots,
-        synthetic=_dataset_is_synthetic(data_args.dataset_name),
+        synthetic=dataset_is_synthetic(data_args.dataset_name),
         hyperparameters=hyperparameters,
         confidence_level=data_args.confidence_level,
     )
