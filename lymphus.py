@@ -250,6 +250,7 @@ class LymphUs(datasets.GeneratorBasedBuilder):
         splits = {split: [case for centre in self.config.centres for case in cases[centre] if case["split"] == split] for split in SPLITS}
         if self.config.test_centre:
             splits["test"] = cases[self.config.test_centre]
+        self.label_counts = {split: [sum(case["label"] == name for case in splits[split]) for name in LABEL_NAMES] for split in SPLITS}
         return [datasets.SplitGenerator(name=split, gen_kwargs={"cases": splits[split]}) for split in SPLITS]
 
     def _generate_examples(self, cases):
@@ -278,8 +279,11 @@ class CentreSource:
     names: list = field(default_factory=list)
     _zip: Optional[zipfile.ZipFile] = field(default=None, repr=False)
 
+    def __post_init__(self):
+        self.is_folder = self.path.is_dir()
+
     def read(self, member):
-        if self.path.is_dir():
+        if self.is_folder:
             return (self.path.parent / member).read_bytes()
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.path)
@@ -332,7 +336,7 @@ def list_members(path):
 def verify_official_checksums(source):
     """A zip must be the official archive byte for byte; an unzipped folder, every official member."""
     fix = "If this is a re-zipped copy or synthetic archives, pass verification_mode='basic_checks' (--verification_mode basic_checks)."
-    if source.path.is_file():
+    if not source.is_folder:
         expected = _ARCHIVES[source.centre]["sha256"]
         actual = sha256_of_file(source.path)
         if actual != expected:
@@ -716,7 +720,7 @@ def build_centre_parquet(centre, data_dir, staging, verification_mode):
         target.parent.mkdir(parents=True, exist_ok=True)
         parquet.rename(target)
     shutil.rmtree(build_dir)
-    return {split: builder.info.splits[split] for split in SPLITS}, builder.source_descriptions[centre]
+    return {split: builder.info.splits[split] for split in SPLITS}, builder.label_counts, builder.source_descriptions[centre]
 
 
 def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwrite=False):
@@ -739,10 +743,10 @@ def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwri
         with ProcessPoolExecutor(max_workers=min(len(CENTRES), os.cpu_count() or 1)) as pool:
             built = dict(zip(CENTRES, pool.map(build_centre_parquet, CENTRES, repeat(data_dir), repeat(staging), repeat(verification_mode))))
         split_infos = {(centre, split): built[centre][0][split] for centre in CENTRES for split in SPLITS}
-        sources = {centre: built[centre][1] for centre in CENTRES}
+        counts = {(centre, split): built[centre][1][split] for centre in CENTRES for split in SPLITS}
+        sources = {centre: built[centre][2] for centre in CENTRES}
         shutil.rmtree(staging / "build")
         shutil.rmtree(staging / "cache")
-        counts = {key: label_counts(staging / parquet_path(*key)) for key in split_infos}
         card_data = DatasetCardData(
             pretty_name="LymphUs",
             license=_LICENSE,
@@ -799,16 +803,9 @@ def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwri
     return output_dir
 
 
-def label_counts(parquet_path):
-    import pyarrow.parquet as pq
-
-    labels = pq.read_table(parquet_path, columns=["label"]).column("label").to_numpy()
-    return [int((labels == 0).sum()), int((labels == 1).sum())]
-
-
 def describe_source(source):
     """Provenance for the card: what was read and whether it is the official release."""
-    if source.path.is_file():
+    if not source.is_folder:
         sha256 = sha256_of_file(source.path)
         with zipfile.ZipFile(source.path) as archive:
             synthetic = b"synthetic" in archive.comment
