@@ -668,7 +668,20 @@ def synthetic_spreadsheet(rows, centre, rng):
     sheet.cell(row=last_row, column=1).number_format = "0"  # keeps trailing blank rows in the file
     buffer = io.BytesIO()
     workbook.save(buffer)
-    return buffer.getvalue()
+    return reproducible_xlsx(buffer.getvalue())
+
+
+def reproducible_xlsx(xlsx_bytes, when=(2026, 3, 1, 0, 0, 0)):
+    """openpyxl stamps the save time into docProps/core.xml and every zip entry: fix both, for same-bytes output."""
+    stamp = "%04d-%02d-%02dT%02d:%02d:%02dZ" % when
+    output = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(xlsx_bytes)) as source, zipfile.ZipFile(output, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "docProps/core.xml":
+                data = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*", rb"\g<1>" + stamp.encode(), data)
+            target.writestr(zipfile.ZipInfo(info.filename, date_time=when), data, compress_type=zipfile.ZIP_DEFLATED)
+    return output.getvalue()
 
 
 def synthetic_features(malignant, rng):
