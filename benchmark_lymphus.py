@@ -552,20 +552,11 @@ def validation_threshold(validation: CasePredictions, metric_path, where) -> flo
 # Figures
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_roc_overlay(curves, path, title="ROC curves") -> Path:
     """One ROC curve per model; curves: list of dicts with name, references, probabilities, roc_auc, threshold."""
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    plt = train_vit.agg_pyplot()
     figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
     for index, curve in enumerate(curves):
         references = np.asarray(curve["references"], dtype=int)
@@ -591,7 +582,7 @@ def plot_roc_overlay(curves, path, title="ROC curves") -> Path:
 
 def plot_calibration(curves, path, title="Calibration") -> Path:
     """Reliability curves; curves: list of dicts with name, mean_predicted, fraction_positive, brier_score."""
-    plt = _pyplot()
+    plt = train_vit.agg_pyplot()
     figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
     axes.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
     for index, curve in enumerate(curves):
@@ -783,8 +774,8 @@ def main(args=None):
     designs, test_sets = {}, {}
     for centre in centres:
         other = next(c for c in lymphus.CENTRES if c != centre)
-        development = load_dataset(dataset_name, centre, cache_dir=data_args.cache_dir)
-        transfer = load_dataset(dataset_name, f"{centre}_to_{other}", cache_dir=data_args.cache_dir)
+        development = train_vit.load_lymphus(dataset_name, centre, cache_dir=data_args.cache_dir)
+        transfer = train_vit.load_lymphus(dataset_name, f"{centre}_to_{other}", cache_dir=data_args.cache_dir)
         for split in ("train", "validation", "test"):
             if split not in development:
                 raise ValueError(f"Subset {centre} of {dataset_name} has splits {list(development)}, not {split!r}.")

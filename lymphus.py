@@ -630,7 +630,8 @@ def synthetic_case(row, scale, rng):
     width, height = max(8, round(int(row["width"]) * scale)), max(8, round(int(row["height"]) * scale))
     y0, y1 = (min(height - 1, round(int(row[k]) * scale)) for k in ("mask_y_min", "mask_y_max"))
     x0, x1 = (min(width - 1, round(int(row[k]) * scale)) for k in ("mask_x_min", "mask_x_max"))
-    malignant = row["group"] == "Malignant"
+    # About one case in six looks like the other class, so that metrics are informative, not saturated.
+    malignant = (row["group"] == "Malignant") != (rng.random() < 0.15)
     yy, xx = np.mgrid[0:height, 0:width]
     cy, cx, ry, rx = (y0 + y1) / 2, (x0 + x1) / 2, max((y1 - y0) / 2, 1), max((x1 - x0) / 2, 1)
     inside = ((yy - cy) / (ry + 0.5)) ** 2 + ((xx - cx) / (rx + 0.5)) ** 2 <= 1
@@ -660,7 +661,8 @@ def synthetic_spreadsheet(rows, centre, rng):
         if previous_group is not None and row["group"] != previous_group:
             sheet.append([None] * len(SPREADSHEET_COLUMNS))  # the official blank row between groups
         previous_group = row["group"]
-        sheet.append([int(row["index_within_group"]), row["group"], *synthetic_features(row["group"] == "Malignant", rng)])
+        looks_malignant = (row["group"] == "Malignant") != (rng.random() < 0.2)
+        sheet.append([int(row["index_within_group"]), row["group"], *synthetic_features(looks_malignant, rng)])
     if centre == "center2":  # centre 2's sheet ends with eight blank (formatted) rows
         for _ in range(8):
             sheet.append([None] * len(SPREADSHEET_COLUMNS))

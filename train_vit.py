@@ -400,7 +400,7 @@ class WeightedCrossEntropyLoss:
         return weighted / (num_items_in_batch if num_items_in_batch is not None else labels.numel())
 
 
-def _metric_script(metric_path) -> Path:
+def metric_script_path(metric_path) -> Path:
     path = Path(metric_path)
     return path if path.suffix == ".py" else path / f"{path.name}.py"
 
@@ -409,7 +409,7 @@ def load_clinical_metric(metric_path=DEFAULT_METRIC_PATH):
     """The repository's `clinical_classification` evaluate module (offline)."""
     import evaluate
 
-    script = _metric_script(metric_path)
+    script = metric_script_path(metric_path)
     if not script.is_file():
         raise FileNotFoundError(f"Clinical metric module not found at {script}; pass --metric_path to its folder.")
     return evaluate.load(str(metric_path))
@@ -417,7 +417,7 @@ def load_clinical_metric(metric_path=DEFAULT_METRIC_PATH):
 
 def _clinical_functions(metric_path=DEFAULT_METRIC_PATH):
     """The plain functions (youden_threshold, delong_test, ...) of the metric module's file."""
-    script = _metric_script(metric_path)
+    script = metric_script_path(metric_path)
     spec = importlib.util.spec_from_file_location("lymphus_clinical_classification", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -538,7 +538,7 @@ class ClinicalTrainer(Trainer):
 # Plots
 
 
-def _pyplot():
+def agg_pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -551,7 +551,7 @@ def plot_roc(references, probabilities, path, *, title="ROC curve", roc_auc=None
     """ROC curve PNG; the legend carries the AUC and its CI, a dot marks the operating point at `threshold`."""
     from sklearn.metrics import roc_curve
 
-    plt = _pyplot()
+    plt = agg_pyplot()
     references = np.asarray(references, dtype=int)
     probabilities = np.asarray(probabilities, dtype=float)
     figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=100)
@@ -584,7 +584,7 @@ def plot_confusion_matrix(
     references, predictions, path, *, class_names=("benign", "malignant"), title="Confusion matrix"
 ) -> Path:
     """Confusion-matrix PNG (rows: true class, columns: predicted class) with counts in the cells."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     references = np.asarray(references, dtype=int)
     predictions = np.asarray(predictions, dtype=int)
     matrix = np.zeros((len(class_names), len(class_names)), dtype=int)
@@ -612,7 +612,7 @@ def plot_confusion_matrix(
 # Model card
 
 
-def _format_metric(values, name):
+def format_metric(values, name):
     value = values.get(name)
     if value is None:
         return "n/a"
@@ -763,13 +763,13 @@ def build_model_card(
         lines += [
             f"### {split} ({split_sources.get(split, split)}, n={at_half.get('n')})",
             "",
-            f"ROC-AUC: {_format_metric(at_half, 'roc_auc')}",
+            f"ROC-AUC: {format_metric(at_half, 'roc_auc')}",
             "",
             f"| metric | at Youden threshold {at_youden['threshold']:.3f} | at 0.5 |",
             "| --- | --- | --- |",
         ]
         lines += [
-            f"| {METRIC_DISPLAY_NAMES[name]} | {_format_metric(at_youden, name)} | {_format_metric(at_half, name)} |"
+            f"| {METRIC_DISPLAY_NAMES[name]} | {format_metric(at_youden, name)} | {format_metric(at_half, name)} |"
             for name in THRESHOLD_METRICS
         ]
         lines += [
@@ -908,7 +908,7 @@ def launch_hub_job(
         if argument.split("=", 1)[0] == "--metric_path":
             metric_path = argument.split("=", 1)[1] if "=" in argument else script_args[index + 1]
     script_args = job_script_args(script_args, drop=("--metric_path",))
-    script_args += ["--metric_path", str(_metric_script(metric_path))]
+    script_args += ["--metric_path", str(metric_script_path(metric_path))]
     api = HfApi(token=token)
     job = api.run_uv_job(
         script=script or str(Path(__file__).resolve()),
@@ -923,6 +923,16 @@ def launch_hub_job(
 
 
 # Outputs
+
+
+def load_lymphus(dataset_name, config, cache_dir=None):
+    """`load_dataset`, rebuilt from the files when `dataset_name` is a local export folder.
+
+    datasets' cache does not notice that a local folder's files were replaced (huggingface/datasets#2956): a
+    re-export to the same folder would otherwise train on the previous export's data.
+    """
+    local = Path(dataset_name).is_dir()
+    return load_dataset(dataset_name, config, cache_dir=cache_dir, download_mode="force_redownload" if local else None)
 
 
 def write_synthetic_export(folder, scale=0.25) -> str:
@@ -1022,7 +1032,7 @@ def main(args=None):
         model_args.model_config_json = model_args.model_config_json or json.dumps(TINY_VIT_CONFIG)
 
     # Dataset
-    dataset = load_dataset(data_args.dataset_name, data_args.dataset_config, cache_dir=model_args.cache_dir)
+    dataset = load_lymphus(data_args.dataset_name, data_args.dataset_config, cache_dir=model_args.cache_dir)
     required_splits = ("train", "validation") if training_args.do_train else ("validation",)
     for split in required_splits:
         if split not in dataset:
@@ -1048,7 +1058,7 @@ def main(args=None):
 
     evaluation_sets = {split: dataset[split] for split in ("validation", "test") if split in dataset}
     if data_args.external_config:
-        external = load_dataset(data_args.dataset_name, data_args.external_config, cache_dir=model_args.cache_dir)
+        external = load_lymphus(data_args.dataset_name, data_args.external_config, cache_dir=model_args.cache_dir)
         external = concatenate_datasets(list(external.values()))
         if external.features[data_args.label_column_name].names != class_names:
             external_names = external.features[data_args.label_column_name].names
@@ -1227,9 +1237,9 @@ def main(args=None):
             )
         ]
         logger.info(
-            f"{split}: AUC {_format_metric(auc, 'roc_auc')}; at {youden:.3f}: sensitivity "
-            f"{_format_metric(results['at_youden'], 'sensitivity')}, "
-            f"specificity {_format_metric(results['at_youden'], 'specificity')}"
+            f"{split}: AUC {format_metric(auc, 'roc_auc')}; at {youden:.3f}: sensitivity "
+            f"{format_metric(results['at_youden'], 'sensitivity')}, "
+            f"specificity {format_metric(results['at_youden'], 'specificity')}"
         )
     write_predictions_csv(output_dir / "predictions.csv", prediction_rows)
     # The threshold and the input the model expects travel with the model (config.json) and beside it.

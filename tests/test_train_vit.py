@@ -452,3 +452,16 @@ def test_benchmark_runs_and_reports_both_rates(export_dir, tmp_path, monkeypatch
     ratio = results["full_step_images_per_s"] / results["model_only_images_per_s"]
     assert results["ratio"] == pytest.approx(ratio, rel=0.05)  # the printed rates are rounded
     assert "ratio:" in capsys.readouterr().out
+
+
+def test_load_lymphus_sees_a_re_export_to_the_same_folder(tmp_path):
+    import lymphus
+
+    export = tmp_path / "export"
+    lymphus.write_synthetic_archives(tmp_path / "a", cases_per_group=3, scale=0.1, seed=1)
+    lymphus.export_dataset(tmp_path / "a", export, "basic_checks")
+    first = train_vit.load_lymphus(str(export), "center1")["train"]["maximum_diameter"]
+    lymphus.write_synthetic_archives(tmp_path / "b", cases_per_group=3, scale=0.1, seed=2)
+    lymphus.export_dataset(tmp_path / "b", export, "basic_checks", overwrite=True)
+    second = train_vit.load_lymphus(str(export), "center1")["train"]["maximum_diameter"]
+    assert list(first) != list(second)

@@ -1,0 +1,255 @@
+"""predict.py: images in, predicted masks and malignancy probabilities out, cropping with the PREDICTED mask.
+
+A tiny segmenter (train_segformer.main) and a tiny `--roi crop` ViT (train_vit.main) are trained on the same tiny
+synthetic export. References are independent where one exists: numpy slicing for the crop, transformers'
+`pipeline("image-classification")` for the probabilities, PIL for the written masks.
+"""
+
+import csv
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import lymphus  # noqa: E402
+import predict  # noqa: E402
+import train_segformer  # noqa: E402
+import train_vit  # noqa: E402
+
+TINY_SEGFORMER = '{"model_type":"segformer","depths":[1,1,1,1],"hidden_sizes":[8,16,32,64],"num_attention_heads":[1,1,2,2],"decoder_hidden_size":32}'
+TINY_VIT = '{"model_type":"vit","image_size":32,"patch_size":8,"num_hidden_layers":1,"hidden_size":32,"num_attention_heads":2,"intermediate_size":64}'
+COMMON = ["--dataset_config", "center1", "--external_config", "center2", "--per_device_eval_batch_size", "4", "--n_bootstrap", "50",
+          "--seed", "0", "--use_cpu", "--report_to", "none", "--disable_tqdm", "True", "--save_total_limit", "1"]
+
+
+@pytest.fixture(scope="session")
+def predict_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict-data")
+    lymphus.write_synthetic_archives(root / "archives", cases_per_group=5, scale=0.15)
+    return lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
+
+
+@pytest.fixture(scope="session")
+def segmenter_dir(predict_export, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("predict-seg") / "segmenter"
+    train_segformer.main(["--dataset_name", str(predict_export), "--model_config_json", TINY_SEGFORMER, "--image_size", "64",
+                          "--num_train_epochs", "6", "--learning_rate", "5e-3", "--per_device_train_batch_size", "2",
+                          "--output_dir", str(output_dir), *COMMON])
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(predict_export, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("predict-vit") / "classifier"
+    train_vit.main(["--dataset_name", str(predict_export), "--model_config_json", TINY_VIT, "--roi", "crop",
+                    "--num_train_epochs", "1", "--learning_rate", "1e-3", "--per_device_train_batch_size", "4",
+                    "--output_dir", str(output_dir), *COMMON])
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def image_folder(predict_export, tmp_path_factory):
+    """The external centre's test images as PNG files, one saved as RGB JPEG, and a text file to be skipped."""
+    import datasets
+
+    folder = tmp_path_factory.mktemp("predict-images")
+    test = datasets.load_dataset(str(predict_export), "center2", split="test")
+    for example in test:
+        example["image"].save(folder / f"{example['case_id']}.png")
+    test[0]["image"].convert("RGB").save(folder / "colour.jpg", quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def position_image(height=60, width=80):
+    """Pixel values that encode their position (never 0), so any crop is identified by its pixels."""
+    return (np.arange(height * width).reshape(height, width) % 251 + 1).astype(np.uint8)
+
+
+# Inputs
+
+
+def test_list_images_takes_the_images_of_a_folder_sorted(image_folder, tmp_path):
+    files = predict.list_images(image_folder)
+    assert [f.name for f in files] == sorted(p.name for p in image_folder.iterdir() if p.suffix != ".txt")
+    assert predict.list_images(files[0]) == [files[0]]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match="holds no image"):
+        predict.list_images(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        predict.list_images(tmp_path / "missing")
+
+
+def test_unreadable_image_is_refused_by_name(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(ValueError, match=r"Cannot read image .*broken\.png"):
+        predict.read_image(tmp_path / "broken.png")
+
+
+def test_colour_image_is_converted_to_grayscale_with_a_note(tmp_path, caplog):
+    rgb = np.zeros((10, 12, 3), dtype=np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "red.png")
+    with caplog.at_level(logging.WARNING, logger="predict"):
+        image = predict.read_image(tmp_path / "red.png")
+    assert image.mode == "L" and image.size == (12, 10)
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(Image.fromarray(rgb).convert("L")))
+    assert "red.png is RGB" in caplog.text
+
+
+def test_output_names_are_unique():
+    assert predict.output_names(["a/x.png", "a/y.png"]) == ["x", "y"]
+    assert predict.output_names(["a/x.png", "a/x.jpg"]) == ["x_png", "x_jpg"]
+
+
+# ROI from the predicted mask
+
+
+def test_crop_and_masked_views_use_the_predicted_mask():
+    pixels = position_image()
+    mask = np.zeros(pixels.shape, dtype=np.uint8)
+    mask[10:30, 20:60] = 1  # 20 rows x 40 columns: margin 0.1 adds 2 rows and 4 columns each side
+    view, roi = predict.roi_from_predicted_mask(Image.fromarray(pixels), mask, "crop", 0.1, "x.png")
+    assert roi == "crop"
+    np.testing.assert_array_equal(np.asarray(view), pixels[8:32, 16:64])
+    view, roi = predict.roi_from_predicted_mask(Image.fromarray(pixels), mask, "masked", 0.1, "x.png")
+    expected = pixels[8:32, 16:64] * mask[8:32, 16:64]
+    np.testing.assert_array_equal(np.asarray(view), expected)
+
+
+def test_empty_predicted_mask_falls_back_to_the_full_image_with_a_warning(caplog):
+    image = Image.fromarray(position_image())
+    for mode in ("crop", "masked"):
+        with caplog.at_level(logging.WARNING, logger="predict"):
+            view, roi = predict.roi_from_predicted_mask(image, np.zeros((60, 80), np.uint8), mode, 0.1, "case-17.png")
+        assert view is image and roi == "full (empty predicted mask)"
+        assert "case-17.png: the predicted mask is empty" in caplog.text
+
+
+# Models
+
+
+def test_predict_masks_returns_one_0_1_mask_per_image_at_its_size(segmenter_dir):
+    from transformers import SegformerImageProcessor
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    model, processor = predict.load_segmenter(str(segmenter_dir), device="cpu")
+    assert processor.do_reduce_labels is False
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, size=size, dtype=np.uint8)) for size in ((50, 70), (33, 90), (64, 64))]
+    masks = predict.predict_masks(model, processor, images, batch_size=2)
+    assert [m.shape for m in masks] == [(50, 70), (33, 90), (64, 64)]
+    assert all(m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} for m in masks)
+    # Independent path: the saved processor on RGB, the model, the processor's own post-processing.
+    inputs = processor([image.convert("RGB") for image in images], return_tensors="pt")
+    import torch
+
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    reference = SegformerImageProcessor().post_process_semantic_segmentation(
+        SemanticSegmenterOutput(logits=logits), target_sizes=[m.shape for m in masks]
+    )
+    for mask, expected in zip(masks, reference):
+        assert (mask == expected.numpy()).mean() > 0.99
+
+
+def test_classifier_settings_come_from_train_vit(classifier_dir):
+    model, _ = predict.load_classifier(str(classifier_dir), device="cpu")
+    settings = predict.classifier_settings(model.config)
+    saved = json.loads((classifier_dir / "config.json").read_text())  # what train_vit.py writes beside the weights
+    assert settings["roi_mode"] == "crop" == saved["roi_mode"]
+    assert settings["roi_margin"] == saved["roi_margin"]
+    assert settings["threshold"] == saved["youden_threshold"]
+    assert (settings["positive_label"], settings["negative_label"], settings["positive_index"]) == ("malignant", "benign", 1)
+
+
+# main() end to end
+
+
+def test_main_segments_crops_and_classifies_a_folder(segmenter_dir, classifier_dir, image_folder, tmp_path):
+    from transformers import pipeline
+
+    output_dir = tmp_path / "out"
+    rows = predict.main(["--input", str(image_folder), "--classifier", str(classifier_dir), "--segmenter", str(segmenter_dir),
+                         "--output_dir", str(output_dir), "--device", "cpu", "--save_overlays", "--batch_size", "3"])
+    written = read_csv(output_dir / "predictions.csv")
+    assert list(written[0]) == ["file", "probability_malignant", "label_at_threshold", "threshold", "mask_path", "node_pixels", "roi"]
+    assert len(written) == len(rows) == len(predict.list_images(image_folder))
+    threshold = json.loads((classifier_dir / "config.json").read_text())["youden_threshold"]
+    classifier = pipeline("image-classification", model=str(classifier_dir), device="cpu")
+    assert {row["roi"] for row in written} <= {"crop", "full (empty predicted mask)"}
+    assert any(row["roi"] == "crop" for row in written), "the tiny segmenter should find some nodes"
+    for row in written:
+        image = Image.open(row["file"]).convert("L")
+        mask = np.asarray(Image.open(output_dir / row["mask_path"]))
+        assert mask.shape == (image.height, image.width) and set(np.unique(mask)) <= {0, 1}
+        assert int(row["node_pixels"]) == mask.sum()
+        assert (row["roi"] == "crop") == (mask.sum() > 0)
+        assert (output_dir / "overlays" / Path(row["mask_path"]).name).is_file()
+        probability = float(row["probability_malignant"])
+        assert float(row["threshold"]) == threshold
+        assert row["label_at_threshold"] == ("malignant" if probability >= threshold else "benign")
+        view = train_vit.roi_image(image, Image.fromarray(mask), "crop", 0.1) if mask.any() else image
+        scores = classifier(view)
+        assert probability == pytest.approx(next(s["score"] for s in scores if s["label"] == "malignant"), abs=2e-3)
+
+
+def test_main_crops_with_the_predicted_mask(segmenter_dir, classifier_dir, tmp_path, monkeypatch):
+    """A hand-made segmenter output: the classifier must see exactly the box it implies, not the whole image."""
+    pixels = position_image()
+    Image.fromarray(pixels).save(tmp_path / "case.png")
+    box = np.zeros(pixels.shape, dtype=np.uint8)
+    box[10:30, 20:60] = 1
+    monkeypatch.setattr(predict, "predict_masks", lambda model, processor, images, batch_size=8: [box.copy() for _ in images])
+    seen = []
+    original = predict.predict_probabilities
+
+    def spy(model, processor, images, positive_index=1, batch_size=8):
+        seen.extend(np.asarray(image) for image in images)
+        return original(model, processor, images, positive_index, batch_size)
+
+    monkeypatch.setattr(predict, "predict_probabilities", spy)
+    (row,) = predict.main(["--input", str(tmp_path / "case.png"), "--classifier", str(classifier_dir), "--segmenter", str(segmenter_dir),
+                           "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
+    (view,) = seen
+    np.testing.assert_array_equal(view, pixels[8:32, 16:64])
+    assert row["roi"] == "crop" and row["node_pixels"] == 800
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "masks" / "case.png")), box)
+
+
+def test_full_image_classifier_needs_no_segmenter(classifier_dir, image_folder, tmp_path):
+    full = tmp_path / "full-classifier"
+    shutil.copytree(classifier_dir, full, ignore=shutil.ignore_patterns("checkpoint-*"))
+    config = json.loads((full / "config.json").read_text())
+    (full / "config.json").write_text(json.dumps({**config, "roi_mode": "full"}))
+    rows = predict.main(["--input", str(image_folder), "--classifier", str(full), "--output_dir", str(tmp_path / "out"),
+                         "--device", "cpu", "--threshold", "0.5"])
+    assert all(row["mask_path"] == "" and row["roi"] == "full" and row["threshold"] == 0.5 for row in rows)
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_crop_classifier_without_segmenter_is_refused(classifier_dir, image_folder, tmp_path):
+    with pytest.raises(ValueError, match="--roi crop.*--segmenter"):
+        predict.main(["--input", str(image_folder), "--classifier", str(classifier_dir), "--output_dir", str(tmp_path), "--device", "cpu"])
+
+
+def test_main_names_an_unreadable_image_in_the_folder(segmenter_dir, classifier_dir, tmp_path):
+    Image.fromarray(position_image()).save(tmp_path / "good.png")
+    (tmp_path / "zz-bad.bmp").write_bytes(b"BM garbage")
+    with pytest.raises(ValueError, match="zz-bad.bmp"):
+        predict.main(["--input", str(tmp_path), "--classifier", str(classifier_dir), "--segmenter", str(segmenter_dir),
+                      "--output_dir", str(tmp_path / "out"), "--device", "cpu"])

@@ -1,0 +1,429 @@
+"""train_segformer.py: labels, mask-aware augmentation, loss, logits -> masks -> metrics, main() end to end, resume,
+Hub push and Hub Job.
+
+Runs offline on a tiny synthetic export (lymphus.py) and a tiny SegFormer built from a config. References are
+independent where one exists: the SegFormer image processor and its post-processing, torch's cross-entropy and
+the model's own loss, numpy Dice/IoU and a brute-force HD95 over boundary points (scipy cdist).
+"""
+
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import lymphus  # noqa: E402
+import train_segformer  # noqa: E402
+
+TINY_SEGFORMER = '{"model_type":"segformer","depths":[1,1,1,1],"hidden_sizes":[8,16,32,64],"num_attention_heads":[1,1,2,2],"decoder_hidden_size":32}'
+
+
+@pytest.fixture(scope="session")
+def export_dir(tmp_path_factory):
+    """Synthetic archives in the official format, exported: 5 cases per centre and label, images ~40-120 px."""
+    root = tmp_path_factory.mktemp("seg-data")
+    lymphus.write_synthetic_archives(root / "archives", cases_per_group=5, scale=0.15)
+    return lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
+
+
+def tiny_args(export_dir, output_dir, *extra, epochs=6):
+    return [
+        "--dataset_name", str(export_dir),
+        "--dataset_config", "center1",
+        "--external_config", "center2",
+        "--model_config_json", TINY_SEGFORMER,
+        "--image_size", "64",
+        "--output_dir", str(output_dir),
+        "--num_train_epochs", str(epochs),
+        "--per_device_train_batch_size", "2",
+        "--per_device_eval_batch_size", "4",
+        "--learning_rate", "5e-3",
+        "--n_bootstrap", "200",
+        "--seed", "0",
+        "--use_cpu",
+        "--report_to", "none",
+        "--disable_tqdm", "True",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained(export_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("seg-run") / "out"
+    train_segformer.main(tiny_args(export_dir, output_dir))
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def metric():
+    return train_segformer.load_segmentation_metric()
+
+
+def tiny_model(num_labels=2):
+    from transformers import AutoConfig, AutoModelForSemanticSegmentation
+
+    config_dict = json.loads(TINY_SEGFORMER)
+    config = AutoConfig.for_model(config_dict.pop("model_type"), num_labels=num_labels, **config_dict)
+    torch.manual_seed(0)
+    return AutoModelForSemanticSegmentation.from_config(config).eval()
+
+
+def asymmetric_case(height=32, width=32):
+    """An L-shaped node in the left half (mask 0/1) and an image that is 200 on the node, 50 elsewhere."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[4:24, 3:9] = 1
+    mask[18:24, 3:16] = 1
+    return (50 + 150 * mask).astype(np.uint8), mask
+
+
+def logits_from_mask(mask, stride=4, margin=10.0):
+    """(1, 2, h/stride, w/stride) logits whose argmax is the mask subsampled at `stride` (mask aligned to the grid)."""
+    low = torch.from_numpy(mask[::stride, ::stride].astype(np.float32))
+    return torch.stack([margin * (1 - 2 * low), margin * (2 * low - 1)])[None]
+
+
+def numpy_dice_iou(prediction, reference):
+    intersection = np.logical_and(prediction, reference).sum()
+    total = prediction.sum() + reference.sum()
+    if total == 0:
+        return 1.0, 1.0
+    return 2 * intersection / total, intersection / (total - intersection)
+
+
+def brute_force_hd95(prediction, reference):
+    """HD95 from the boundary point sets (4-neighbourhood boundary), distances by scipy cdist: no distance transform."""
+    from scipy import ndimage
+    from scipy.spatial.distance import cdist
+
+    def boundary(mask):
+        mask = mask.astype(bool)
+        return np.argwhere(mask & ~ndimage.binary_erosion(mask, border_value=0))
+
+    if not prediction.any() or not reference.any():
+        return None
+    distances = cdist(boundary(prediction), boundary(reference))
+    return max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95))
+
+
+# Labels: class 0 is the background and stays so, node pixels stay class 1
+
+
+def test_eval_transform_keeps_node_pixels_class_one():
+    pixels, mask = asymmetric_case()
+    transform = train_segformer.SegmentationTransform((32, 32), [0.5] * 3, [0.5] * 3, train=False)
+    pixel_values, labels = transform(Image.fromarray(pixels), Image.fromarray(mask))
+    assert labels.dtype == torch.int64 and pixel_values.shape == (3, 32, 32)
+    np.testing.assert_array_equal(labels.numpy(), mask)  # 1 = node, 0 = background: nothing reduced, nothing ignored
+
+
+def test_labels_match_the_segformer_processor_without_reduce_labels():
+    from transformers import SegformerImageProcessor
+
+    pixels, mask = asymmetric_case(40, 56)
+    processor = SegformerImageProcessor(size={"height": 40, "width": 56}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_reduce_labels=False)
+    reference = processor(Image.fromarray(pixels).convert("RGB"), segmentation_maps=Image.fromarray(mask), return_tensors="pt")
+    ours_pixels, ours_labels = train_segformer.transform_for(processor)(Image.fromarray(pixels), Image.fromarray(mask))
+    np.testing.assert_array_equal(ours_labels.numpy(), reference["labels"][0].numpy())
+    torch.testing.assert_close(ours_pixels, reference["pixel_values"][0], atol=0.02, rtol=0)
+    # The trap this script avoids: the ADE20k setting turns the node into class 0 and the background into 255 (ignored).
+    reduced = SegformerImageProcessor(size={"height": 40, "width": 56}, do_reduce_labels=True)
+    trap = reduced(Image.fromarray(pixels).convert("RGB"), segmentation_maps=Image.fromarray(mask), return_tensors="pt")["labels"][0]
+    assert set(trap.unique().tolist()) == {0, 255}
+
+
+def test_masks_other_than_0_1_are_refused_with_the_case_name():
+    pixels, mask = asymmetric_case()
+    transform = train_segformer.SegmentationTransform((32, 32), [0.5], [0.5], train=False)
+    with pytest.raises(ValueError, match=r"case center9-benign-1.*\[0, 255\].*divided by 255"):
+        transform(Image.fromarray(pixels), Image.fromarray(mask * 255), where="case center9-benign-1")
+
+
+# Mask-aware augmentation
+
+
+def test_flip_moves_image_and_mask_together():
+    pixels, mask = asymmetric_case()
+    geometry = train_segformer.train_geometry((32, 32), scale=(1.0, 1.0), ratio=(1.0, 1.0), degrees=0.0, flip=1.0)
+    transform = train_segformer.SegmentationTransform((32, 32), [0.5], [0.5], train=True, num_channels=1, geometry=geometry)
+    torch.manual_seed(0)
+    pixel_values, labels = transform(Image.fromarray(pixels), Image.fromarray(mask))
+    np.testing.assert_array_equal(labels.numpy(), mask[:, ::-1])
+    assert labels[4:24, 3:9].sum() == 0  # the node left its original (left) side
+    # Brightness/contrast move values monotonically: the bright pixels are still exactly the node's.
+    np.testing.assert_array_equal((pixel_values[0] > pixel_values[0].min()).numpy(), mask[:, ::-1] == 1)
+
+
+def test_random_augmentation_keeps_image_and_mask_aligned():
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[10:50, 8:28] = 1
+    mask[38:50, 8:44] = 1  # a thick L: a misalignment of a few pixels shows, bilinear edges do not
+    pixels = (50 + 150 * mask).astype(np.uint8)
+    transform = train_segformer.SegmentationTransform((48, 48), [0.5] * 3, [0.5] * 3, train=True)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        pixel_values, labels = transform(Image.fromarray(pixels), Image.fromarray(mask))
+        assert set(labels.unique().tolist()) <= {0, 1}
+        bright = pixel_values[0] > (pixel_values[0].max() + pixel_values[0].min()) / 2
+        node = labels == 1
+        iou = (bright & node).sum() / (bright | node).sum()
+        assert iou > 0.85, f"seed {seed}: image and mask moved apart (IoU {iou:.2f})"
+
+
+# Loss: every pixel counts
+
+
+def test_loss_is_pixel_cross_entropy_with_background_counted():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(3, 2, 8, 8), torch.randint(0, 2, (3, 32, 32))
+    loss = train_segformer.SegmentationLoss()
+    upsampled = torch.nn.functional.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(loss({"logits": logits}, labels), torch.nn.functional.cross_entropy(upsampled, labels))
+    halves = loss({"logits": logits[:1]}, labels[:1], num_items_in_batch=labels.numel()) + loss(
+        {"logits": logits[1:]}, labels[1:], num_items_in_batch=labels.numel()
+    )
+    torch.testing.assert_close(halves, loss({"logits": logits}, labels))
+    # A model painting every pixel as node on an all-background image must pay (ignore_index=0 would make this 0).
+    everything_node = torch.stack([torch.full((8, 8), -5.0), torch.full((8, 8), 5.0)])[None]
+    assert loss({"logits": everything_node}, torch.zeros(1, 32, 32, dtype=torch.long)) > 9.0
+
+
+def test_loss_equals_the_segformer_loss_when_no_pixel_is_ignored():
+    model = tiny_model()
+    pixel_values, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 2, (2, 64, 64))
+    outputs = model(pixel_values=pixel_values, labels=labels)
+    torch.testing.assert_close(train_segformer.SegmentationLoss()(outputs, labels), outputs.loss)
+
+
+# Logits -> masks at the original size -> metrics
+
+
+def test_logits_to_masks_matches_the_segformer_post_processing():
+    from transformers import SegformerImageProcessor
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    torch.manual_seed(0)
+    logits, sizes = torch.randn(2, 2, 16, 16), [(40, 70), (33, 21)]
+    ours = train_segformer.logits_to_masks(logits, sizes)
+    reference = SegformerImageProcessor().post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits), target_sizes=sizes)
+    for mask, expected, size in zip(ours, reference, sizes):
+        assert mask.shape == size and mask.dtype == np.uint8
+        np.testing.assert_array_equal(mask, expected.numpy())
+
+
+def test_perfect_prediction_scores_one_and_empty_prediction_zero(metric):
+    reference = np.zeros((64, 48), dtype=np.uint8)
+    # A band on the 4-pixel grid of the logits: bilinear upsampling + argmax restores it exactly (a rectangle
+    # would lose its corners, where 3 of the 4 low-resolution neighbours are background).
+    reference[16:40, :] = 1
+    (perfect,) = train_segformer.logits_to_masks(logits_from_mask(reference), [reference.shape])
+    np.testing.assert_array_equal(perfect, reference)
+    (empty,) = train_segformer.logits_to_masks(logits_from_mask(np.zeros_like(reference)), [reference.shape])
+    assert empty.sum() == 0
+    results = train_segformer.segmentation_metrics(metric, [perfect], [reference], n_bootstrap=50)
+    assert (results["dice"], results["iou"], results["hd95"]) == (1.0, 1.0, 0.0)
+    results = train_segformer.segmentation_metrics(metric, [empty], [reference], n_bootstrap=50)
+    assert (results["dice"], results["iou"], results["hd95"]) == (0.0, 0.0, None)
+
+
+def test_partial_prediction_matches_numpy_and_brute_force_hd95(metric):
+    reference = np.zeros((64, 48), dtype=np.uint8)
+    reference[16:40, 8:32] = 1
+    shifted = np.roll(reference, (4, 8), axis=(0, 1))
+    (prediction,) = train_segformer.logits_to_masks(logits_from_mask(shifted), [shifted.shape])
+    results = train_segformer.segmentation_metrics(metric, [prediction, reference], [reference, reference], n_bootstrap=0)
+    dice, iou = numpy_dice_iou(prediction, reference)
+    assert results["per_image_dice"][0] == pytest.approx(dice) and results["per_image_iou"][0] == pytest.approx(iou)
+    assert results["dice"] == pytest.approx((dice + 1.0) / 2)
+    assert results["per_image_hd95"][0] == pytest.approx(brute_force_hd95(prediction, reference))
+
+
+def test_evaluate_split_scores_each_case_and_each_centre(export_dir, metric, monkeypatch):
+    """Through evaluate_split on a two-centre split: expert masks as predictions score 1.0, empty ones 0.0."""
+    import datasets
+
+    test = datasets.load_dataset(str(export_dir), "all", split="test")
+    experts = {case: np.asarray(mask) for case, mask in zip(test["case_id"], test["mask"])}
+    transform = train_segformer.SegmentationTransform((32, 32), [0.5], [0.5])
+
+    def perfect(model, transform, images, batch_size=8):
+        return [experts[case].copy() for case in next(cases)]
+
+    batches = [list(test["case_id"])[i : i + 3] for i in range(0, len(test), 3)]
+    cases = iter(batches)
+    monkeypatch.setattr(train_segformer, "segment_images", perfect)
+    results, rows, _ = train_segformer.evaluate_split(None, transform, test, metric, batch_size=3, n_bootstrap=50)
+    assert results["dice"] == results["iou"] == 1.0 and results["hd95"] == 0.0
+    assert set(results["by_centre"]) == {"center1", "center2"}
+    assert [r["case_id"] for r in rows] == list(test["case_id"])
+    assert [r["expert_pixels"] for r in rows] == [int(experts[c].sum()) for c in test["case_id"]]
+
+    monkeypatch.setattr(train_segformer, "segment_images", lambda model, transform, images, batch_size=8: [np.zeros((i.height, i.width), np.uint8) for i in images])
+    results, rows, _ = train_segformer.evaluate_split(None, transform, test, metric, batch_size=3, n_bootstrap=50)
+    assert results["dice"] == 0.0 and results["hd95"] is None
+    assert all(r["dice"] == 0.0 and r["predicted_pixels"] == 0 for r in rows)
+    for centre, values in results["by_centre"].items():
+        assert values["n_images"] == sum(1 for c in test["centre"] if c == centre)
+
+
+# Overlays
+
+
+def test_contour_is_the_inner_boundary_of_the_mask():
+    mask = np.zeros((10, 12), dtype=np.uint8)
+    mask[2:8, 3:9] = 1
+    ring = mask.astype(bool).copy()
+    ring[3:7, 4:8] = False
+    np.testing.assert_array_equal(train_segformer.contour(mask), ring)
+    assert not train_segformer.contour(np.zeros((5, 5))).any()
+    rgb = train_segformer.overlay_contours(Image.fromarray(np.full((10, 12), 7, np.uint8)), (mask, (255, 0, 0)))
+    assert (rgb[ring] == (255, 0, 0)).all() and (rgb[~ring] == 7).all()
+
+
+def test_select_cases_picks_best_median_worst():
+    assert train_segformer.select_cases([0.5, 0.9, 0.1, 0.7, 0.3]) == {"best": 1, "median": 0, "worst": 2}
+    assert train_segformer.select_cases([0.4]) == {"best": 0}
+
+
+# main() end to end
+
+
+def test_main_writes_metrics_overlays_and_card(trained, export_dir):
+    import datasets
+    from huggingface_hub import ModelCard
+
+    for name in ("README.md", "config.json", "model.safetensors", "preprocessor_config.json", "segmentation_cases.csv"):
+        assert (trained / name).is_file(), name
+    assert json.loads((trained / "preprocessor_config.json").read_text())["do_reduce_labels"] is False
+    assert json.loads((trained / "config.json").read_text())["id2label"] == {"0": "background", "1": "lymph_node"}
+    center2 = datasets.load_dataset(str(export_dir), "center2")
+    expected_cases = {
+        "validation": list(datasets.load_dataset(str(export_dir), "center1", split="validation")["case_id"]),
+        "test": list(datasets.load_dataset(str(export_dir), "center1", split="test")["case_id"]),
+        "external": [case for split in center2.values() for case in split["case_id"]],
+    }
+    card = ModelCard.load(trained / "README.md")
+    for split, cases in expected_cases.items():
+        metrics = json.loads((trained / f"metrics_{split}.json").read_text())
+        for name in ("dice", "iou", "hd95"):
+            assert name in metrics and f"{name}_ci_low" in metrics and f"{name}_ci_high" in metrics, (split, name)
+        assert metrics["resolution"] == "original" and metrics["n_images"] == len(cases)
+        assert sorted(c["case_id"] for c in metrics["cases"]) == sorted(cases)
+        assert metrics["dice"] == pytest.approx(np.mean([c["dice"] for c in metrics["cases"]]))
+        assert metrics["dice_ci_low"] <= metrics["dice"] <= metrics["dice_ci_high"]
+        Image.open(trained / f"overlays_{split}.png").verify()
+        assert f"](overlays_{split}.png)" in card.text
+        dice = [r for r in card.data.eval_results if r.metric_type == "dice" and r.dataset_split == ("all" if split == "external" else split)]
+        assert dice and dice[0].metric_value == pytest.approx(metrics["dice"]) and "95% CI" in dice[0].metric_name
+    assert "Not for clinical use" in card.text and "synthetic data" in card.text and "do_reduce_labels=False" in card.text
+    with open(trained / "segmentation_cases.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == sum(len(c) for c in expected_cases.values())
+
+
+def test_reported_metrics_match_the_saved_model_and_numpy(trained, export_dir):
+    """Reload the saved model, segment the external centre again, score with numpy: the JSON must agree."""
+    import datasets
+    import predict
+
+    model, processor = predict.load_segmenter(str(trained), device="cpu")
+    external = datasets.concatenate_datasets(list(datasets.load_dataset(str(export_dir), "center2").values()))
+    masks = predict.predict_masks(model, processor, list(external["image"]))
+    reported = {c["case_id"]: c for c in json.loads((trained / "metrics_external.json").read_text())["cases"]}
+    assert any(m.any() for m in masks), "the tiny model should find some nodes after 6 epochs"
+    for case_id, reference, prediction in zip(external["case_id"], external["mask"], masks):
+        reference = np.asarray(reference)
+        dice, iou = numpy_dice_iou(prediction, reference)
+        assert reported[case_id]["dice"] == pytest.approx(dice) and reported[case_id]["iou"] == pytest.approx(iou)
+        assert reported[case_id]["predicted_pixels"] == prediction.sum()
+        expected_hd95 = brute_force_hd95(prediction, reference)
+        assert reported[case_id]["hd95"] == (None if expected_hd95 is None else pytest.approx(expected_hd95))
+
+
+def test_resume_from_checkpoint_continues_the_same_run(trained, export_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    first, last = sorted(trained.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    train_segformer.main(tiny_args(export_dir, tmp_path / "resumed", "--resume_from_checkpoint", str(first)))
+    resumed = load_file(tmp_path / "resumed" / last.name / "model.safetensors")
+    original = load_file(last / "model.safetensors")
+    assert resumed.keys() == original.keys()
+    for key in original:
+        torch.testing.assert_close(resumed[key], original[key], msg=key)
+
+
+# Hub
+
+
+def test_push_to_hub_uploads_the_results_without_the_token(local_hub, export_dir, tmp_path, caplog, capfd):
+    from huggingface_hub import HfApi
+
+    repo_id = f"{local_hub.user}/segformer-lymphus-push"
+    caplog.set_level(logging.DEBUG)
+    train_segformer.main(tiny_args(export_dir, tmp_path / "push", "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", local_hub.token, epochs=1))
+    uploaded = HfApi(token=local_hub.token).list_repo_files(repo_id)
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "segmentation_cases.csv",
+                 "metrics_test.json", "metrics_external.json", "overlays_test.png", "overlays_external.png"):
+        assert name in uploaded, name
+    assert not any(name.startswith("checkpoint-") or name.endswith(".bin") for name in uploaded)
+    card = local_hub.read_file(repo_id, "README.md").decode()
+    assert "model-index" in card and "type: dice" in card and "](overlays_test.png)" in card
+    for name in uploaded:
+        assert local_hub.token.encode() not in local_hub.read_file(repo_id, name), name
+    out, err = capfd.readouterr()
+    assert local_hub.token not in out + err + caplog.text
+
+
+def test_launch_on_hub_submits_the_same_run_with_its_shared_files(local_hub, monkeypatch, capsys):
+    from huggingface_hub import HfApi, Volume
+
+    shipped = {}
+
+    def fake_bucket_upload(self, *, namespace, remote_to_local_file_names, token):
+        # The local hub has no buckets (xet): record what huggingface_hub would ship to the Job instead.
+        shipped.update(remote_to_local_file_names)
+        return [Volume(type="bucket", source=f"{namespace}/jobs-artifacts", mount_path="/data", path="test", read_only=False)]
+
+    monkeypatch.setattr(HfApi, "_upload_scripts_to_bucket", fake_bucket_upload)
+    before = len(local_hub.find_requests("POST", r"/api/jobs/"))
+    job = train_segformer.main([
+        "--launch_on_hub", "a10g-small",
+        "--job_timeout", "2h",
+        "--hub_token", local_hub.token,
+        "--dataset_name", f"{local_hub.user}/lymphus",
+        "--dataset_config", "center1",
+        "--external_config", "center2",
+        "--model_name_or_path", "nvidia/mit-b0",
+        "--num_train_epochs", "50",
+        "--output_dir", "segformer-lymphus",
+        "--push_to_hub",
+        "--hub_model_id", f"{local_hub.user}/segformer-lymphus",
+    ])
+    (request,) = local_hub.find_requests("POST", r"/api/jobs/")[before:]
+    assert request["path"].endswith(f"/api/jobs/{local_hub.user}")
+    spec = request["json"]
+    assert spec["flavor"] == "a10g-small"
+    assert spec["secrets"] == {"HF_TOKEN": local_hub.token}
+    assert spec["timeoutSeconds"] == 2 * 3600
+    assert spec["command"] == [
+        "uv", "run", "/data/train_segformer.py",
+        "--dataset_name", f"{local_hub.user}/lymphus", "--dataset_config", "center1", "--external_config", "center2",
+        "--model_name_or_path", "nvidia/mit-b0", "--num_train_epochs", "50", "--output_dir", "segformer-lymphus",
+        "--push_to_hub", "--hub_model_id", f"{local_hub.user}/segformer-lymphus",
+        "--train_vit_path", "/data/train_vit.py", "--metric_path", "/data/binary_segmentation.py",
+    ]
+    assert local_hub.token not in json.dumps(spec["command"]) + json.dumps(spec.get("environment"))
+    assert set(shipped) == {"train_segformer.py", "train_vit.py", "binary_segmentation.py"}
+    assert Path(shipped["train_vit.py"]) == REPO / "train_vit.py"
+    assert job.url in capsys.readouterr().out
+
+
+def test_launch_on_hub_refuses_a_local_dataset(export_dir, local_hub):
+    with pytest.raises(ValueError, match="local folder"):
+        train_segformer.main(["--launch_on_hub", "a10g-small", "--hub_token", local_hub.token, "--dataset_name", str(export_dir), "--output_dir", "x", "--push_to_hub"])
