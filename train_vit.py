@@ -163,6 +163,18 @@ class DataTrainingArguments:
         default=str(DEFAULT_METRIC_PATH),
         metadata={"help": "The clinical_classification evaluate module (its folder or its .py file)."},
     )
+    roi_source: str = field(
+        default="expert",
+        metadata={
+            "help": "expert: crop/mask test sets with the expert masks only. predicted: also evaluate the test and "
+            "external sets cropped with the masks of --segmenter_name_or_path (train_segformer.py), as at inference "
+            "where no expert mask exists: <split>_predicted_roi in metrics, predictions and card, same threshold.",
+            "choices": ["expert", "predicted"],
+        },
+    )
+    segmenter_name_or_path: str | None = field(
+        default=None, metadata={"help": "Segmenter (local folder or Hub id) for --roi_source predicted."}
+    )
     offline_demo: bool = field(
         default=False,
         metadata={
@@ -180,6 +192,11 @@ class DataTrainingArguments:
         if self.external_config is not None and self.external_config == self.dataset_config:
             raise ValueError(
                 f"--external_config {self.external_config} is the training subset itself; choose the other centre."
+            )
+        if self.roi_source == "predicted" and (self.roi == "full" or self.segmenter_name_or_path is None):
+            raise ValueError(
+                f"--roi_source predicted needs --roi crop or masked (got {self.roi}) and --segmenter_name_or_path "
+                f"(got {self.segmenter_name_or_path})."
             )
         if not 0.0 <= self.roi_margin <= 2.0:
             raise ValueError(f"--roi_margin {self.roi_margin} is outside [0, 2] (it is a fraction of the box size).")
@@ -657,18 +674,21 @@ def build_model_card(
         "validation": f"{dataset_config or 'default'} / validation",
         "test": f"{dataset_config or 'default'} / test",
         "external": f"{external_config} / all splits",
+        "test_predicted_roi": f"{dataset_config or 'default'} / test, ROI from the segmenter's masks",
+        "external_predicted_roi": f"{external_config} / all splits, ROI from the segmenter's masks",
     }
     level = int(round(confidence_level * 100))
 
     eval_results = []
     for split, metrics in split_metrics.items():
-        config = external_config if split == "external" else dataset_config
+        base_split = split.removesuffix("_predicted_roi")
+        config = external_config if base_split == "external" else dataset_config
         common = dict(
             task_type="image-classification",
             dataset_type=dataset_name if is_hub_dataset else "lymphus",
             dataset_name=f"LymphUs {config or ''} {split}".replace("  ", " "),
             dataset_config=config,
-            dataset_split="all" if split == "external" else split,
+            dataset_split="all" if base_split == "external" else base_split,
         )
         entries = [("roc_auc", metrics["at_0.5"], None)]
         entries += [(name, metrics["at_youden"], "youden") for name in THRESHOLD_METRICS]
@@ -925,6 +945,23 @@ def launch_hub_job(
 # Outputs
 
 
+def with_predicted_masks(dataset, segmenter, segmenter_processor, data_args):
+    """`dataset` with its mask column replaced by the segmenter's masks (an empty one by the whole image)."""
+    import predict
+
+    images = [image.convert("L") for image in dataset[data_args.image_column_name]]
+    masks = predict.predict_masks(segmenter, segmenter_processor, images)
+    for index, (case_id, mask) in enumerate(zip(dataset[data_args.case_id_column_name], masks)):
+        if not mask.any():
+            logger.warning(f"{case_id}: the segmenter found no node; the whole image is used.")
+            masks[index] = np.ones_like(mask)
+    feature = datasets.Image()
+    dataset = dataset.remove_columns(data_args.mask_column_name)
+    return dataset.add_column(
+        data_args.mask_column_name, [feature.encode_example(Image.fromarray(mask)) for mask in masks], feature=feature
+    )
+
+
 def load_lymphus(dataset_name, config, cache_dir=None):
     """`load_dataset`, rebuilt from the files when `dataset_name` is a local export folder.
 
@@ -1177,6 +1214,16 @@ def main(args=None):
         trainer.save_metrics("train", train_result.metrics)
         trainer.save_state()
 
+    # Mask-free evaluation: the test sets again, cropped with a segmenter's masks instead of the expert's
+    if data_args.roi_source == "predicted":
+        import predict  # here, not at the top: predict imports train_segformer, which imports this module
+
+        segmenter, segmenter_processor = predict.load_segmenter(data_args.segmenter_name_or_path, device=training_args.device)
+        for split in [split for split in ("test", "external") if split in evaluation_sets]:
+            evaluation_sets[f"{split}_predicted_roi"] = with_predicted_masks(
+                evaluation_sets[split], segmenter, segmenter_processor, data_args
+            )
+
     # Evaluation: validation picks the threshold, test and external use it unchanged
     probabilities, references, case_ids = {}, {}, {}
     for split, split_dataset in evaluation_sets.items():
@@ -1204,8 +1251,9 @@ def main(args=None):
         record = {
             "split": split,
             "dataset": dataset_label,
-            "config": data_args.external_config if split == "external" else data_args.dataset_config,
+            "config": data_args.external_config if split.startswith("external") else data_args.dataset_config,
             "roi": data_args.roi,
+            "roi_source": "predicted" if split.endswith("_predicted_roi") else "expert",
             "youden_threshold": youden,
             "threshold_source": "validation",
             **results,

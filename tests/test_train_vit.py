@@ -465,3 +465,49 @@ def test_load_lymphus_sees_a_re_export_to_the_same_folder(tmp_path):
     lymphus.export_dataset(tmp_path / "b", export, "basic_checks", overwrite=True)
     second = train_vit.load_lymphus(str(export), "center1")["train"]["maximum_diameter"]
     assert list(first) != list(second)
+
+
+def test_roi_source_predicted_evaluates_with_the_segmenters_masks(export_dir, tmp_path, monkeypatch):
+    """A segmenter that returns the expert masks must reproduce the expert-ROI probabilities exactly; one that
+    returns other masks must change them. Both go through train_vit's own path (with_predicted_masks)."""
+    import predict
+
+    expert_masks = []
+    for config in ("center1", "center2"):
+        dataset = train_vit.load_lymphus(str(export_dir), config)
+        splits = ["test"] if config == "center1" else ["train", "validation", "test"]  # external: all of center2
+        expert_masks += [np.asarray(mask) for split in splits for mask in dataset[split]["mask"]]
+    calls = []
+
+    def expert_segmenter(model, processor, images, batch_size=8):
+        masks = expert_masks[len(calls): len(calls) + len(images)]
+        calls.extend(images)
+        assert [m.shape for m in masks] == [image.size[::-1] for image in images]
+        return [m.copy() for m in masks]
+
+    monkeypatch.setattr(predict, "load_segmenter", lambda name, device=None: (None, None))
+    monkeypatch.setattr(predict, "predict_masks", expert_segmenter)
+    output = tmp_path / "predicted-roi"
+    train_vit.main(tiny_args(export_dir, output, "--roi_source", "predicted", "--segmenter_name_or_path", "fake"))
+    rows = read_predictions(output)
+    probability = {(row["split"], row["case_id"]): float(row["probability"]) for row in rows}
+    for split in ("test", "external"):
+        cases = [case for s, case in probability if s == split]
+        assert cases and all(probability[split, c] == pytest.approx(probability[f"{split}_predicted_roi", c], abs=1e-6) for c in cases)
+        record = json.loads((output / f"metrics_{split}_predicted_roi.json").read_text())
+        assert record["roi_source"] == "predicted"
+    assert "external_predicted_roi" in (output / "README.md").read_text()
+
+    # Whole-image "masks": the crops differ, and so do the probabilities.
+    monkeypatch.setattr(predict, "predict_masks", lambda model, processor, images, batch_size=8: [np.ones(i.size[::-1], np.uint8) for i in images])
+    dataset = train_vit.load_lymphus(str(export_dir), "center1")["test"]
+    replaced = train_vit.with_predicted_masks(dataset, None, None, train_vit.DataTrainingArguments(dataset_name="x", roi="crop"))
+    assert all(np.asarray(mask).all() for mask in replaced["mask"])
+    assert list(replaced["case_id"]) == list(dataset["case_id"])
+
+
+def test_roi_source_predicted_needs_a_segmenter_and_a_crop():
+    with pytest.raises(ValueError, match="--roi_source predicted needs --roi crop or masked"):
+        train_vit.DataTrainingArguments(dataset_name="x", roi="crop", roi_source="predicted")
+    with pytest.raises(ValueError, match="got full"):
+        train_vit.DataTrainingArguments(dataset_name="x", roi="full", roi_source="predicted", segmenter_name_or_path="s")
