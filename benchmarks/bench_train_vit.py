@@ -29,15 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_vit  # noqa: E402
 
 # The README's tiny ViT, and the ViT-B/16 architecture (random weights: speed does not depend on them).
-TINY_VIT = {
-    "model_type": "vit",
-    "image_size": 64,
-    "patch_size": 16,
-    "num_hidden_layers": 2,
-    "hidden_size": 64,
-    "num_attention_heads": 2,
-    "intermediate_size": 128,
-}
+TINY_VIT = train_vit.TINY_VIT_CONFIG
 VIT_B16 = {"model_type": "vit", "image_size": 224, "patch_size": 16}
 
 
