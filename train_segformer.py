@@ -4,10 +4,10 @@
 # dependencies = [
 #     "torch>=2.4",
 #     "torchvision>=0.19",
-#     "transformers>=5.0",
+#     "transformers>=5,<6",
 #     "accelerate>=1.0",
-#     "datasets>=4.0",
-#     "huggingface_hub>=1.0",
+#     "datasets>=5,<6",
+#     "huggingface_hub>=2,<3",
 #     "evaluate>=0.4",
 #     "scikit-learn>=1.3",
 #     "scipy",
