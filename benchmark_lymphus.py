@@ -724,7 +724,7 @@ def slug(text) -> str:
 
 
 def main(args=None):
-    from datasets import ClassLabel, load_dataset
+    from datasets import ClassLabel
     from transformers import HfArgumentParser
 
     # Arguments

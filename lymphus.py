@@ -20,7 +20,6 @@ The builder class is instantiated directly (datasets >= 4 has no loading scripts
 """
 
 import csv
-import dataclasses
 import hashlib
 import io
 import logging
