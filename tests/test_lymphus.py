@@ -435,3 +435,26 @@ def test_download_path_checks_the_official_checksum(archive_server, tmp_path):
     builder = lymphus.LymphUs(config_name="center2", cache_dir=str(tmp_path / "cache2"))
     builder.download_and_prepare(verification_mode="basic_checks")
     assert sum(len(split) for split in builder.as_dataset().values()) == 6
+
+
+def test_lesion_in_another_bmp_flavour_with_the_same_pixels_does_not_warn(small_archives, tmp_path, caplog):
+    archive = small_archives / "Center-1.zip"
+    with zipfile.ZipFile(archive) as z:
+        image = np.asarray(Image.open(io.BytesIO(z.read("Center 1/Benign/2 Benign Image.bmp"))))
+        mask = np.asarray(Image.open(io.BytesIO(z.read("Center 1/Benign/2 Benign Mask.tif")))).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image * mask).convert("RGB").save(buffer, format="BMP")  # 24-bit: other bytes, same pixels
+    rewrite_archive(archive, replace={"Center 1/Benign/2 Benign Lesion.bmp": buffer.getvalue()})
+    with caplog.at_level(logging.WARNING, logger="lymphus"):
+        build(small_archives, cache_dir=tmp_path / "cache")
+    assert "Lesion.bmp" not in caplog.text
+
+
+def test_lesion_check_on_an_extracted_folder(small_archives, tmp_path, caplog):
+    with zipfile.ZipFile(small_archives / "Center-1.zip") as archive:
+        archive.extractall(tmp_path / "extracted")
+    lesion = tmp_path / "extracted" / "Center 1" / "Malignant" / "3 Malignant Lesion.bmp"
+    Image.open(tmp_path / "extracted" / "Center 1" / "Malignant" / "3 Malignant Image.bmp").save(lesion, format="BMP")
+    with caplog.at_level(logging.WARNING, logger="lymphus"):
+        build(tmp_path / "extracted", cache_dir=tmp_path / "cache")
+    assert "center1-malignant-3" in caplog.text and "center1-malignant-2" not in caplog.text
