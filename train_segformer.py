@@ -20,8 +20,12 @@
 
 Offline, end to end on synthetic data (tiny SegFormer built from a config, no download):
 
+    python train_segformer.py --offline_demo --output_dir runs/segformer-demo --num_train_epochs 6 --learning_rate 5e-3 --per_device_train_batch_size 4
+
+or, step by step (any export works the same way):
+
     python lymphus.py synth --output_dir /tmp/lymphus_raw
-    python lymphus.py export --data_dir /tmp/lymphus_raw --output_dir /tmp/lymphus
+    python lymphus.py export --data_dir /tmp/lymphus_raw --output_dir /tmp/lymphus --verification_mode basic_checks
     python train_segformer.py --dataset_name /tmp/lymphus --dataset_config center1 --external_config center2 \
         --model_config_json '{"model_type":"segformer","depths":[1,1,1,1],"hidden_sizes":[8,16,32,64],"num_attention_heads":[1,1,2,2],"decoder_hidden_size":32}' \
         --image_size 64 --num_train_epochs 1 --use_cpu --output_dir /tmp/segformer-lymphus
@@ -86,6 +90,7 @@ from train_vit import (
     json_safe,
     launch_hub_job,
     load_lymphus,
+    write_synthetic_export,
     model_input_size,
     push_folder_to_hub,
     resolve_hub_token,
@@ -101,6 +106,14 @@ LABEL2ID = {name: index for index, name in ID2LABEL.items()}
 NODE_CLASS = LABEL2ID["lymph_node"]
 SEGMENTATION_METRICS = ("dice", "iou", "hd95")
 METRIC_DISPLAY_NAMES = {"dice": "Dice", "iou": "IoU", "hd95": "HD95 (pixels)"}
+# The offline demo's model: a SegFormer small enough to train on 2 CPU cores in seconds.
+TINY_SEGFORMER_CONFIG = {
+    "model_type": "segformer",
+    "depths": [1, 1, 1, 1],
+    "hidden_sizes": [8, 16, 32, 64],
+    "num_attention_heads": [1, 1, 2, 2],
+    "decoder_hidden_size": 32,
+}
 # Contour colours of the overlays (RGB).
 EXPERT_COLOR = (0, 200, 0)
 PREDICTED_COLOR = (255, 40, 40)
@@ -144,9 +157,20 @@ class DataTrainingArguments:
         metadata={"help": "The binary_segmentation evaluate module (its folder or its .py file)."},
     )
 
+    offline_demo: bool = field(
+        default=False,
+        metadata={
+            "help": "No download at all: write synthetic archives in the official format, export them to "
+            "<output_dir>/synthetic-lymphus, and train a tiny SegFormer built from a config on center1 with center2 "
+            "as external validation (each overridable with its own flag)."
+        },
+    )
+
     def __post_init__(self):
-        if self.dataset_name is None:
-            raise ValueError("--dataset_name is required: a folder written by `lymphus.py export` or a Hub dataset id.")
+        if self.dataset_name is None and not self.offline_demo:
+            raise ValueError(
+                "--dataset_name is required: a folder written by `lymphus.py export` or a Hub dataset id (or pass --offline_demo)."
+            )
         if self.external_config is not None and self.external_config == self.dataset_config:
             raise ValueError(
                 f"--external_config {self.external_config} is the training subset itself; choose the other centre."
@@ -811,6 +835,14 @@ def main(args=None):
     transformers.set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+
+    # Offline demo: synthetic archives in the official format -> export -> a tiny SegFormer from a config
+    if data_args.offline_demo:
+        data_args.dataset_name = data_args.dataset_name or write_synthetic_export(output_dir / "synthetic-lymphus")
+        data_args.dataset_config = data_args.dataset_config or "center1"
+        data_args.external_config = data_args.external_config or "center2"
+        model_args.model_config_json = model_args.model_config_json or json.dumps(TINY_SEGFORMER_CONFIG)
+        model_args.image_size = model_args.image_size or 64
 
     # Dataset
     dataset, evaluation_sets = load_evaluation_sets(

@@ -20,6 +20,10 @@
 
 Offline, end to end on synthetic data (tiny ViT built from a config, no download; ~30 s on 2 CPU cores):
 
+    python train_vit.py --offline_demo --output_dir runs/offline-demo --num_train_epochs 5 --learning_rate 1e-3 --roi crop
+
+or, step by step (any export works the same way):
+
     python lymphus.py synth --output_dir /tmp/lymphus_raw
     python lymphus.py export --data_dir /tmp/lymphus_raw --output_dir /tmp/lymphus --verification_mode basic_checks
     python train_vit.py --dataset_name /tmp/lymphus --dataset_config center1 --external_config center2 \

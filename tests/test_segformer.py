@@ -427,3 +427,13 @@ def test_launch_on_hub_submits_the_same_run_with_its_shared_files(local_hub, mon
 def test_launch_on_hub_refuses_a_local_dataset(export_dir, local_hub):
     with pytest.raises(ValueError, match="local folder"):
         train_segformer.main(["--launch_on_hub", "a10g-small", "--hub_token", local_hub.token, "--dataset_name", str(export_dir), "--output_dir", "x", "--push_to_hub"])
+
+
+def test_offline_demo_runs_without_any_download(tmp_path):
+    output = tmp_path / "seg-demo"
+    train_segformer.main(["--offline_demo", "--output_dir", str(output), "--num_train_epochs", "1", "--n_bootstrap", "100",
+                          "--report_to", "none", "--disable_tqdm", "True", "--use_cpu"])
+    external = json.loads((output / "metrics_external.json").read_text())
+    assert external["n_images"] == 158  # the whole other centre, official counts
+    assert (output / "overlays_external.png").is_file()
+    assert "synthetic" in (output / "README.md").read_text().lower()
