@@ -10,10 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def readme_commands():
-    lines = (ROOT / "README.md").read_text().splitlines()
-    assert lines[0] == "```bash", "the README must open with the two commands"
-    install, main_job = lines[1].split(" && ")
-    _, tests = lines[2].split(" && ")
+    lines = [line.strip() for line in (ROOT / "README.md").read_text().splitlines()[:2]]  # markdown hard breaks
+    install, main_job = lines[0].split(" && ")
+    _, tests = lines[1].split(" && ")
     return install, shlex.split(main_job), tests
 
 
