@@ -20,6 +20,7 @@ The builder class is instantiated directly (datasets >= 4 has no loading scripts
 """
 
 import csv
+import functools
 import hashlib
 import io
 import logging
@@ -289,6 +290,21 @@ class CentreSource:
             self._zip = zipfile.ZipFile(self.path)
         return self._zip.read(member)
 
+    @functools.cached_property
+    def sha256(self):
+        """The archive's SHA-256 (None for a folder), computed once for the check and the card."""
+        return None if self.is_folder else sha256_of_file(self.path)
+
+    @functools.cached_property
+    def first_unofficial_member(self):
+        """For a folder: (member, its SHA-256 or None if missing, the official one) of the first member that
+        differs from the release, or None when all match. Computed once for the check and the card."""
+        for member, expected in official_member_hashes(self.centre).items():
+            actual = hashlib.sha256(self.read(member)).hexdigest() if member in self.names else None
+            if actual != expected:
+                return member, actual, expected
+        return None
+
     def crc32(self, member):
         """The CRC-32 the zip stores for a member (None for a folder): a check without inflating it."""
         if self.is_folder:
@@ -346,21 +362,15 @@ def verify_official_checksums(source):
     fix = "If this is a re-zipped copy or synthetic archives, pass verification_mode='basic_checks' (--verification_mode basic_checks)."
     if not source.is_folder:
         expected = _ARCHIVES[source.centre]["sha256"]
-        actual = sha256_of_file(source.path)
-        if actual != expected:
+        if source.sha256 != expected:
             raise NonMatchingChecksumError(
-                f"{source.path}: SHA-256 {actual} is not the official {_ARCHIVES[source.centre]['file']}'s {expected}. {fix}"
+                f"{source.path}: SHA-256 {source.sha256} is not the official {_ARCHIVES[source.centre]['file']}'s {expected}. {fix}"
             )
-        return
-    expected = official_member_hashes(source.centre)
-    for member, expected_sha256 in expected.items():
-        if member not in source.names:
+    elif source.first_unofficial_member is not None:
+        member, actual, expected = source.first_unofficial_member
+        if actual is None:
             raise NonMatchingChecksumError(f"{source.describe(member)}: missing from the extracted folder. {fix}")
-        actual = hashlib.sha256(source.read(member)).hexdigest()
-        if actual != expected_sha256:
-            raise NonMatchingChecksumError(
-                f"{source.describe(member)}: SHA-256 {actual} is not the official member's {expected_sha256}. {fix}"
-            )
+        raise NonMatchingChecksumError(f"{source.describe(member)}: SHA-256 {actual} is not the official member's {expected}. {fix}")
 
 
 def read_official_cases():
@@ -848,17 +858,13 @@ def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwri
 
 def describe_source(source):
     """Provenance for the card: what was read and whether it is the official release."""
-    if not source.is_folder:
-        sha256 = sha256_of_file(source.path)
-        with zipfile.ZipFile(source.path) as archive:
-            synthetic = b"synthetic" in archive.comment
-        return {"name": source.path.name, "sha256": sha256, "official": sha256 == _ARCHIVES[source.centre]["sha256"], "synthetic": synthetic}
-    official = official_member_hashes(source.centre)
-    matches = all(
-        member in source.names and hashlib.sha256(source.read(member)).hexdigest() == expected
-        for member, expected in official.items()
-    )
-    return {"name": source.path.name + "/ (extracted folder)", "sha256": None, "official": matches, "synthetic": False}
+    if source.is_folder:
+        official = source.first_unofficial_member is None
+        return {"name": source.path.name + "/ (extracted folder)", "sha256": None, "official": official, "synthetic": False}
+    with zipfile.ZipFile(source.path) as archive:
+        synthetic = b"synthetic" in archive.comment
+    official = source.sha256 == _ARCHIVES[source.centre]["sha256"]
+    return {"name": source.path.name, "sha256": source.sha256, "official": official, "synthetic": synthetic}
 
 
 def push_export(export_dir, repo_id, private=False, token=None):

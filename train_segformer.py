@@ -68,7 +68,6 @@ from torchvision.transforms.v2 import functional as F
 
 import datasets
 import transformers
-from datasets import concatenate_datasets
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -88,8 +87,11 @@ from train_vit import (
     dataset_is_synthetic,
     job_script_args,
     json_safe,
+    check_hub_job_request,
     launch_hub_job,
-    load_lymphus,
+    load_evaluation_sets,
+    read_model_config_json,
+    train_and_save,
     write_synthetic_export,
     model_input_size,
     push_folder_to_hub,
@@ -563,42 +565,6 @@ def plot_overlay_grid(rows, path, title: str = "") -> Path:
 # Data
 
 
-def load_evaluation_sets(dataset_name, dataset_config, external_config=None, cache_dir=None, do_train=True, required_columns=()):
-    """(dataset, evaluation_sets): the training subset's DatasetDict, and {validation, test, external} to evaluate.
-
-    The external subset (all its splits together) must share no case or patient with the training/validation data.
-    """
-    dataset = load_lymphus(dataset_name, dataset_config, cache_dir=cache_dir)
-    for split in ("train", "validation") if do_train else ("validation",):
-        if split not in dataset:
-            raise ValueError(
-                f"Subset {dataset_config} of {dataset_name} has splits {list(dataset)}, not {split!r}: "
-                "model selection needs a validation split."
-            )
-    reference_split = dataset["train" if "train" in dataset else "validation"]
-    for column in required_columns:
-        if column not in reference_split.column_names:
-            raise ValueError(f"Column {column!r} not found in {dataset_name}; choose one of {reference_split.column_names}.")
-    evaluation_sets = {split: dataset[split] for split in ("validation", "test") if split in dataset}
-    if external_config:
-        external = load_lymphus(dataset_name, external_config, cache_dir=cache_dir)
-        external = concatenate_datasets(list(external.values()))
-        development = [dataset[split] for split in ("train", "validation") if split in dataset]
-        for column in ("case_id", "patient_id"):
-            if column not in external.column_names:
-                continue
-            seen = set().union(*(set(split[column]) for split in development if column in split.column_names))
-            shared = sorted(seen.intersection(external[column]))
-            if shared:
-                raise ValueError(
-                    f"--external_config {external_config} shares {len(shared)} {column} values with the "
-                    f"training/validation data of --dataset_config {dataset_config} (e.g. {shared[:3]}); "
-                    "external validation needs the other centre: use --dataset_config center1 --external_config center2."
-                )
-        evaluation_sets["external"] = external
-    return dataset, evaluation_sets
-
-
 # Outputs
 
 
@@ -799,17 +765,7 @@ def main(args=None):
 
     # Hub Job: submit this same command (with train_vit.py and the metric module) and stop
     if job_args.launch_on_hub:
-        if Path(data_args.dataset_name).exists():
-            raise ValueError(
-                f"--dataset_name {data_args.dataset_name} is a local folder, which a Hub Job cannot read; push it "
-                "with `python lymphus.py push` and pass its Hub id."
-            )
-        if not push_to_hub:
-            raise ValueError(
-                "--launch_on_hub runs on ephemeral hardware: add --push_to_hub (and --hub_model_id) to keep the results."
-            )
-        if hub_token is None:
-            raise ValueError("--launch_on_hub needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+        check_hub_job_request(data_args.dataset_name, push_to_hub, hub_token)
         script_args = job_script_args(argv, drop=LOCAL_ONLY_OPTIONS + ("--train_vit_path",))
         return launch_hub_job(
             script_args + ["--train_vit_path", str(Path(job_args.train_vit_path).resolve())],
@@ -856,11 +812,7 @@ def main(args=None):
 
     # Model and image processor: two classes, background included, labels never reduced
     if model_args.model_config_json:
-        source = model_args.model_config_json
-        config_dict = json.loads(Path(source).read_text() if source.strip().endswith(".json") else source)
-        model_type = config_dict.pop("model_type", None)
-        if model_type is None:
-            raise ValueError(f"--model_config_json {source} has no \"model_type\" (e.g. \"segformer\").")
+        model_type, config_dict = read_model_config_json(model_args.model_config_json)
         config = AutoConfig.for_model(model_type, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID, **config_dict)
         model = AutoModelForSemanticSegmentation.from_config(config)
         size = model_args.image_size or 512
@@ -929,14 +881,7 @@ def main(args=None):
 
     # Training
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "last"):
-            checkpoint = True
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
+        train_and_save(trainer, training_args.resume_from_checkpoint)
 
     # Evaluation at each image's original size, with bootstrap CIs; overlays of the best, median and worst cases
     split_metrics, grids, case_rows, split_sizes = {}, {}, [], {}

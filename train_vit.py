@@ -910,6 +910,42 @@ def job_script_args(argv: list[str], drop=LOCAL_ONLY_OPTIONS) -> list[str]:
     return forwarded
 
 
+def train_and_save(trainer, resume_from_checkpoint=None):
+    """Train (resuming from a checkpoint path, or the last one for "true"/"last"), then save model, metrics, state."""
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "last"):
+        resume_from_checkpoint = True
+    train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model()
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    return train_result
+
+
+def read_model_config_json(source):
+    """(model_type, config kwargs) from --model_config_json: a JSON string or a .json file with "model_type"."""
+    config_dict = json.loads(Path(source).read_text() if source.strip().endswith(".json") else source)
+    model_type = config_dict.pop("model_type", None)
+    if model_type is None:
+        raise ValueError(f"--model_config_json {source} has no \"model_type\" (e.g. \"vit\" or \"segformer\").")
+    return model_type, config_dict
+
+
+def check_hub_job_request(dataset_name, push_to_hub, hub_token):
+    """A Hub Job runs on ephemeral hardware and cannot see local files: refuse what would be lost or unreadable."""
+    if Path(dataset_name).exists():
+        raise ValueError(
+            f"--dataset_name {dataset_name} is a local folder, which a Hub Job cannot read; push it "
+            "with `python lymphus.py push` and pass its Hub id."
+        )
+    if not push_to_hub:
+        raise ValueError(
+            "--launch_on_hub runs on ephemeral hardware: add --push_to_hub (and --hub_model_id) to keep the results."
+        )
+    if hub_token is None:
+        raise ValueError("--launch_on_hub needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+
+
 def launch_hub_job(
     script_args: list[str],
     flavor: str,
@@ -964,6 +1000,44 @@ def with_predicted_masks(dataset, segmenter, segmenter_processor, data_args):
     return dataset.add_column(
         data_args.mask_column_name, [feature.encode_example(Image.fromarray(mask)) for mask in masks], feature=feature
     )
+
+
+def load_evaluation_sets(
+    dataset_name, dataset_config, external_config=None, cache_dir=None, do_train=True, required_columns=(), case_id_column="case_id"
+):
+    """(dataset, evaluation_sets): the training subset's DatasetDict, and {validation, test, external} to evaluate.
+
+    The external subset (all its splits together) must share no case or patient with the training/validation data.
+    """
+    dataset = load_lymphus(dataset_name, dataset_config, cache_dir=cache_dir)
+    for split in ("train", "validation") if do_train else ("validation",):
+        if split not in dataset:
+            raise ValueError(
+                f"Subset {dataset_config} of {dataset_name} has splits {list(dataset)}, not {split!r}: "
+                "model selection (and the threshold) need a validation split."
+            )
+    reference_split = dataset["train" if "train" in dataset else "validation"]
+    for column in required_columns:
+        if column not in reference_split.column_names:
+            raise ValueError(f"Column {column!r} not found in {dataset_name}; choose one of {reference_split.column_names}.")
+    evaluation_sets = {split: dataset[split] for split in ("validation", "test") if split in dataset}
+    if external_config:
+        external = load_lymphus(dataset_name, external_config, cache_dir=cache_dir)
+        external = concatenate_datasets(list(external.values()))
+        development = [dataset[split] for split in ("train", "validation") if split in dataset]
+        for column in (case_id_column, "patient_id"):
+            if column not in external.column_names:
+                continue
+            seen = set().union(*(set(split[column]) for split in development if column in split.column_names))
+            shared = sorted(seen.intersection(external[column]))
+            if shared:
+                raise ValueError(
+                    f"--external_config {external_config} shares {len(shared)} {column} values with the "
+                    f"training/validation data of --dataset_config {dataset_config} (e.g. {shared[:3]}); "
+                    "external validation needs the other centre: use --dataset_config center1 --external_config center2."
+                )
+        evaluation_sets["external"] = external
+    return dataset, evaluation_sets
 
 
 def load_lymphus(dataset_name, config, cache_dir=None):
@@ -1028,17 +1102,7 @@ def main(args=None):
 
     # Hub Job: submit this same command and stop
     if job_args.launch_on_hub:
-        if Path(data_args.dataset_name).exists():
-            raise ValueError(
-                f"--dataset_name {data_args.dataset_name} is a local folder, which a Hub Job cannot read; push it "
-                "with `python lymphus.py push` and pass its Hub id."
-            )
-        if not push_to_hub:
-            raise ValueError(
-                "--launch_on_hub runs on ephemeral hardware: add --push_to_hub (and --hub_model_id) to keep the results."
-            )
-        if hub_token is None:
-            raise ValueError("--launch_on_hub needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+        check_hub_job_request(data_args.dataset_name, push_to_hub, hub_token)
         return launch_hub_job(
             job_script_args(argv),
             job_args.launch_on_hub,
@@ -1073,22 +1137,17 @@ def main(args=None):
         model_args.model_config_json = model_args.model_config_json or json.dumps(TINY_VIT_CONFIG)
 
     # Dataset
-    dataset = load_lymphus(data_args.dataset_name, data_args.dataset_config, cache_dir=model_args.cache_dir)
-    required_splits = ("train", "validation") if training_args.do_train else ("validation",)
-    for split in required_splits:
-        if split not in dataset:
-            raise ValueError(
-                f"Subset {data_args.dataset_config} of {data_args.dataset_name} has splits {list(dataset)}, "
-                f"not {split!r}: model selection and the threshold need a validation split."
-            )
+    dataset, evaluation_sets = load_evaluation_sets(
+        data_args.dataset_name,
+        data_args.dataset_config,
+        data_args.external_config,
+        cache_dir=model_args.cache_dir,
+        do_train=training_args.do_train,
+        required_columns=(data_args.image_column_name, data_args.label_column_name, data_args.case_id_column_name)
+        + ((data_args.mask_column_name,) if data_args.roi != "full" else ()),
+        case_id_column=data_args.case_id_column_name,
+    )
     reference_split = dataset["train" if "train" in dataset else "validation"]
-    for column in (data_args.image_column_name, data_args.label_column_name, data_args.case_id_column_name) + (
-        (data_args.mask_column_name,) if data_args.roi != "full" else ()
-    ):
-        if column not in reference_split.column_names:
-            raise ValueError(
-                f"Column {column!r} not found in {data_args.dataset_name}; choose one of {reference_split.column_names}."
-            )
     label_feature = reference_split.features[data_args.label_column_name]
     if not isinstance(label_feature, ClassLabel):
         raise ValueError(f"Column {data_args.label_column_name!r} is {label_feature}, not a ClassLabel.")
@@ -1096,37 +1155,15 @@ def main(args=None):
     if data_args.positive_label not in class_names:
         raise ValueError(f"--positive_label {data_args.positive_label} is not a class; choose one of {class_names}.")
     positive_index = class_names.index(data_args.positive_label)
-
-    evaluation_sets = {split: dataset[split] for split in ("validation", "test") if split in dataset}
-    if data_args.external_config:
-        external = load_lymphus(data_args.dataset_name, data_args.external_config, cache_dir=model_args.cache_dir)
-        external = concatenate_datasets(list(external.values()))
-        if external.features[data_args.label_column_name].names != class_names:
-            external_names = external.features[data_args.label_column_name].names
-            raise ValueError(f"External subset classes {external_names} differ from the training classes {class_names}.")
-        development = [dataset[split] for split in ("train", "validation") if split in dataset]
-        for column in (data_args.case_id_column_name, "patient_id"):
-            if column not in external.column_names:
-                continue
-            seen = set().union(*(set(split[column]) for split in development if column in split.column_names))
-            shared = sorted(seen.intersection(external[column]))
-            if shared:
-                raise ValueError(
-                    f"--external_config {data_args.external_config} shares {len(shared)} {column} values with the "
-                    f"training/validation data of --dataset_config {data_args.dataset_config} (e.g. {shared[:3]}); "
-                    "external validation needs the other centre, e.g. --dataset_config center1 --external_config center2."
-                )
-        evaluation_sets["external"] = external
+    if "external" in evaluation_sets and evaluation_sets["external"].features[data_args.label_column_name].names != class_names:
+        external_names = evaluation_sets["external"].features[data_args.label_column_name].names
+        raise ValueError(f"External subset classes {external_names} differ from the training classes {class_names}.")
 
     # Model and image processor
     id2label = dict(enumerate(class_names))
     label2id = {name: index for index, name in id2label.items()}
     if model_args.model_config_json:
-        source = model_args.model_config_json
-        config_dict = json.loads(Path(source).read_text() if source.strip().endswith(".json") else source)
-        model_type = config_dict.pop("model_type", None)
-        if model_type is None:
-            raise ValueError(f"--model_config_json {source} has no \"model_type\" (e.g. \"vit\").")
+        model_type, config_dict = read_model_config_json(model_args.model_config_json)
         config = AutoConfig.for_model(
             model_type, num_labels=len(class_names), id2label=id2label, label2id=label2id, **config_dict
         )
@@ -1209,14 +1246,7 @@ def main(args=None):
 
     # Training
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if isinstance(checkpoint, str) and checkpoint.lower() in ("true", "last"):
-            checkpoint = True
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", train_result.metrics)
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
+        train_and_save(trainer, training_args.resume_from_checkpoint)
 
     # Mask-free evaluation: the test sets again, cropped with a segmenter's masks instead of the expert's
     if data_args.roi_source == "predicted":
