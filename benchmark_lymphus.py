@@ -34,12 +34,12 @@ and image_models/<name>-<centre>/ for the train_vit.py runs.
 """
 
 import csv
-import importlib.util
 import json
 import logging
 import math
 import re
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +48,20 @@ import numpy as np
 import pandas as pd
 
 import lymphus
-import train_vit
+from lymphus_ml.cli import parse_arguments, run
+from lymphus_ml.data import dataset_is_synthetic, load_lymphus
+from lymphus_ml.evaluation import (
+    CLINICAL_METRIC_PATH,
+    apply_threshold,
+    clinical_metrics_at_thresholds,
+    json_safe,
+    load_metric,
+    metric_functions,
+    positive_probabilities,
+    youden_threshold,
+)
+from lymphus_ml.images import ClassificationTransform, model_input_size, processor_mean_std
+from lymphus_ml.plots import agg_pyplot
 
 
 logger = logging.getLogger(__name__)
@@ -74,6 +87,7 @@ DEMO_VIT_ARGS = [
     "--report_to", "none",
     "--disable_tqdm", "True",
 ]
+TRAIN_VIT_SCRIPT = Path(__file__).resolve().parent / "train_vit.py"
 STUDY_REFERENCE = (
     "Abbasian Ardakani A, Mohammadi A, Mirza-Aghazadeh-Attari M, Faeghi F, Vogl TJ, Acharya UR. Diagnosis of "
     "Metastatic Lymph Nodes in Patients With Papillary Thyroid Cancer: A Comparative Multi-Center Study of Semantic "
@@ -166,7 +180,7 @@ class ReportArguments:
         default=10, metadata={"help": "Most quantile bins of a reliability curve; fewer for small sets (about 10 cases a bin)."}
     )
     metric_path: str = field(
-        default=str(train_vit.DEFAULT_METRIC_PATH),
+        default=str(CLINICAL_METRIC_PATH),
         metadata={"help": "The clinical_classification evaluate module (its folder)."},
     )
 
@@ -221,18 +235,6 @@ def paired_predictions(reference: CasePredictions, other: CasePredictions, refer
             f"(e.g. {disagree[:3]}): they were evaluated on different versions of the data."
         )
     return reference.labels, reference.probabilities, other.probabilities[order]
-
-
-def clinical_functions(metric_path=train_vit.DEFAULT_METRIC_PATH):
-    """The plain functions (delong_test, youden_threshold, ...) of the clinical_classification module's file."""
-    path = Path(metric_path)
-    script = path if path.suffix == ".py" else path / f"{path.name}.py"
-    if not script.is_file():
-        raise FileNotFoundError(f"Clinical metric module not found at {script}; pass --metric_path to its folder.")
-    spec = importlib.util.spec_from_file_location("lymphus_clinical_classification", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def delong_versus_reference(reference: CasePredictions, other: CasePredictions, delong_test, reference_name=REFERENCE_MODEL, other_name="model", test_set="the test set") -> dict:
@@ -487,10 +489,11 @@ def predict_images(model, image_processor, dataset, positive_label="malignant", 
         raise ValueError(f"Checkpoint {config.name_or_path!r} has labels {list(label2id)}, not {positive_label!r}: is it a LymphUs classifier?")
     roi, margin = getattr(config, "roi_mode", "full"), float(getattr(config, "roi_margin", 0.1))
     num_channels = getattr(config, "num_channels", 3)
-    transform = train_vit.ClassificationTransform(
-        train_vit.model_input_size(image_processor),
-        getattr(image_processor, "image_mean", None) or [0.5] * num_channels,
-        getattr(image_processor, "image_std", None) or [0.5] * num_channels,
+    mean, std = processor_mean_std(image_processor, num_channels)
+    transform = ClassificationTransform(
+        model_input_size(image_processor),
+        mean,
+        std,
         roi=roi,
         margin=margin,
         train=False,
@@ -507,7 +510,7 @@ def predict_images(model, image_processor, dataset, positive_label="malignant", 
             pixels = torch.stack([transform(image, mask) for image, mask in zip(batch[image_column], masks)]).to(device)
             logits.append(model(pixel_values=pixels).logits.float().cpu().numpy())
     logits = np.concatenate(logits) if logits else np.zeros((0, len(label2id)))
-    return train_vit.positive_probabilities(logits, label2id[positive_label])
+    return positive_probabilities(logits, label2id[positive_label])
 
 
 def labelled_predictions(split_dataset, probabilities, positive_index, data_args) -> CasePredictions:
@@ -543,7 +546,7 @@ def calibration(references, probabilities, max_bins=10) -> dict:
 
 
 def validation_threshold(validation: CasePredictions, metric_path, where) -> float:
-    threshold = train_vit.youden_threshold(validation.labels, validation.probabilities, metric_path)
+    threshold = youden_threshold(validation.labels, validation.probabilities, metric_path)
     if not math.isfinite(threshold):
         raise ValueError(f"{where}: the validation split has a single class, so Youden's threshold is undefined; it needs both labels.")
     return threshold
@@ -556,7 +559,7 @@ def plot_roc_overlay(curves, path, title="ROC curves") -> Path:
     """One ROC curve per model; curves: list of dicts with name, references, probabilities, roc_auc, threshold."""
     from sklearn.metrics import roc_curve
 
-    plt = train_vit.agg_pyplot()
+    plt = agg_pyplot()
     figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
     for index, curve in enumerate(curves):
         references = np.asarray(curve["references"], dtype=int)
@@ -567,7 +570,7 @@ def plot_roc_overlay(curves, path, title="ROC curves") -> Path:
         auc = curve.get("roc_auc")
         line = axes.plot(fpr, tpr, lw=2, color=f"C{index}", label=f"{curve['name']} (AUC {auc:.3f})" if auc is not None else curve["name"])[0]
         if curve.get("threshold") is not None:
-            predicted = train_vit.apply_threshold(probabilities, curve["threshold"])
+            predicted = apply_threshold(probabilities, curve["threshold"])
             sensitivity, specificity = predicted[references == 1].mean(), 1 - predicted[references == 0].mean()
             axes.plot([1 - specificity], [sensitivity], "o", color=line.get_color(), markeredgecolor="black")
     axes.plot([0, 1], [0, 1], "--", color="grey", lw=1)
@@ -582,7 +585,7 @@ def plot_roc_overlay(curves, path, title="ROC curves") -> Path:
 
 def plot_calibration(curves, path, title="Calibration") -> Path:
     """Reliability curves; curves: list of dicts with name, mean_predicted, fraction_positive, brier_score."""
-    plt = train_vit.agg_pyplot()
+    plt = agg_pyplot()
     figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
     axes.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
     for index, curve in enumerate(curves):
@@ -723,17 +726,9 @@ def slug(text) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))
 
 
-def main(args=None):
-    from datasets import ClassLabel
-    from transformers import HfArgumentParser
-
-    # Arguments
-    parser = HfArgumentParser((DataArguments, ModelArguments, ReportArguments))
-    argv = sys.argv[1:] if args is None else list(args)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        data_args, model_args, report_args = parser.parse_json_file(json_file=str(Path(argv[0]).resolve()))
-    else:
-        data_args, model_args, report_args = parser.parse_args_into_dataclasses(args=argv)
+def parse_args(args=None):
+    """(data_args, model_args, report_args, train_vit_runs, checkpoints, centres), with conflicts refused."""
+    data_args, model_args, report_args = parse_arguments((DataArguments, ModelArguments, ReportArguments), args)
     train_vit_runs = parse_train_vit_args(model_args.train_vit_args)
     checkpoints = parse_image_models(model_args.image_models)
     clashes = sorted(set(train_vit_runs) & set(checkpoints))
@@ -744,38 +739,28 @@ def main(args=None):
         unknown = sorted(set(paths) - set(centres))
         if unknown:
             raise ValueError(f"--image_models {name} has checkpoints for {unknown}, not in --development_centres {centres}.")
+    return data_args, model_args, report_args, train_vit_runs, checkpoints, centres
 
-    # Logging
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-        level=logging.INFO,
-    )
-    logger.setLevel(logging.INFO)
-    output_dir = Path(report_args.output_dir)
-    (output_dir / "figures").mkdir(parents=True, exist_ok=True)
 
-    # Synthetic demo data
-    dataset_name = data_args.dataset_name
-    if data_args.offline_demo:
-        data_dir = output_dir / "synthetic_data"
-        lymphus.write_synthetic_archives(data_dir / "archives", cases_per_group=data_args.demo_cases_per_group, scale=data_args.demo_scale, seed=model_args.seed)
-        dataset_name = str(lymphus.export_dataset(data_dir / "archives", data_dir / "export", verification_mode="basic_checks", overwrite=True))
-        if not train_vit_runs and not checkpoints:
-            train_vit_runs = {"tiny-vit": list(DEMO_VIT_ARGS)}
-        logger.info(f"Synthetic export in {dataset_name}")
-    synthetic = train_vit.dataset_is_synthetic(dataset_name)
-    dataset_label = Path(dataset_name).name + " (local export)" if Path(dataset_name).exists() else dataset_name
+def write_demo_export(output_dir, data_args, model_args) -> str:
+    """Synthetic archives in the official format, exported: the offline demo's dataset."""
+    data_dir = output_dir / "synthetic_data"
+    lymphus.write_synthetic_archives(data_dir / "archives", cases_per_group=data_args.demo_cases_per_group, scale=data_args.demo_scale, seed=model_args.seed)
+    dataset_name = str(lymphus.export_dataset(data_dir / "archives", data_dir / "export", verification_mode="basic_checks", overwrite=True))
+    logger.info(f"Synthetic export in {dataset_name}")
+    return dataset_name
 
-    # Dataset: per development centre, its splits and the whole other centre
-    measurement_columns, coded_columns = split_list(data_args.measurement_columns), split_list(data_args.coded_columns)
+
+def load_designs(dataset_name, centres, data_args, measurement_columns, coded_columns):
+    """(designs, test_sets, tabular_columns): per development centre, its splits and the whole other centre."""
+    from datasets import ClassLabel
+
     tabular_columns = list(dict.fromkeys(measurement_columns + coded_columns))
     designs, test_sets = {}, {}
     for centre in centres:
         other = next(c for c in lymphus.CENTRES if c != centre)
-        development = train_vit.load_lymphus(dataset_name, centre, cache_dir=data_args.cache_dir)
-        transfer = train_vit.load_lymphus(dataset_name, f"{centre}_to_{other}", cache_dir=data_args.cache_dir)
+        development = load_lymphus(dataset_name, centre, cache_dir=data_args.cache_dir)
+        transfer = load_lymphus(dataset_name, f"{centre}_to_{other}", cache_dir=data_args.cache_dir)
         for split in ("train", "validation", "test"):
             if split not in development:
                 raise ValueError(f"Subset {centre} of {dataset_name} has splits {list(development)}, not {split!r}.")
@@ -807,9 +792,15 @@ def main(args=None):
                 "n_negative": int(labels.size - labels.sum()),
             }
         designs[centre]["roles"] = {"internal": f"{centre}_test", "external": f"{centre}_to_{other}"}
+    return designs, test_sets, tabular_columns
 
-    # Semantic-feature model and the axis-ratio baseline
-    predictions = {}  # (model, centre) -> {"validation" | "internal" | "external": CasePredictions}
+
+def fit_tabular_models(designs, data_args, model_args, measurement_columns, coded_columns, tabular_columns):
+    """(models, predictions): the semantic-feature model and the axis-ratio baseline, fitted per development centre.
+
+    predictions: {(model, centre): {"validation" | "internal" | "external": CasePredictions}}.
+    """
+    predictions = {}
     models = {
         REFERENCE_MODEL: {
             "kind": "semantic features",
@@ -841,14 +832,24 @@ def main(args=None):
                 for role, split in design["splits"].items()
             }
         logger.info(f"Fitted {REFERENCE_MODEL} and {BASELINE_MODEL} on {centre} train ({len(train_labels)} cases)")
+    return models, predictions
 
-    # Image models: train_vit.py runs, one per direction
+
+def run_train_vit(arguments, run_dir):
+    """train_vit.py as its own process (scripts never import each other); a failure names the run."""
+    completed = subprocess.run([sys.executable, str(TRAIN_VIT_SCRIPT), *arguments], check=False)
+    if completed.returncode != 0:
+        raise ValueError(f"train_vit.py for {run_dir} failed (exit status {completed.returncode}); its output is above.")
+
+
+def train_image_models(train_vit_runs, designs, dataset_name, output_dir, seed, models, predictions):
+    """train_vit.py runs, one per model and direction; their predictions.csv join `predictions`."""
     for name, arguments in train_vit_runs.items():
         models[name] = {"kind": "image (train_vit.py)", "description": f"train_vit.py {shlex.join(arguments)}", "runs": {}}
         for centre, design in designs.items():
             run_dir = output_dir / "image_models" / f"{name}-{centre}"
             logger.info(f"train_vit.py for {name}, developed on {centre}: {run_dir}")
-            train_vit.main(train_vit_run_args(arguments, dataset_name, centre, design["other"], run_dir, model_args.seed))
+            run_train_vit(train_vit_run_args(arguments, dataset_name, centre, design["other"], run_dir, seed), run_dir)
             run = read_train_vit_predictions(run_dir / "predictions.csv")
             missing = [split for split in ("validation", "test", "external") if split not in run]
             if missing:
@@ -856,30 +857,33 @@ def main(args=None):
             predictions[name, centre] = {"validation": run["validation"], "internal": run["test"], "external": run["external"]}
             models[name]["runs"][centre] = str(run_dir.relative_to(output_dir))
 
-    # Image models: existing checkpoints, each evaluated only on data its development centre did not train on
-    if checkpoints:
-        import torch
 
-        device = "cuda" if torch.cuda.is_available() and not model_args.use_cpu else "cpu"
-        for name, paths in checkpoints.items():
-            models[name] = {"kind": "image (checkpoint)", "description": "existing checkpoints: " + ", ".join(f"{c}: `{p}`" for c, p in paths.items()), "runs": dict(paths)}
-            for centre, path in paths.items():
-                model, image_processor = load_image_checkpoint(path, data_args.cache_dir)
-                design = designs[centre]
-                predictions[name, centre] = {
-                    role: labelled_predictions(
-                        split,
-                        predict_images(model, image_processor, split, data_args.positive_label, model_args.eval_batch_size, device),
-                        design["positive_index"],
-                        data_args,
-                    )
-                    for role, split in design["splits"].items()
-                }
-                logger.info(f"Evaluated checkpoint {path} ({name}, developed on {centre})")
+def evaluate_checkpoints(checkpoints, designs, data_args, model_args, models, predictions):
+    """Existing checkpoints, each evaluated only on data its development centre did not train on."""
+    import torch
 
-    # Thresholds on validation, metrics on the test sets, DeLong against the semantic model
-    metric = train_vit.load_clinical_metric(report_args.metric_path)
-    delong_test = clinical_functions(report_args.metric_path).delong_test
+    device = "cuda" if torch.cuda.is_available() and not model_args.use_cpu else "cpu"
+    for name, paths in checkpoints.items():
+        models[name] = {"kind": "image (checkpoint)", "description": "existing checkpoints: " + ", ".join(f"{c}: `{p}`" for c, p in paths.items()), "runs": dict(paths)}
+        for centre, path in paths.items():
+            model, image_processor = load_image_checkpoint(path, data_args.cache_dir)
+            design = designs[centre]
+            predictions[name, centre] = {
+                role: labelled_predictions(
+                    split,
+                    predict_images(model, image_processor, split, data_args.positive_label, model_args.eval_batch_size, device),
+                    design["positive_index"],
+                    data_args,
+                )
+                for role, split in design["splits"].items()
+            }
+            logger.info(f"Evaluated checkpoint {path} ({name}, developed on {centre})")
+
+
+def compare_models(designs, models, predictions, test_sets, report_args, seed):
+    """(rows, prediction rows): thresholds on validation, metrics on the test sets, DeLong against the semantic model."""
+    metric = load_metric(report_args.metric_path)
+    delong_test = metric_functions(report_args.metric_path).delong_test
     rows, prediction_rows = [], []
     for centre, design in designs.items():
         for name in models:
@@ -889,21 +893,20 @@ def main(args=None):
             threshold = validation_threshold(model_predictions["validation"], report_args.metric_path, f"{name} developed on {centre}")
             for role in ("internal", "external"):
                 test_set = design["roles"][role]
-                cases = model_predictions[role]
                 reference = predictions[REFERENCE_MODEL, centre][role]
                 # Every model on the same cases (labels included) as the reference, in the same order.
-                labels, _, probabilities = paired_predictions(reference, cases, REFERENCE_MODEL, name, test_set)
+                labels, _, probabilities = paired_predictions(reference, model_predictions[role], REFERENCE_MODEL, name, test_set)
                 cases = CasePredictions(reference.case_ids, labels, probabilities)
-                results = train_vit.clinical_metrics_at_thresholds(
+                results = clinical_metrics_at_thresholds(
                     metric,
                     cases.labels,
                     cases.probabilities,
                     {"at_validation_threshold": threshold},
                     n_bootstrap=report_args.n_bootstrap,
                     confidence_level=report_args.confidence_level,
-                    seed=model_args.seed,
+                    seed=seed,
                 )["at_validation_threshold"]
-                delong = None if name == REFERENCE_MODEL else train_vit.json_safe(
+                delong = None if name == REFERENCE_MODEL else json_safe(
                     delong_versus_reference(reference, cases, delong_test, REFERENCE_MODEL, name, test_set)
                 )
                 rows.append(
@@ -917,15 +920,18 @@ def main(args=None):
                         "delong": delong,
                     }
                 )
-                predicted = train_vit.apply_threshold(cases.probabilities, threshold)
+                predicted = apply_threshold(cases.probabilities, threshold)
                 prediction_rows += [
                     {"model": name, "test_set": test_set, "development_centre": centre, "case_id": c, "label": int(y), "probability": float(p), "prediction_at_threshold": int(d)}
                     for c, y, p, d in zip(cases.case_ids, cases.labels, cases.probabilities, predicted)
                 ]
                 logger.info(f"{test_set} {name}: AUC {_estimate(results, 'roc_auc')}, DeLong p vs {REFERENCE_MODEL} {_p_value((delong or {}).get('p_value'))}")
     rows.sort(key=lambda row: list(test_sets).index(row["test_set"]))
+    return rows, prediction_rows
 
-    # Figures
+
+def plot_figures(rows, prediction_rows, test_sets, output_dir) -> dict:
+    """ROC and calibration figures per test set, every model overlaid; returns {test_set: {kind: path}}."""
     figures = {}
     for test_set, info in test_sets.items():
         set_rows = [row for row in rows if row["test_set"] == test_set]
@@ -947,11 +953,45 @@ def main(args=None):
         figures[test_set] = {"roc": f"figures/roc_{slug(test_set)}.png", "calibration": f"figures/calibration_{slug(test_set)}.png"}
         plot_roc_overlay(curves, output_dir / figures[test_set]["roc"], title=f"ROC, {title}")
         plot_calibration(curves, output_dir / figures[test_set]["calibration"], title=f"Calibration, {title}")
+    return figures
+
+
+def main(args=None):
+    # Arguments
+    data_args, model_args, report_args, train_vit_runs, checkpoints, centres = parse_args(args)
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+        level=logging.INFO,
+    )
+    logger.setLevel(logging.INFO)
+    output_dir = Path(report_args.output_dir)
+    (output_dir / "figures").mkdir(parents=True, exist_ok=True)
+
+    # Data (the offline demo's synthetic export, with a tiny ViT when no image model is given)
+    dataset_name = data_args.dataset_name
+    if data_args.offline_demo:
+        dataset_name = write_demo_export(output_dir, data_args, model_args)
+        if not train_vit_runs and not checkpoints:
+            train_vit_runs = {"tiny-vit": list(DEMO_VIT_ARGS)}
+    measurement_columns, coded_columns = split_list(data_args.measurement_columns), split_list(data_args.coded_columns)
+    designs, test_sets, tabular_columns = load_designs(dataset_name, centres, data_args, measurement_columns, coded_columns)
+
+    # Models: semantic features and the axis-ratio baseline, train_vit.py runs, existing checkpoints
+    models, predictions = fit_tabular_models(designs, data_args, model_args, measurement_columns, coded_columns, tabular_columns)
+    train_image_models(train_vit_runs, designs, dataset_name, output_dir, model_args.seed, models, predictions)
+    if checkpoints:
+        evaluate_checkpoints(checkpoints, designs, data_args, model_args, models, predictions)
+
+    # Evaluate and compare
+    rows, prediction_rows = compare_models(designs, models, predictions, test_sets, report_args, model_args.seed)
+    figures = plot_figures(rows, prediction_rows, test_sets, output_dir)
 
     # Report
     record = {
-        "dataset": dataset_label,
-        "synthetic": synthetic,
+        "dataset": Path(dataset_name).name + " (local export)" if Path(dataset_name).exists() else dataset_name,
+        "synthetic": dataset_is_synthetic(dataset_name),
         "protocol": "fit on the development centre's train split; Youden threshold on its validation split; evaluate "
         "unchanged on its test split (internal) and on all of the other centre (external)",
         "reference_model": REFERENCE_MODEL,
@@ -964,7 +1004,7 @@ def main(args=None):
         "rows": rows,
         "figures": figures,
     }
-    record = train_vit.json_safe(record)
+    record = json_safe(record)
     (output_dir / "results.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     write_predictions(output_dir / "predictions.csv", prediction_rows)
     (output_dir / "report.md").write_text(build_report(record))
@@ -973,4 +1013,4 @@ def main(args=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

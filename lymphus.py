@@ -116,6 +116,8 @@ _ARCHIVES = {
 
 # One row per case of the official release: size, mask extent and SHA-256 of every member.
 _OFFICIAL_CASES_CSV = Path(__file__).parent / "reference" / "official_cases.csv"
+# What a Hugging Face Job of a script importing this module needs beside it (lymphus_ml.hub ships them).
+SHIPPED_FILES = ("reference/official_cases.csv", "dataset_card.md")
 
 LABEL_NAMES = ["benign", "malignant"]
 CENTRES = ["center1", "center2"]

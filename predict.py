@@ -26,14 +26,18 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 
-from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForSemanticSegmentation, HfArgumentParser
-
-from train_segformer import PREDICTED_COLOR, overlay_contours, segment_images, transform_for
-from train_vit import ROI_MODES, ClassificationTransform, model_input_size, roi_image
+from lymphus_ml.cli import parse_arguments, run
+from lymphus_ml.inference import (
+    classifier_settings,
+    load_classifier,
+    load_segmenter,
+    predict_masks,
+    predict_probabilities,
+    roi_from_predicted_mask,
+)
+from lymphus_ml.plots import PREDICTED_COLOR, overlay_contours
 
 
 logger = logging.getLogger(__name__)
@@ -99,108 +103,6 @@ def output_names(paths) -> list[str]:
     return [Path(p).stem if stems.count(Path(p).stem) == 1 else Path(p).name.replace(".", "_") for p in paths]
 
 
-# Models
-
-
-def _device(device=None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-def load_segmenter(name_or_path, device=None, revision="main", cache_dir=None):
-    """(model, image processor) of a segmenter written by train_segformer.py, in eval mode on `device`."""
-    model = AutoModelForSemanticSegmentation.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
-    processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
-    if model.config.num_labels != 2:
-        raise ValueError(
-            f"Segmenter {name_or_path} has {model.config.num_labels} classes ({model.config.id2label}); expected 2 "
-            "(0 background, 1 lymph node), as train_segformer.py writes."
-        )
-    return model.to(_device(device)).eval(), processor
-
-
-def load_classifier(name_or_path, device=None, revision="main", cache_dir=None):
-    """(model, image processor) of a classifier written by train_vit.py, in eval mode on `device`."""
-    model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
-    processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
-    return model.to(_device(device)).eval(), processor
-
-
-def classifier_settings(config) -> dict:
-    """How the classifier was trained, from the config train_vit.py saves: roi_mode, roi_margin, threshold,
-    positive_label, positive_index, negative_label (missing entries: full image, 0.5, "malignant", with a warning)."""
-    names = {int(index): name for index, name in config.id2label.items()}
-    roi_mode = getattr(config, "roi_mode", None)
-    if roi_mode is None:
-        logger.warning("The classifier's config has no roi_mode (not written by train_vit.py?): using the full image.")
-        roi_mode = "full"
-    if roi_mode not in ROI_MODES:
-        raise ValueError(f"The classifier's roi_mode {roi_mode!r} is not one of {ROI_MODES}.")
-    positive_label = getattr(config, "positive_label", None) or "malignant"
-    if positive_label not in names.values():
-        raise ValueError(f"The classifier's positive label {positive_label!r} is not one of its classes {list(names.values())}.")
-    threshold = getattr(config, "youden_threshold", None)
-    if threshold is None:
-        logger.warning("The classifier's config has no youden_threshold: using 0.5 (pass --threshold to choose).")
-        threshold = 0.5
-    others = [name for name in names.values() if name != positive_label]
-    return {
-        "roi_mode": roi_mode,
-        "roi_margin": float(getattr(config, "roi_margin", 0.1)),
-        "threshold": float(threshold),
-        "positive_label": positive_label,
-        "positive_index": next(index for index, name in names.items() if name == positive_label),
-        "negative_label": others[0] if len(others) == 1 else f"not {positive_label}",
-    }
-
-
-# Prediction
-
-
-def predict_masks(segmenter_model, segmenter_processor, images, batch_size: int = 8) -> list[np.ndarray]:
-    """Predicted node masks: for each PIL image, a uint8 HxW array (0 background, 1 node) at that image's size.
-
-    Batched on the model's device. Each image is preprocessed as in train_segformer.py's evaluation (grayscale,
-    resized to the processor's size, its mean/std); the logits are upsampled bilinearly to the image's size, then
-    argmax.
-    """
-    num_channels = getattr(segmenter_model.config, "num_channels", 3)
-    return segment_images(segmenter_model, transform_for(segmenter_processor, num_channels), list(images), batch_size)
-
-
-def roi_from_predicted_mask(image, mask, roi_mode: str = "crop", margin: float = 0.1, name: str = "image"):
-    """(view, roi used): the classifier's input made with a predicted 0/1 mask (HxW array or PIL), as in training.
-
-    An empty predicted mask leaves the whole image (for crop and masked alike), with a warning naming the image.
-    """
-    if roi_mode == "full":
-        return image, "full"
-    mask = np.asarray(mask, dtype=np.uint8)
-    if not mask.any():
-        logger.warning(f"{name}: the predicted mask is empty; classifying the full image instead of the {roi_mode} ROI.")
-        return image, "full (empty predicted mask)"
-    return roi_image(image, Image.fromarray(mask), roi_mode, margin), roi_mode
-
-
-@torch.inference_mode()
-def predict_probabilities(
-    classifier_model, classifier_processor, images, positive_index: int = 1, batch_size: int = 8
-) -> np.ndarray:
-    """Softmax probability of class `positive_index` per PIL image (the ROI already applied), preprocessed as
-    train_vit.py evaluates."""
-    parameter = next(classifier_model.parameters())
-    num_channels = getattr(classifier_model.config, "num_channels", 3)
-    mean = getattr(classifier_processor, "image_mean", None) or [0.5] * num_channels
-    std = getattr(classifier_processor, "image_std", None) or [0.5] * num_channels
-    size = model_input_size(classifier_processor)
-    transform = ClassificationTransform(size, mean, std, roi="full", train=False, num_channels=num_channels)
-    probabilities = []
-    for start in range(0, len(images), batch_size):
-        pixel_values = torch.stack([transform(image) for image in images[start : start + batch_size]])
-        logits = classifier_model(pixel_values=pixel_values.to(parameter.device, parameter.dtype)).logits
-        probabilities.append(torch.softmax(logits.float(), dim=-1)[:, positive_index].cpu().numpy())
-    return np.concatenate(probabilities) if probabilities else np.zeros(0)
-
-
 def write_predictions_csv(path, rows, positive_label="malignant") -> Path:
     fieldnames = ["file", f"probability_{positive_label}", "label_at_threshold", "threshold", "mask_path", "node_pixels", "roi"]
     with open(path, "w", newline="") as handle:
@@ -212,8 +114,7 @@ def write_predictions_csv(path, rows, positive_label="malignant") -> Path:
 
 def main(args=None):
     # Arguments
-    parser = HfArgumentParser(PredictArguments)
-    (predict_args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if args is None else list(args))
+    (predict_args,) = parse_arguments([PredictArguments], args)
     logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
     logger.setLevel(logging.INFO)
     paths = list_images(predict_args.input)
@@ -280,4 +181,4 @@ def main(args=None):
     return rows
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,8 +1,8 @@
 """Inference throughput of predict.py: images/s of segmenter + crop + classifier, without an expert mask.
 
 Two numbers per run, on one device:
-  pipeline     = predict.predict_masks (resize, segmenter, logits upsampled to each image's size, argmax) + the crop
-                 from the predicted mask + predict.predict_probabilities (classifier), images already in memory;
+  pipeline     = inference.predict_masks (resize, segmenter, logits upsampled to each image's size, argmax) + the crop
+                 from the predicted mask + inference.predict_probabilities (classifier), images already in memory;
   end to end   = predict.main() on a folder of PNG files, as one command-line run: loading both models, reading
                  the files, the pipeline, writing one mask PNG per image and predictions.csv.
 plus the segmenter and the classifier stages alone. Models are built from configs (random weights: speed only).
@@ -28,6 +28,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import predict  # noqa: E402
+from lymphus_ml import inference
 
 # The tiny models of the tests (tests/test_segformer.py, tests/test_predict.py).
 TINY_SEGFORMER = {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 32, 64], "num_attention_heads": [1, 1, 2, 2],
@@ -118,19 +119,19 @@ def main():
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
         segmenter_path, classifier_path, segmenter_size, classifier_size = save_models(directory, args.model, args.roi)
-        segmenter, segmenter_processor = predict.load_segmenter(str(segmenter_path), args.device)
-        classifier, classifier_processor = predict.load_classifier(str(classifier_path), args.device)
-        settings = predict.classifier_settings(classifier.config)
-        masks = predict.predict_masks(segmenter, segmenter_processor, images, args.batch_size)
-        views = [predict.roi_from_predicted_mask(image, mask, args.roi, 0.1)[0] for image, mask in zip(images, masks)]
+        segmenter, segmenter_processor = inference.load_segmenter(str(segmenter_path), args.device)
+        classifier, classifier_processor = inference.load_classifier(str(classifier_path), args.device)
+        settings = inference.classifier_settings(classifier.config)
+        masks = inference.predict_masks(segmenter, segmenter_processor, images, args.batch_size)
+        views = [inference.roi_from_predicted_mask(image, mask, args.roi, 0.1)[0] for image, mask in zip(images, masks)]
 
         def pipeline():
-            predicted = predict.predict_masks(segmenter, segmenter_processor, images, args.batch_size)
+            predicted = inference.predict_masks(segmenter, segmenter_processor, images, args.batch_size)
             crops = [
-                predict.roi_from_predicted_mask(image, mask, settings["roi_mode"], settings["roi_margin"])[0]
+                inference.roi_from_predicted_mask(image, mask, settings["roi_mode"], settings["roi_margin"])[0]
                 for image, mask in zip(images, predicted)
             ]
-            return predict.predict_probabilities(
+            return inference.predict_probabilities(
                 classifier, classifier_processor, crops, settings["positive_index"], args.batch_size
             )
 
@@ -142,10 +143,10 @@ def main():
                 "--output_dir", str(directory / "out"), "--device", args.device, "--batch_size", str(args.batch_size)]
         results = {
             "segmenter_only": best_rate(
-                lambda: predict.predict_masks(segmenter, segmenter_processor, images, args.batch_size), len(images), args.repeats
+                lambda: inference.predict_masks(segmenter, segmenter_processor, images, args.batch_size), len(images), args.repeats
             ),
             "classifier_only": best_rate(
-                lambda: predict.predict_probabilities(classifier, classifier_processor, views, 1, args.batch_size), len(images), args.repeats
+                lambda: inference.predict_probabilities(classifier, classifier_processor, views, 1, args.batch_size), len(images), args.repeats
             ),
             "pipeline": best_rate(pipeline, len(images), args.repeats),
             "end_to_end": best_rate(lambda: predict.main(argv), len(images), args.repeats),

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_vit  # noqa: E402
+from lymphus_ml import images, training  # noqa: E402
 
 # The README's tiny ViT, and the ViT-B/16 architecture (random weights: speed does not depend on them).
-TINY_VIT = train_vit.TINY_VIT_CONFIG
+TINY_VIT = training.TINY_VIT_CONFIG
 VIT_B16 = {"model_type": "vit", "image_size": 224, "patch_size": 16}
 
 
@@ -39,7 +39,7 @@ def parse_args():
     parser.add_argument("--dataset_config", default="all")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model", choices=["tiny", "vit-base"], help="default: vit-base on GPU, tiny on CPU")
-    parser.add_argument("--roi", default="crop", choices=train_vit.ROI_MODES)
+    parser.add_argument("--roi", default="crop", choices=images.ROI_MODES)
     parser.add_argument("--batch_size", type=int, help="default: 128 on GPU, 32 on CPU")
     parser.add_argument("--num_workers", type=int, help="DataLoader workers (default: cores - 1, at most 12)")
     parser.add_argument("--steps", type=int, help="timed steps (default: 100 on GPU, 20 on CPU)")
@@ -119,9 +119,9 @@ def main():
 
         # The train_vit.py data pipeline, in a DataLoader set up as the Trainer's (pinned memory, prefetch 2)
         size = (image_size, image_size)
-        transform = train_vit.ClassificationTransform(size, [0.5] * 3, [0.5] * 3, roi=args.roi, train=True)
+        transform = images.ClassificationTransform(size, [0.5] * 3, [0.5] * 3, roi=args.roi, train=True)
         columns = ["image", "label"] + (["mask"] if args.roi != "full" else [])
-        view = train.select_columns(columns).with_transform(train_vit.BatchTransform(transform))
+        view = train.select_columns(columns).with_transform(images.BatchTransform(transform))
 
         def batches():
             loader = torch.utils.data.DataLoader(
@@ -129,7 +129,7 @@ def main():
                 batch_size=args.batch_size,
                 shuffle=True,
                 drop_last=True,
-                collate_fn=train_vit.collate_fn,
+                collate_fn=images.collate_fn,
                 num_workers=args.num_workers,
                 pin_memory=args.device.startswith("cuda"),
                 persistent_workers=args.num_workers > 0,

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import benchmark_lymphus as bench  # noqa: E402
+from lymphus_ml import evaluation  # noqa: E402
 import lymphus  # noqa: E402
 
 TINY_VIT = '{"model_type":"vit","image_size":32,"patch_size":8,"num_hidden_layers":1,"hidden_size":32,"num_attention_heads":2,"intermediate_size":64}'
@@ -71,7 +72,7 @@ def delong_by_definition(labels, scores_a, scores_b):
 
 @pytest.fixture(scope="module")
 def delong_test():
-    return bench.clinical_functions(bench.train_vit.DEFAULT_METRIC_PATH).delong_test
+    return evaluation.metric_functions(evaluation.CLINICAL_METRIC_PATH).delong_test
 
 
 # DeLong on predictions paired by case id

@@ -23,6 +23,7 @@ import lymphus  # noqa: E402
 import predict  # noqa: E402
 import train_segformer  # noqa: E402
 import train_vit  # noqa: E402
+from lymphus_ml import images, inference
 
 TINY_SEGFORMER = '{"model_type":"segformer","depths":[1,1,1,1],"hidden_sizes":[8,16,32,64],"num_attention_heads":[1,1,2,2],"decoder_hidden_size":32}'
 TINY_VIT = '{"model_type":"vit","image_size":32,"patch_size":8,"num_hidden_layers":1,"hidden_size":32,"num_attention_heads":2,"intermediate_size":64}'
@@ -123,10 +124,10 @@ def test_crop_and_masked_views_use_the_predicted_mask():
     pixels = position_image()
     mask = np.zeros(pixels.shape, dtype=np.uint8)
     mask[10:30, 20:60] = 1  # 20 rows x 40 columns: margin 0.1 adds 2 rows and 4 columns each side
-    view, roi = predict.roi_from_predicted_mask(Image.fromarray(pixels), mask, "crop", 0.1, "x.png")
+    view, roi = inference.roi_from_predicted_mask(Image.fromarray(pixels), mask, "crop", 0.1, "x.png")
     assert roi == "crop"
     np.testing.assert_array_equal(np.asarray(view), pixels[8:32, 16:64])
-    view, roi = predict.roi_from_predicted_mask(Image.fromarray(pixels), mask, "masked", 0.1, "x.png")
+    view, roi = inference.roi_from_predicted_mask(Image.fromarray(pixels), mask, "masked", 0.1, "x.png")
     expected = pixels[8:32, 16:64] * mask[8:32, 16:64]
     np.testing.assert_array_equal(np.asarray(view), expected)
 
@@ -135,7 +136,7 @@ def test_empty_predicted_mask_falls_back_to_the_full_image_with_a_warning(caplog
     image = Image.fromarray(position_image())
     for mode in ("crop", "masked"):
         with caplog.at_level(logging.WARNING, logger="predict"):
-            view, roi = predict.roi_from_predicted_mask(image, np.zeros((60, 80), np.uint8), mode, 0.1, "case-17.png")
+            view, roi = inference.roi_from_predicted_mask(image, np.zeros((60, 80), np.uint8), mode, 0.1, "case-17.png")
         assert view is image and roi == "full (empty predicted mask)"
         assert "case-17.png: the predicted mask is empty" in caplog.text
 
@@ -147,11 +148,11 @@ def test_predict_masks_returns_one_0_1_mask_per_image_at_its_size(segmenter_dir)
     from transformers import SegformerImageProcessor
     from transformers.modeling_outputs import SemanticSegmenterOutput
 
-    model, processor = predict.load_segmenter(str(segmenter_dir), device="cpu")
+    model, processor = inference.load_segmenter(str(segmenter_dir), device="cpu")
     assert processor.do_reduce_labels is False
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, size=size, dtype=np.uint8)) for size in ((50, 70), (33, 90), (64, 64))]
-    masks = predict.predict_masks(model, processor, images, batch_size=2)
+    masks = inference.predict_masks(model, processor, images, batch_size=2)
     assert [m.shape for m in masks] == [(50, 70), (33, 90), (64, 64)]
     assert all(m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1} for m in masks)
     # Independent path: the saved processor on RGB, the model, the processor's own post-processing.
@@ -168,8 +169,8 @@ def test_predict_masks_returns_one_0_1_mask_per_image_at_its_size(segmenter_dir)
 
 
 def test_classifier_settings_come_from_train_vit(classifier_dir):
-    model, _ = predict.load_classifier(str(classifier_dir), device="cpu")
-    settings = predict.classifier_settings(model.config)
+    model, _ = inference.load_classifier(str(classifier_dir), device="cpu")
+    settings = inference.classifier_settings(model.config)
     saved = json.loads((classifier_dir / "config.json").read_text())  # what train_vit.py writes beside the weights
     assert settings["roi_mode"] == "crop" == saved["roi_mode"]
     assert settings["roi_margin"] == saved["roi_margin"]
@@ -203,7 +204,7 @@ def test_main_segments_crops_and_classifies_a_folder(segmenter_dir, classifier_d
         probability = float(row["probability_malignant"])
         assert float(row["threshold"]) == threshold
         assert row["label_at_threshold"] == ("malignant" if probability >= threshold else "benign")
-        view = train_vit.roi_image(image, Image.fromarray(mask), "crop", 0.1) if mask.any() else image
+        view = images.roi_image(image, Image.fromarray(mask), "crop", 0.1) if mask.any() else image
         scores = classifier(view)
         assert probability == pytest.approx(next(s["score"] for s in scores if s["label"] == "malignant"), abs=2e-3)
 
@@ -216,7 +217,7 @@ def test_main_crops_with_the_predicted_mask(segmenter_dir, classifier_dir, tmp_p
     box[10:30, 20:60] = 1
     monkeypatch.setattr(predict, "predict_masks", lambda model, processor, images, batch_size=8: [box.copy() for _ in images])
     seen = []
-    original = predict.predict_probabilities
+    original = inference.predict_probabilities
 
     def spy(model, processor, images, positive_index=1, batch_size=8):
         seen.extend(np.asarray(image) for image in images)

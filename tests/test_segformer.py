@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import lymphus  # noqa: E402
 import train_segformer  # noqa: E402
+from lymphus_ml import evaluation, inference, plots, segmentation
 
 TINY_SEGFORMER = '{"model_type":"segformer","depths":[1,1,1,1],"hidden_sizes":[8,16,32,64],"num_attention_heads":[1,1,2,2],"decoder_hidden_size":32}'
 
@@ -64,7 +65,7 @@ def trained(export_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def metric():
-    return train_segformer.load_segmentation_metric()
+    return evaluation.load_metric(evaluation.SEGMENTATION_METRIC_PATH)
 
 
 def tiny_model(num_labels=2):
@@ -118,7 +119,7 @@ def brute_force_hd95(prediction, reference):
 
 def test_eval_transform_keeps_node_pixels_class_one():
     pixels, mask = asymmetric_case()
-    transform = train_segformer.SegmentationTransform((32, 32), [0.5] * 3, [0.5] * 3, train=False)
+    transform = segmentation.SegmentationTransform((32, 32), [0.5] * 3, [0.5] * 3, train=False)
     pixel_values, labels = transform(Image.fromarray(pixels), Image.fromarray(mask))
     assert labels.dtype == torch.int64 and pixel_values.shape == (3, 32, 32)
     np.testing.assert_array_equal(labels.numpy(), mask)  # 1 = node, 0 = background: nothing reduced, nothing ignored
@@ -130,7 +131,7 @@ def test_labels_match_the_segformer_processor_without_reduce_labels():
     pixels, mask = asymmetric_case(40, 56)
     processor = SegformerImageProcessor(size={"height": 40, "width": 56}, image_mean=[0.5] * 3, image_std=[0.5] * 3, do_reduce_labels=False)
     reference = processor(Image.fromarray(pixels).convert("RGB"), segmentation_maps=Image.fromarray(mask), return_tensors="pt")
-    ours_pixels, ours_labels = train_segformer.transform_for(processor)(Image.fromarray(pixels), Image.fromarray(mask))
+    ours_pixels, ours_labels = segmentation.transform_for(processor)(Image.fromarray(pixels), Image.fromarray(mask))
     np.testing.assert_array_equal(ours_labels.numpy(), reference["labels"][0].numpy())
     torch.testing.assert_close(ours_pixels, reference["pixel_values"][0], atol=0.02, rtol=0)
     # The trap this script avoids: the ADE20k setting turns the node into class 0 and the background into 255 (ignored).
@@ -141,7 +142,7 @@ def test_labels_match_the_segformer_processor_without_reduce_labels():
 
 def test_masks_other_than_0_1_are_refused_with_the_case_name():
     pixels, mask = asymmetric_case()
-    transform = train_segformer.SegmentationTransform((32, 32), [0.5], [0.5], train=False)
+    transform = segmentation.SegmentationTransform((32, 32), [0.5], [0.5], train=False)
     with pytest.raises(ValueError, match=r"case center9-benign-1.*\[0, 255\].*divided by 255"):
         transform(Image.fromarray(pixels), Image.fromarray(mask * 255), where="case center9-benign-1")
 
@@ -151,8 +152,8 @@ def test_masks_other_than_0_1_are_refused_with_the_case_name():
 
 def test_flip_moves_image_and_mask_together():
     pixels, mask = asymmetric_case()
-    geometry = train_segformer.train_geometry((32, 32), scale=(1.0, 1.0), ratio=(1.0, 1.0), degrees=0.0, flip=1.0)
-    transform = train_segformer.SegmentationTransform((32, 32), [0.5], [0.5], train=True, num_channels=1, geometry=geometry)
+    geometry = segmentation.train_geometry((32, 32), scale=(1.0, 1.0), ratio=(1.0, 1.0), degrees=0.0, flip=1.0)
+    transform = segmentation.SegmentationTransform((32, 32), [0.5], [0.5], train=True, num_channels=1, geometry=geometry)
     torch.manual_seed(0)
     pixel_values, labels = transform(Image.fromarray(pixels), Image.fromarray(mask))
     np.testing.assert_array_equal(labels.numpy(), mask[:, ::-1])
@@ -166,7 +167,7 @@ def test_random_augmentation_keeps_image_and_mask_aligned():
     mask[10:50, 8:28] = 1
     mask[38:50, 8:44] = 1  # a thick L: a misalignment of a few pixels shows, bilinear edges do not
     pixels = (50 + 150 * mask).astype(np.uint8)
-    transform = train_segformer.SegmentationTransform((48, 48), [0.5] * 3, [0.5] * 3, train=True)
+    transform = segmentation.SegmentationTransform((48, 48), [0.5] * 3, [0.5] * 3, train=True)
     for seed in range(5):
         torch.manual_seed(seed)
         pixel_values, labels = transform(Image.fromarray(pixels), Image.fromarray(mask))
@@ -183,7 +184,7 @@ def test_random_augmentation_keeps_image_and_mask_aligned():
 def test_loss_is_pixel_cross_entropy_with_background_counted():
     torch.manual_seed(0)
     logits, labels = torch.randn(3, 2, 8, 8), torch.randint(0, 2, (3, 32, 32))
-    loss = train_segformer.SegmentationLoss()
+    loss = segmentation.SegmentationLoss()
     upsampled = torch.nn.functional.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(loss({"logits": logits}, labels), torch.nn.functional.cross_entropy(upsampled, labels))
     halves = loss({"logits": logits[:1]}, labels[:1], num_items_in_batch=labels.numel()) + loss(
@@ -199,7 +200,7 @@ def test_loss_equals_the_segformer_loss_when_no_pixel_is_ignored():
     model = tiny_model()
     pixel_values, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 2, (2, 64, 64))
     outputs = model(pixel_values=pixel_values, labels=labels)
-    torch.testing.assert_close(train_segformer.SegmentationLoss()(outputs, labels), outputs.loss)
+    torch.testing.assert_close(segmentation.SegmentationLoss()(outputs, labels), outputs.loss)
 
 
 # Logits -> masks at the original size -> metrics
@@ -211,7 +212,7 @@ def test_logits_to_masks_matches_the_segformer_post_processing():
 
     torch.manual_seed(0)
     logits, sizes = torch.randn(2, 2, 16, 16), [(40, 70), (33, 21)]
-    ours = train_segformer.logits_to_masks(logits, sizes)
+    ours = segmentation.logits_to_masks(logits, sizes)
     reference = SegformerImageProcessor().post_process_semantic_segmentation(SemanticSegmenterOutput(logits=logits), target_sizes=sizes)
     for mask, expected, size in zip(ours, reference, sizes):
         assert mask.shape == size and mask.dtype == np.uint8
@@ -223,13 +224,13 @@ def test_perfect_prediction_scores_one_and_empty_prediction_zero(metric):
     # A band on the 4-pixel grid of the logits: bilinear upsampling + argmax restores it exactly (a rectangle
     # would lose its corners, where 3 of the 4 low-resolution neighbours are background).
     reference[16:40, :] = 1
-    (perfect,) = train_segformer.logits_to_masks(logits_from_mask(reference), [reference.shape])
+    (perfect,) = segmentation.logits_to_masks(logits_from_mask(reference), [reference.shape])
     np.testing.assert_array_equal(perfect, reference)
-    (empty,) = train_segformer.logits_to_masks(logits_from_mask(np.zeros_like(reference)), [reference.shape])
+    (empty,) = segmentation.logits_to_masks(logits_from_mask(np.zeros_like(reference)), [reference.shape])
     assert empty.sum() == 0
-    results = train_segformer.segmentation_metrics(metric, [perfect], [reference], n_bootstrap=50)
+    results = segmentation.segmentation_metrics(metric, [perfect], [reference], n_bootstrap=50)
     assert (results["dice"], results["iou"], results["hd95"]) == (1.0, 1.0, 0.0)
-    results = train_segformer.segmentation_metrics(metric, [empty], [reference], n_bootstrap=50)
+    results = segmentation.segmentation_metrics(metric, [empty], [reference], n_bootstrap=50)
     assert (results["dice"], results["iou"], results["hd95"]) == (0.0, 0.0, None)
 
 
@@ -237,8 +238,8 @@ def test_partial_prediction_matches_numpy_and_brute_force_hd95(metric):
     reference = np.zeros((64, 48), dtype=np.uint8)
     reference[16:40, 8:32] = 1
     shifted = np.roll(reference, (4, 8), axis=(0, 1))
-    (prediction,) = train_segformer.logits_to_masks(logits_from_mask(shifted), [shifted.shape])
-    results = train_segformer.segmentation_metrics(metric, [prediction, reference], [reference, reference], n_bootstrap=0)
+    (prediction,) = segmentation.logits_to_masks(logits_from_mask(shifted), [shifted.shape])
+    results = segmentation.segmentation_metrics(metric, [prediction, reference], [reference, reference], n_bootstrap=0)
     dice, iou = numpy_dice_iou(prediction, reference)
     assert results["per_image_dice"][0] == pytest.approx(dice) and results["per_image_iou"][0] == pytest.approx(iou)
     assert results["dice"] == pytest.approx((dice + 1.0) / 2)
@@ -251,22 +252,22 @@ def test_evaluate_split_scores_each_case_and_each_centre(export_dir, metric, mon
 
     test = datasets.load_dataset(str(export_dir), "all", split="test")
     experts = {case: np.asarray(mask) for case, mask in zip(test["case_id"], test["mask"])}
-    transform = train_segformer.SegmentationTransform((32, 32), [0.5], [0.5])
+    transform = segmentation.SegmentationTransform((32, 32), [0.5], [0.5])
 
     def perfect(model, transform, images, batch_size=8):
         return [experts[case].copy() for case in next(cases)]
 
     batches = [list(test["case_id"])[i : i + 3] for i in range(0, len(test), 3)]
     cases = iter(batches)
-    monkeypatch.setattr(train_segformer, "segment_images", perfect)
-    results, rows, _ = train_segformer.evaluate_split(None, transform, test, metric, batch_size=3, n_bootstrap=50)
+    monkeypatch.setattr(segmentation, "segment_images", perfect)
+    results, rows, _ = segmentation.evaluate_split(None, transform, test, metric, batch_size=3, n_bootstrap=50)
     assert results["dice"] == results["iou"] == 1.0 and results["hd95"] == 0.0
     assert set(results["by_centre"]) == {"center1", "center2"}
     assert [r["case_id"] for r in rows] == list(test["case_id"])
     assert [r["expert_pixels"] for r in rows] == [int(experts[c].sum()) for c in test["case_id"]]
 
-    monkeypatch.setattr(train_segformer, "segment_images", lambda model, transform, images, batch_size=8: [np.zeros((i.height, i.width), np.uint8) for i in images])
-    results, rows, _ = train_segformer.evaluate_split(None, transform, test, metric, batch_size=3, n_bootstrap=50)
+    monkeypatch.setattr(segmentation, "segment_images", lambda model, transform, images, batch_size=8: [np.zeros((i.height, i.width), np.uint8) for i in images])
+    results, rows, _ = segmentation.evaluate_split(None, transform, test, metric, batch_size=3, n_bootstrap=50)
     assert results["dice"] == 0.0 and results["hd95"] is None
     assert all(r["dice"] == 0.0 and r["predicted_pixels"] == 0 for r in rows)
     for centre, values in results["by_centre"].items():
@@ -281,15 +282,15 @@ def test_contour_is_the_inner_boundary_of_the_mask():
     mask[2:8, 3:9] = 1
     ring = mask.astype(bool).copy()
     ring[3:7, 4:8] = False
-    np.testing.assert_array_equal(train_segformer.contour(mask), ring)
-    assert not train_segformer.contour(np.zeros((5, 5))).any()
-    rgb = train_segformer.overlay_contours(Image.fromarray(np.full((10, 12), 7, np.uint8)), (mask, (255, 0, 0)))
+    np.testing.assert_array_equal(plots.contour(mask), ring)
+    assert not plots.contour(np.zeros((5, 5))).any()
+    rgb = plots.overlay_contours(Image.fromarray(np.full((10, 12), 7, np.uint8)), (mask, (255, 0, 0)))
     assert (rgb[ring] == (255, 0, 0)).all() and (rgb[~ring] == 7).all()
 
 
 def test_select_cases_picks_best_median_worst():
-    assert train_segformer.select_cases([0.5, 0.9, 0.1, 0.7, 0.3]) == {"best": 1, "median": 0, "worst": 2}
-    assert train_segformer.select_cases([0.4]) == {"best": 0}
+    assert segmentation.select_cases([0.5, 0.9, 0.1, 0.7, 0.3]) == {"best": 1, "median": 0, "worst": 2}
+    assert segmentation.select_cases([0.4]) == {"best": 0}
 
 
 # main() end to end
@@ -330,11 +331,10 @@ def test_main_writes_metrics_overlays_and_card(trained, export_dir):
 def test_reported_metrics_match_the_saved_model_and_numpy(trained, export_dir):
     """Reload the saved model, segment the external centre again, score with numpy: the JSON must agree."""
     import datasets
-    import predict
 
-    model, processor = predict.load_segmenter(str(trained), device="cpu")
+    model, processor = inference.load_segmenter(str(trained), device="cpu")
     external = datasets.concatenate_datasets(list(datasets.load_dataset(str(export_dir), "center2").values()))
-    masks = predict.predict_masks(model, processor, list(external["image"]))
+    masks = inference.predict_masks(model, processor, list(external["image"]))
     reported = {c["case_id"]: c for c in json.loads((trained / "metrics_external.json").read_text())["cases"]}
     assert any(m.any() for m in masks), "the tiny model should find some nodes after 6 epochs"
     for case_id, reference, prediction in zip(external["case_id"], external["mask"], masks):
@@ -378,50 +378,6 @@ def test_push_to_hub_uploads_the_results_without_the_token(local_hub, export_dir
         assert local_hub.token.encode() not in local_hub.read_file(repo_id, name), name
     out, err = capfd.readouterr()
     assert local_hub.token not in out + err + caplog.text
-
-
-def test_launch_on_hub_submits_the_same_run_with_its_shared_files(local_hub, monkeypatch, capsys):
-    from huggingface_hub import HfApi, Volume
-
-    shipped = {}
-
-    def fake_bucket_upload(self, *, namespace, remote_to_local_file_names, token):
-        # The local hub has no buckets (xet): record what huggingface_hub would ship to the Job instead.
-        shipped.update(remote_to_local_file_names)
-        return [Volume(type="bucket", source=f"{namespace}/jobs-artifacts", mount_path="/data", path="test", read_only=False)]
-
-    monkeypatch.setattr(HfApi, "_upload_scripts_to_bucket", fake_bucket_upload)
-    before = len(local_hub.find_requests("POST", r"/api/jobs/"))
-    job = train_segformer.main([
-        "--launch_on_hub", "a10g-small",
-        "--job_timeout", "2h",
-        "--hub_token", local_hub.token,
-        "--dataset_name", f"{local_hub.user}/lymphus",
-        "--dataset_config", "center1",
-        "--external_config", "center2",
-        "--model_name_or_path", "nvidia/mit-b0",
-        "--num_train_epochs", "50",
-        "--output_dir", "segformer-lymphus",
-        "--push_to_hub",
-        "--hub_model_id", f"{local_hub.user}/segformer-lymphus",
-    ])
-    (request,) = local_hub.find_requests("POST", r"/api/jobs/")[before:]
-    assert request["path"].endswith(f"/api/jobs/{local_hub.user}")
-    spec = request["json"]
-    assert spec["flavor"] == "a10g-small"
-    assert spec["secrets"] == {"HF_TOKEN": local_hub.token}
-    assert spec["timeoutSeconds"] == 2 * 3600
-    assert spec["command"] == [
-        "uv", "run", "/data/train_segformer.py",
-        "--dataset_name", f"{local_hub.user}/lymphus", "--dataset_config", "center1", "--external_config", "center2",
-        "--model_name_or_path", "nvidia/mit-b0", "--num_train_epochs", "50", "--output_dir", "segformer-lymphus",
-        "--push_to_hub", "--hub_model_id", f"{local_hub.user}/segformer-lymphus",
-        "--train_vit_path", "/data/train_vit.py", "--metric_path", "/data/binary_segmentation.py",
-    ]
-    assert local_hub.token not in json.dumps(spec["command"]) + json.dumps(spec.get("environment"))
-    assert set(shipped) == {"train_segformer.py", "train_vit.py", "binary_segmentation.py"}
-    assert Path(shipped["train_vit.py"]) == REPO / "train_vit.py"
-    assert job.url in capsys.readouterr().out
 
 
 def test_launch_on_hub_refuses_a_local_dataset(export_dir, local_hub):

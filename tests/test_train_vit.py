@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import lymphus  # noqa: E402
 import train_vit  # noqa: E402
+from lymphus_ml import data, hub, images, inference, training
 
 MODEL_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md")
 
@@ -96,12 +97,12 @@ def node_case(height=40, width=60, box=(10, 20, 20, 40)):
 def test_roi_full_is_the_image():
     pixels, mask = node_case()
     image = Image.fromarray(pixels)
-    assert train_vit.roi_image(image, Image.fromarray(mask), "full") is image
+    assert images.roi_image(image, Image.fromarray(mask), "full") is image
 
 
 def test_roi_crop_is_the_bounding_box_plus_margin():
     pixels, mask = node_case(box=(10, 20, 20, 40))  # node 10 rows x 20 columns
-    cropped = train_vit.roi_image(Image.fromarray(pixels), Image.fromarray(mask), "crop", margin=0.1)
+    cropped = images.roi_image(Image.fromarray(pixels), Image.fromarray(mask), "crop", margin=0.1)
     # margin 0.1: 1 row above/below, 2 columns left/right
     np.testing.assert_array_equal(np.asarray(cropped), pixels[9:21, 18:42])
     assert cropped.mode == "L"
@@ -109,13 +110,13 @@ def test_roi_crop_is_the_bounding_box_plus_margin():
 
 def test_roi_crop_is_clipped_at_the_border():
     pixels, mask = node_case(box=(0, 50, 10, 60))
-    cropped = train_vit.roi_image(Image.fromarray(pixels), Image.fromarray(mask), "crop", margin=0.5)
+    cropped = images.roi_image(Image.fromarray(pixels), Image.fromarray(mask), "crop", margin=0.5)
     np.testing.assert_array_equal(np.asarray(cropped), pixels[0:15, 45:60])
 
 
 def test_roi_masked_zeroes_outside_the_node_only():
     pixels, mask = node_case(box=(10, 20, 20, 40))
-    masked = np.asarray(train_vit.roi_image(Image.fromarray(pixels), Image.fromarray(mask), "masked", margin=0.1))
+    masked = np.asarray(images.roi_image(Image.fromarray(pixels), Image.fromarray(mask), "masked", margin=0.1))
     window, inside = pixels[9:21, 18:42], mask[9:21, 18:42] == 1
     assert masked.shape == window.shape
     np.testing.assert_array_equal(masked[inside], window[inside])
@@ -125,13 +126,13 @@ def test_roi_masked_zeroes_outside_the_node_only():
 def test_roi_with_empty_mask_keeps_the_image():
     pixels, _ = node_case()
     empty = Image.fromarray(np.zeros_like(pixels))
-    np.testing.assert_array_equal(np.asarray(train_vit.roi_image(Image.fromarray(pixels), empty, "crop")), pixels)
+    np.testing.assert_array_equal(np.asarray(images.roi_image(Image.fromarray(pixels), empty, "crop")), pixels)
 
 
 def test_unknown_roi_mode_names_the_choices():
     pixels, mask = node_case()
     with pytest.raises(ValueError, match="full"):
-        train_vit.roi_image(Image.fromarray(pixels), Image.fromarray(mask), "bbox")
+        images.roi_image(Image.fromarray(pixels), Image.fromarray(mask), "bbox")
 
 
 def test_eval_transform_matches_the_saved_image_processor():
@@ -142,7 +143,7 @@ def test_eval_transform_matches_the_saved_image_processor():
     pixels = rng.integers(0, 256, size=(50, 70), dtype=np.uint8)
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=mean, image_std=std)
-    transform = train_vit.ClassificationTransform((32, 32), processor.image_mean, processor.image_std, train=False)
+    transform = images.ClassificationTransform((32, 32), processor.image_mean, processor.image_std, train=False)
     ours = transform(Image.fromarray(pixels))
     reference = processor(Image.fromarray(pixels).convert("RGB"), return_tensors="pt")["pixel_values"][0]
     assert ours.shape == reference.shape == (3, 32, 32)
@@ -153,7 +154,7 @@ def test_train_geometry_moves_image_and_mask_together():
     """As in training: the image as PIL (bilinear), the mask as tv_tensors.Mask (nearest), one draw of parameters."""
     pixels, mask = node_case(height=64, width=64, box=(16, 12, 48, 40))
     image = Image.fromarray(mask * 200)  # the node drawn in the image exactly where the mask is
-    transform = train_vit.ClassificationTransform((48, 48), [0.5], [0.5], roi="masked", train=True, num_channels=1)
+    transform = images.ClassificationTransform((48, 48), [0.5], [0.5], roi="masked", train=True, num_channels=1)
     for seed in range(5):
         torch.manual_seed(seed)
         moved_image, moved_mask = transform.geometry(image, tv_tensors.Mask(torch.from_numpy(mask)[None]))
@@ -165,7 +166,7 @@ def test_train_geometry_moves_image_and_mask_together():
 
 def test_train_transform_masked_keeps_the_background_at_zero():
     pixels, mask = node_case(height=64, width=64, box=(16, 12, 48, 40))
-    transform = train_vit.ClassificationTransform((32, 32), [0.5], [0.5], "masked", margin=0.3, train=True, num_channels=3)
+    transform = images.ClassificationTransform((32, 32), [0.5], [0.5], "masked", margin=0.3, train=True, num_channels=3)
     torch.manual_seed(0)
     out = transform(Image.fromarray(pixels), Image.fromarray(mask))
     assert out.shape == (3, 32, 32)
@@ -181,12 +182,12 @@ def test_balanced_class_weights_match_scikit_learn():
 
     labels = [0] * 7 + [1] * 3
     expected = compute_class_weight("balanced", classes=np.array([0, 1]), y=np.array(labels))
-    np.testing.assert_allclose(train_vit.balanced_class_weights(labels, 2), expected)
+    np.testing.assert_allclose(training.balanced_class_weights(labels, 2), expected)
 
 
 def test_weighted_loss_is_the_weighted_mean_and_accumulates():
     logits, labels = torch.randn(6, 2), torch.tensor([0, 1, 1, 0, 0, 0])
-    loss = train_vit.WeightedCrossEntropyLoss([0.75, 1.5])
+    loss = training.WeightedCrossEntropyLoss([0.75, 1.5])
     reference = torch.nn.CrossEntropyLoss(weight=torch.tensor([0.75, 1.5]), reduction="sum")(logits, labels) / 6
     torch.testing.assert_close(loss({"logits": logits}, labels), reference)
     halves = sum(loss({"logits": logits[i : i + 3]}, labels[i : i + 3], num_items_in_batch=6) for i in (0, 3))
@@ -274,7 +275,7 @@ def test_pipeline_loads_the_output_folder_and_reproduces_the_probabilities(train
     classifier = pipeline("image-classification", model=str(trained), device="cpu")
     probabilities = {r["case_id"]: float(r["probability"]) for r in read_predictions(trained) if r["split"] == "test"}
     for example in datasets.load_dataset(str(export_dir), "center1", split="test"):
-        scores = classifier(train_vit.roi_image(example["image"], example["mask"], "crop"))
+        scores = classifier(images.roi_image(example["image"], example["mask"], "crop"))
         malignant = next(s["score"] for s in scores if s["label"] == "malignant")
         assert malignant == pytest.approx(probabilities[example["case_id"]], abs=2e-3)
 
@@ -364,66 +365,7 @@ def test_push_to_hub_uploads_everything_without_the_token(local_hub, export_dir,
 
 def test_job_script_args_drop_local_only_options_and_the_token():
     argv = ["--launch_on_hub", "a10g-small", "--hub_token=hf_x", "--dataset_name", "u/d", "--job_timeout", "2h", "--bf16"]
-    assert train_vit.job_script_args(argv) == ["--dataset_name", "u/d", "--bf16"]
-
-
-def test_launch_on_hub_submits_the_same_run(local_hub, monkeypatch, capsys):
-    from huggingface_hub import HfApi, Volume
-
-    shipped = {}
-
-    def fake_bucket_upload(self, *, namespace, remote_to_local_file_names, token):
-        # The local hub has no buckets (xet): record what huggingface_hub would ship to the Job instead.
-        shipped.update(remote_to_local_file_names)
-        return [Volume(type="bucket", source=f"{namespace}/jobs-artifacts", mount_path="/data", path="t", read_only=False)]
-
-    monkeypatch.setattr(HfApi, "_upload_scripts_to_bucket", fake_bucket_upload)
-    before = len(local_hub.find_requests("POST", r"/api/jobs/"))
-    job = train_vit.main([
-        "--launch_on_hub", "a10g-small",
-        "--job_timeout", "3h",
-        "--hub_token", local_hub.token,
-        "--dataset_name", f"{local_hub.user}/lymphus",
-        "--dataset_config", "center1",
-        "--external_config", "center2",
-        "--roi", "crop",
-        "--num_train_epochs", "20",
-        "--output_dir", "vit-lymphus",
-        "--push_to_hub",
-        "--hub_model_id", f"{local_hub.user}/vit-lymphus",
-    ])
-    (request,) = local_hub.find_requests("POST", r"/api/jobs/")[before:]
-    assert request["path"].endswith(f"/api/jobs/{local_hub.user}")
-    spec = request["json"]
-    assert spec["flavor"] == "a10g-small"
-    assert spec["secrets"] == {"HF_TOKEN": local_hub.token}
-    assert spec["timeoutSeconds"] == 3 * 3600
-    command = spec["command"]
-    assert command[:3] == ["uv", "run", "/data/train_vit.py"]
-    assert command[3:] == [
-        "--dataset_name", f"{local_hub.user}/lymphus", "--dataset_config", "center1", "--external_config", "center2",
-        "--roi", "crop", "--num_train_epochs", "20", "--output_dir", "vit-lymphus", "--push_to_hub",
-        "--hub_model_id", f"{local_hub.user}/vit-lymphus", "--metric_path", "/data/clinical_classification.py",
-    ]
-    assert local_hub.token not in json.dumps(command) + json.dumps(spec.get("environment"))
-    assert set(shipped) == {"train_vit.py", "clinical_classification.py"}
-    assert job.url in capsys.readouterr().out
-
-
-def test_launch_hub_job_ships_the_metric_module_file(monkeypatch):
-    from huggingface_hub import HfApi
-
-    calls = []
-
-    class Job:
-        id, url = "0", "http://hub/jobs/u/0"
-
-    monkeypatch.setattr(HfApi, "run_uv_job", lambda self, **kwargs: calls.append(kwargs) or Job())
-    train_vit.launch_hub_job(["--seed", "1", f"--metric_path={REPO / 'metrics' / 'clinical_classification'}"], "t4-small", "tok")
-    assert calls[0]["script_args"] == [
-        "--seed", "1", "--metric_path", str(REPO / "metrics" / "clinical_classification" / "clinical_classification.py")
-    ]
-    assert calls[0]["script"] == str(REPO / "train_vit.py") and calls[0]["secrets"] == {"HF_TOKEN": "tok"}
+    assert hub.job_script_args(argv) == ["--dataset_name", "u/d", "--bf16"]
 
 
 def test_launch_on_hub_refuses_a_local_dataset(export_dir, local_hub):
@@ -460,21 +402,19 @@ def test_load_lymphus_sees_a_re_export_to_the_same_folder(tmp_path):
     export = tmp_path / "export"
     lymphus.write_synthetic_archives(tmp_path / "a", cases_per_group=3, scale=0.1, seed=1)
     lymphus.export_dataset(tmp_path / "a", export, "basic_checks")
-    first = train_vit.load_lymphus(str(export), "center1")["train"]["maximum_diameter"]
+    first = data.load_lymphus(str(export), "center1")["train"]["maximum_diameter"]
     lymphus.write_synthetic_archives(tmp_path / "b", cases_per_group=3, scale=0.1, seed=2)
     lymphus.export_dataset(tmp_path / "b", export, "basic_checks", overwrite=True)
-    second = train_vit.load_lymphus(str(export), "center1")["train"]["maximum_diameter"]
+    second = data.load_lymphus(str(export), "center1")["train"]["maximum_diameter"]
     assert list(first) != list(second)
 
 
 def test_roi_source_predicted_evaluates_with_the_segmenters_masks(export_dir, tmp_path, monkeypatch):
     """A segmenter that returns the expert masks must reproduce the expert-ROI probabilities exactly; one that
     returns other masks must change them. Both go through train_vit's own path (with_predicted_masks)."""
-    import predict
-
     expert_masks = []
     for config in ("center1", "center2"):
-        dataset = train_vit.load_lymphus(str(export_dir), config)
+        dataset = data.load_lymphus(str(export_dir), config)
         splits = ["test"] if config == "center1" else ["train", "validation", "test"]  # external: all of center2
         expert_masks += [np.asarray(mask) for split in splits for mask in dataset[split]["mask"]]
     calls = []
@@ -485,8 +425,8 @@ def test_roi_source_predicted_evaluates_with_the_segmenters_masks(export_dir, tm
         assert [m.shape for m in masks] == [image.size[::-1] for image in images]
         return [m.copy() for m in masks]
 
-    monkeypatch.setattr(predict, "load_segmenter", lambda name, device=None: (None, None))
-    monkeypatch.setattr(predict, "predict_masks", expert_segmenter)
+    monkeypatch.setattr(inference, "load_segmenter", lambda name, device=None: (None, None))
+    monkeypatch.setattr(inference, "predict_masks", expert_segmenter)
     output = tmp_path / "predicted-roi"
     train_vit.main(tiny_args(export_dir, output, "--roi_source", "predicted", "--segmenter_name_or_path", "fake"))
     rows = read_predictions(output)
@@ -499,9 +439,9 @@ def test_roi_source_predicted_evaluates_with_the_segmenters_masks(export_dir, tm
     assert "external_predicted_roi" in (output / "README.md").read_text()
 
     # Whole-image "masks": the crops differ, and so do the probabilities.
-    monkeypatch.setattr(predict, "predict_masks", lambda model, processor, images, batch_size=8: [np.ones(i.size[::-1], np.uint8) for i in images])
-    dataset = train_vit.load_lymphus(str(export_dir), "center1")["test"]
-    replaced = train_vit.with_predicted_masks(dataset, None, None, train_vit.DataTrainingArguments(dataset_name="x", roi="crop"))
+    monkeypatch.setattr(inference, "predict_masks", lambda model, processor, images, batch_size=8: [np.ones(i.size[::-1], np.uint8) for i in images])
+    dataset = data.load_lymphus(str(export_dir), "center1")["test"]
+    replaced = inference.with_predicted_masks(dataset, None, None, train_vit.DataTrainingArguments(dataset_name="x", roi="crop"))
     assert all(np.asarray(mask).all() for mask in replaced["mask"])
     assert list(replaced["case_id"]) == list(dataset["case_id"])
 

@@ -1,0 +1,288 @@
+"""Model cards: `huggingface_hub.ModelCard.from_template` on the Jinja templates beside `dataset_card.md`.
+
+Python builds the `model-index` results (`EvalResult`s) and the table rows; the templates hold the prose.
+"""
+
+from pathlib import Path
+
+from lymphus_ml.evaluation import METRIC_DISPLAY_NAMES, THRESHOLD_METRICS, format_metric
+from lymphus_ml.segmentation import METRIC_DISPLAY_NAMES as SEGMENTATION_DISPLAY_NAMES
+from lymphus_ml.segmentation import SEGMENTATION_METRICS
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CLASSIFIER_CARD_TEMPLATE = PROJECT_ROOT / "model_card.md"
+SEGMENTER_CARD_TEMPLATE = PROJECT_ROOT / "segmentation_card.md"
+SHIPPED_FILES = ("model_card.md", "segmentation_card.md")
+CARD_TAGS = ["medical-imaging", "ultrasound", "lymph-node", "lymphus"]
+
+
+def dataset_reference(dataset_name) -> tuple[bool, str]:
+    """(is a Hub id, how the card names it): a local export folder is named by its folder."""
+    is_hub_dataset = not Path(dataset_name).exists()
+    return is_hub_dataset, dataset_name if is_hub_dataset else f"{Path(dataset_name).name} (local export)"
+
+
+def split_sources(dataset_config, external_config) -> dict:
+    """Where each evaluated split comes from, in words."""
+    config = dataset_config or "default"
+    return {
+        "train": f"{config} / train",
+        "validation": f"{config} / validation",
+        "test": f"{config} / test",
+        "external": f"{external_config} / all splits",
+        "test_predicted_roi": f"{config} / test, ROI from the segmenter's masks",
+        "external_predicted_roi": f"{external_config} / all splits, ROI from the segmenter's masks",
+    }
+
+
+def classification_eval_results(split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95):
+    """`EvalResult`s for model-index: ROC-AUC, then each threshold metric at the Youden threshold and at 0.5."""
+    from huggingface_hub import EvalResult
+
+    is_hub_dataset, _ = dataset_reference(dataset_name)
+    level = int(round(confidence_level * 100))
+    eval_results = []
+    for split, metrics in split_metrics.items():
+        base_split = split.removesuffix("_predicted_roi")
+        config = external_config if base_split == "external" else dataset_config
+        common = dict(
+            task_type="image-classification",
+            dataset_type=dataset_name if is_hub_dataset else "lymphus",
+            dataset_name=f"LymphUs {config or ''} {split}".replace("  ", " "),
+            dataset_config=config,
+            dataset_split="all" if base_split == "external" else base_split,
+        )
+        entries = [("roc_auc", metrics["at_0.5"], None)]
+        entries += [(name, metrics["at_youden"], "youden") for name in THRESHOLD_METRICS]
+        entries += [(name, metrics["at_0.5"], "threshold_0.5") for name in THRESHOLD_METRICS]
+        for name, values, config_name in entries:
+            if values.get(name) is None:
+                continue
+            label = METRIC_DISPLAY_NAMES[name]
+            if config_name is not None:
+                label += f" @ {'Youden ' if config_name == 'youden' else ''}threshold {values['threshold']:.3f}"
+            args = {"confidence_level": confidence_level}
+            if values.get(f"{name}_ci_low") is not None:
+                label += f" ({level}% CI {values[f'{name}_ci_low']:.3f}-{values[f'{name}_ci_high']:.3f})"
+                args.update(ci_low=values[f"{name}_ci_low"], ci_high=values[f"{name}_ci_high"])
+            if config_name is not None:
+                args["threshold"] = values["threshold"]
+            eval_results.append(
+                EvalResult(
+                    metric_type=name,
+                    metric_value=float(values[name]),
+                    metric_name=label,
+                    metric_config=config_name,
+                    metric_args=args,
+                    **common,
+                )
+            )
+    return eval_results
+
+
+def roi_description(roi_mode, roi_margin) -> str:
+    return {
+        "full": "the whole image",
+        "crop": f"the node's bounding box from the segmentation mask, plus a {roi_margin:.0%} margin on each side",
+        "masked": f"the node's bounding box plus a {roi_margin:.0%} margin, every pixel outside the node mask set to 0",
+    }[roi_mode]
+
+
+def classification_results(split_metrics, sources, plots) -> list[dict]:
+    """One entry per evaluated split for the card's Results section: formatted values, confusion counts, plots."""
+    results = []
+    for split, metrics in split_metrics.items():
+        at_youden, at_half = metrics["at_youden"], metrics["at_0.5"]
+        results.append(
+            {
+                "split": split,
+                "source": sources.get(split, split),
+                "n": at_half.get("n"),
+                "roc_auc": format_metric(at_half, "roc_auc"),
+                "youden_threshold": at_youden["threshold"],
+                "rows": [
+                    (METRIC_DISPLAY_NAMES[name], format_metric(at_youden, name), format_metric(at_half, name))
+                    for name in THRESHOLD_METRICS
+                ],
+                "confusion": [", ".join(str(m.get(k)) for k in ("tn", "fp", "fn", "tp")) for m in (at_youden, at_half)],
+                "plots": [
+                    (f"{kind.replace('_', ' ')} {split}", plots[split][kind])
+                    for kind in ("roc", "confusion_matrix")
+                    if kind in plots.get(split, {})
+                ],
+            }
+        )
+    return results
+
+
+def classifier_card(
+    *,
+    model_name: str,
+    base_model: str | None,
+    model_description: str,
+    dataset_name: str,
+    dataset_config: str | None,
+    external_config: str | None,
+    roi_mode: str,
+    roi_margin: float,
+    split_sizes: dict,
+    split_metrics: dict,
+    youden: float,
+    class_names=("benign", "malignant"),
+    positive_label: str = "malignant",
+    plots: dict | None = None,
+    synthetic: bool = False,
+    hyperparameters: dict | None = None,
+    confidence_level: float = 0.95,
+    repo_id: str | None = None,
+):
+    """The `ModelCard` of a LymphUs classifier (model_card.md), with `model-index` results.
+
+    split_sizes: {split: {"n": int, "<class name>": int, ...}}; split_metrics: {split: {"at_0.5": {...},
+    "at_youden": {...}}} as in metrics_<split>.json; plots: {split: {"roc": "roc_test.png", "confusion_matrix": ...}}.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    is_hub_dataset, dataset_label = dataset_reference(dataset_name)
+    sources = split_sources(dataset_config, external_config)
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=[dataset_name] if is_hub_dataset else None,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["image-classification"] + CARD_TAGS + (["synthetic-data"] if synthetic else []),
+        metrics=["roc_auc", "sensitivity", "specificity"],
+        eval_results=classification_eval_results(split_metrics, dataset_name, dataset_config, external_config, confidence_level)
+        or None,
+    )
+    data_rows = [
+        {"split": split, "source": sources.get(split, split), "n": sizes["n"], "counts": [sizes.get(c, 0) for c in class_names]}
+        for split, sizes in split_sizes.items()
+    ]
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(CLASSIFIER_CARD_TEMPLATE),
+        model_name=model_name,
+        synthetic=synthetic,
+        model_description=model_description,
+        base_model=base_model,
+        dataset_label=dataset_label,
+        dataset_config=dataset_config,
+        external_config=external_config,
+        roi_mode=roi_mode,
+        roi_margin=roi_margin,
+        roi_text=roi_description(roi_mode, roi_margin),
+        positive_label=positive_label,
+        youden=youden,
+        class_names=list(class_names),
+        data_rows=data_rows,
+        level=int(round(confidence_level * 100)),
+        results=classification_results(split_metrics, sources, plots or {}),
+        hyperparameters=hyperparameters,
+        model_ref=repo_id or "path/to/this/model",
+    )
+
+
+def segmentation_eval_results(split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95):
+    """`EvalResult`s for model-index: mean Dice, IoU and HD95 over images, per evaluated split."""
+    from huggingface_hub import EvalResult
+
+    is_hub_dataset, _ = dataset_reference(dataset_name)
+    level = int(round(confidence_level * 100))
+    eval_results = []
+    for split, metrics in split_metrics.items():
+        config = external_config if split == "external" else dataset_config
+        for name in SEGMENTATION_METRICS:
+            if metrics.get(name) is None:
+                continue
+            label = f"{SEGMENTATION_DISPLAY_NAMES[name]}, mean over images"
+            args = {"confidence_level": confidence_level}
+            if metrics.get(f"{name}_ci_low") is not None:
+                label += f" ({level}% CI {metrics[f'{name}_ci_low']:.3f}-{metrics[f'{name}_ci_high']:.3f})"
+                args.update(ci_low=metrics[f"{name}_ci_low"], ci_high=metrics[f"{name}_ci_high"])
+            eval_results.append(
+                EvalResult(
+                    task_type="image-segmentation",
+                    dataset_type=dataset_name if is_hub_dataset else "lymphus",
+                    dataset_name=f"LymphUs {config or ''} {split}".replace("  ", " "),
+                    dataset_config=config,
+                    dataset_split="all" if split == "external" else split,
+                    metric_type=name,
+                    metric_value=float(metrics[name]),
+                    metric_name=label,
+                    metric_args=args,
+                )
+            )
+    return eval_results
+
+
+def segmentation_result_rows(split_metrics, sources) -> list[list[str]]:
+    """Rows of the card's results table: per split, then per centre when the split mixes centres."""
+    rows = []
+    for split, metrics in split_metrics.items():
+        values = [format_metric(metrics, name) for name in SEGMENTATION_METRICS]
+        values[-1] += f" (n={metrics.get('n_hd95_defined')})"
+        rows.append([f"{split} ({sources.get(split, split)})", str(metrics.get("n_images"))] + values)
+        for centre, by_centre in (metrics.get("by_centre") or {}).items():
+            rows.append(
+                [f"{split}, {centre} only", str(by_centre.get("n_images"))]
+                + [format_metric(by_centre, name) for name in SEGMENTATION_METRICS]
+            )
+    return rows
+
+
+def segmenter_card(
+    *,
+    model_name: str,
+    base_model: str | None,
+    model_description: str,
+    dataset_name: str,
+    dataset_config: str | None,
+    external_config: str | None,
+    split_sizes: dict,
+    split_metrics: dict,
+    grids: dict | None = None,
+    synthetic: bool = False,
+    hyperparameters: dict | None = None,
+    confidence_level: float = 0.95,
+    repo_id: str | None = None,
+):
+    """The `ModelCard` of a LymphUs node segmenter (segmentation_card.md), with Dice/IoU/HD95 in `model-index`.
+
+    split_sizes: {split: n_images}; split_metrics: {split: metrics as in metrics_<split>.json};
+    grids: {split: "overlays_<split>.png"}.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    is_hub_dataset, dataset_label = dataset_reference(dataset_name)
+    sources = split_sources(dataset_config, external_config)
+    card_data = ModelCardData(
+        model_name=model_name,
+        base_model=base_model,
+        datasets=[dataset_name] if is_hub_dataset else None,
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        tags=["image-segmentation", "semantic-segmentation"] + CARD_TAGS + (["synthetic-data"] if synthetic else []),
+        metrics=["dice", "iou", "hd95"],
+        eval_results=segmentation_eval_results(split_metrics, dataset_name, dataset_config, external_config, confidence_level)
+        or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(SEGMENTER_CARD_TEMPLATE),
+        model_name=model_name,
+        synthetic=synthetic,
+        model_description=model_description,
+        base_model=base_model,
+        dataset_label=dataset_label,
+        dataset_config=dataset_config,
+        external_config=external_config,
+        data_rows=[(split, sources.get(split, split), n) for split, n in split_sizes.items()],
+        level=int(round(confidence_level * 100)),
+        result_rows=segmentation_result_rows(split_metrics, sources),
+        grids=grids or {},
+        hyperparameters=hyperparameters,
+        model_ref=repo_id or "path/to/this/model",
+    )

@@ -1,0 +1,83 @@
+"""Loading LymphUs for training and evaluation: subsets, the external centre (checked for leaks), synthetic exports."""
+
+from pathlib import Path
+
+import numpy as np
+from datasets import concatenate_datasets, load_dataset
+
+
+def load_evaluation_sets(
+    dataset_name, dataset_config, external_config=None, cache_dir=None, do_train=True, required_columns=(), case_id_column="case_id"
+):
+    """(dataset, evaluation_sets): the training subset's DatasetDict, and {validation, test, external} to evaluate.
+
+    The external subset (all its splits together) must share no case or patient with the training/validation data.
+    """
+    dataset = load_lymphus(dataset_name, dataset_config, cache_dir=cache_dir)
+    for split in ("train", "validation") if do_train else ("validation",):
+        if split not in dataset:
+            raise ValueError(
+                f"Subset {dataset_config} of {dataset_name} has splits {list(dataset)}, not {split!r}: "
+                "model selection (and the threshold) need a validation split."
+            )
+    reference_split = dataset["train" if "train" in dataset else "validation"]
+    for column in required_columns:
+        if column not in reference_split.column_names:
+            raise ValueError(f"Column {column!r} not found in {dataset_name}; choose one of {reference_split.column_names}.")
+    evaluation_sets = {split: dataset[split] for split in ("validation", "test") if split in dataset}
+    if external_config:
+        external = load_lymphus(dataset_name, external_config, cache_dir=cache_dir)
+        external = concatenate_datasets(list(external.values()))
+        development = [dataset[split] for split in ("train", "validation") if split in dataset]
+        for column in (case_id_column, "patient_id"):
+            if column not in external.column_names:
+                continue
+            seen = set().union(*(set(split[column]) for split in development if column in split.column_names))
+            shared = sorted(seen.intersection(external[column]))
+            if shared:
+                raise ValueError(
+                    f"--external_config {external_config} shares {len(shared)} {column} values with the "
+                    f"training/validation data of --dataset_config {dataset_config} (e.g. {shared[:3]}); "
+                    "external validation needs the other centre: use --dataset_config center1 --external_config center2."
+                )
+        evaluation_sets["external"] = external
+    return dataset, evaluation_sets
+
+
+def load_lymphus(dataset_name, config, cache_dir=None):
+    """`load_dataset`, rebuilt from the files when `dataset_name` is a local export folder.
+
+    datasets' cache does not notice that a local folder's files were replaced (huggingface/datasets#2956): a
+    re-export to the same folder would otherwise train on the previous export's data.
+    """
+    local = Path(dataset_name).is_dir()
+    return load_dataset(dataset_name, config, cache_dir=cache_dir, download_mode="force_redownload" if local else None)
+
+
+def write_synthetic_export(folder, scale=0.25) -> str:
+    """Synthetic LymphUs archives (official counts, images at `scale` x the official sizes) exported as Parquet."""
+    import lymphus
+
+    folder = Path(folder)
+    lymphus.write_synthetic_archives(folder / "archives", scale=scale)
+    lymphus.export_dataset(folder / "archives", folder / "export", verification_mode="basic_checks", overwrite=True)
+    return str(folder / "export")
+
+
+def split_sizes(dataset, label_column, class_names) -> dict:
+    """{"n": cases, <class name>: cases of that class, ...} of one split."""
+    counts = np.bincount(np.asarray(list(dataset[label_column]), dtype=int), minlength=len(class_names))
+    return {"n": len(dataset), **{name: int(count) for name, count in zip(class_names, counts)}}
+
+
+def dataset_is_synthetic(dataset_name) -> bool:
+    """True when the dataset card says so: a `synthetic` tag, or the banner `lymphus.py export` writes for them."""
+    from huggingface_hub import DatasetCard
+
+    try:
+        card_path = Path(dataset_name) / "README.md"
+        card = DatasetCard.load(card_path if card_path.is_file() else dataset_name)
+    except Exception:  # no card, offline, private: treat as not known to be synthetic
+        return False
+    tags = [str(tag).lower() for tag in (card.data.get("tags") or [])]
+    return any("synthetic" in tag for tag in tags) or "**SYNTHETIC DATA.**" in card.text

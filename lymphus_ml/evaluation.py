@@ -1,0 +1,161 @@
+"""Evaluation glue: the local evaluate modules, thresholds, probabilities, JSON-safe results and prediction files."""
+
+import csv
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CLINICAL_METRIC_PATH = PROJECT_ROOT / "metrics" / "clinical_classification"
+SEGMENTATION_METRIC_PATH = PROJECT_ROOT / "metrics" / "binary_segmentation"
+# What a Hub Job of a script importing this module needs beside it (lymphus_ml.hub ships them).
+SHIPPED_FILES = (
+    "metrics/clinical_classification/clinical_classification.py",
+    "metrics/binary_segmentation/binary_segmentation.py",
+)
+PREDICTION_COLUMNS = ("case_id", "split", "label", "probability", "prediction_at_youden")
+
+# Metrics reported per threshold, in the card's order.
+THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
+
+
+METRIC_DISPLAY_NAMES = {
+    "roc_auc": "ROC-AUC",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced accuracy",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "ppv": "PPV",
+    "npv": "NPV",
+    "f1": "F1",
+}
+
+
+def metric_script_path(metric_path) -> Path:
+    """The .py file of an evaluate module given as its folder or its file."""
+    path = Path(metric_path)
+    return path if path.suffix == ".py" else path / f"{path.name}.py"
+
+
+def load_metric(metric_path=CLINICAL_METRIC_PATH):
+    """One of the repository's local evaluate modules (offline), by folder or .py file."""
+    import evaluate
+
+    script = metric_script_path(metric_path)
+    if not script.is_file():
+        raise FileNotFoundError(f"Metric module not found at {script}; pass --metric_path to its folder.")
+    return evaluate.load(str(metric_path))
+
+
+def metric_functions(metric_path=CLINICAL_METRIC_PATH):
+    """The plain functions (youden_threshold, delong_test, ...) of a metric module's file, imported by path."""
+    script = metric_script_path(metric_path)
+    if not script.is_file():
+        raise FileNotFoundError(f"Metric module not found at {script}; pass --metric_path to its folder.")
+    spec = importlib.util.spec_from_file_location(f"lymphus_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def youden_threshold(references, probabilities, metric_path=CLINICAL_METRIC_PATH) -> float:
+    """Threshold maximising sensitivity + specificity - 1 (the metric module's own implementation)."""
+    return float(metric_functions(metric_path).youden_threshold(references, probabilities))
+
+
+def apply_threshold(probabilities, threshold: float) -> np.ndarray:
+    """0/1 predictions: positive where probability >= threshold."""
+    return (np.asarray(probabilities, dtype=float) >= threshold).astype(int)
+
+
+def clinical_metrics_at_thresholds(
+    metric, references, probabilities, thresholds, n_bootstrap=1000, confidence_level=0.95, seed=0
+):
+    """{name: metric.compute(...) at that threshold} for each (name, threshold) in `thresholds` (a dict).
+
+    The threshold is used unchanged: choose it on validation, then pass the same value for test and external sets.
+    """
+    references = [int(r) for r in references]
+    probabilities = [float(p) for p in probabilities]
+    return {
+        name: json_safe(
+            metric.compute(
+                predictions=probabilities,
+                references=references,
+                threshold=float(threshold),
+                n_bootstrap=n_bootstrap,
+                confidence_level=confidence_level,
+                seed=seed,
+            )
+        )
+        for name, threshold in thresholds.items()
+    }
+
+
+def json_safe(value):
+    """NaN/inf -> None and numpy scalars -> Python, so JSON is strict and comparable."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def positive_probabilities(logits, positive_index: int) -> np.ndarray:
+    logits = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
+    return torch.softmax(logits, dim=-1)[:, positive_index].numpy()
+
+
+class ClinicalComputeMetrics:
+    """Trainer `compute_metrics`: softmax probability of the positive class -> clinical metrics at 0.5.
+
+    `roc_auc` is what model selection (`metric_for_best_model`) reads on validation.
+    """
+
+    def __init__(self, metric, positive_index: int, n_bootstrap: int = 200, seed: int = 0):
+        self.metric, self.positive_index, self.n_bootstrap, self.seed = metric, positive_index, n_bootstrap, seed
+
+    def __call__(self, eval_prediction):
+        probabilities = positive_probabilities(eval_prediction.predictions, self.positive_index)
+        references = (np.asarray(eval_prediction.label_ids) == self.positive_index).astype(int)
+        results = self.metric.compute(
+            predictions=probabilities.tolist(),
+            references=references.tolist(),
+            threshold=0.5,
+            n_bootstrap=self.n_bootstrap,
+            seed=self.seed,
+        )
+        return {
+            key: float(value)
+            for key, value in results.items()
+            if isinstance(value, (int, float, np.number))
+            and key not in ("threshold", "n_bootstrap", "confidence_level")
+            and (self.n_bootstrap > 0 or "_ci_" not in key)
+        }
+
+
+def format_metric(values, name):
+    value = values.get(name)
+    if value is None:
+        return "n/a"
+    low, high = values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({low:.3f}-{high:.3f})"
+
+
+def write_predictions_csv(path, rows) -> Path:
+    """rows: dicts with case_id, split, label, probability, prediction_at_youden."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)

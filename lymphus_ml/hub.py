@@ -1,0 +1,193 @@
+"""The Hub: the token, pushing a results folder, and running a script as a Hugging Face Job with what it imports.
+
+One Job mechanism for every script: `launch_job` uploads the script, every project module it can import
+(imports inside functions included, found by reading the code) and the data files those modules declare in
+`SHIPPED_FILES`, keeping their relative paths, to the Jobs artifacts bucket; the Job mounts that folder and runs
+`uv run` on the script there, so its PEP 723 block gives the dependencies and its imports resolve beside it. The
+token travels only as the `HF_TOKEN` secret: never in the command, the environment or a shipped file.
+"""
+
+import ast
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from secrets import token_hex
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+JOB_MOUNT_PATH = "/data"
+# Options that only make sense where the run is launched; the token travels as a secret.
+LOCAL_ONLY_OPTIONS = ("--launch_on_hub", "--job_timeout", "--job_namespace", "--job_script", "--hub_token", "--debug")
+
+
+@dataclass
+class HubJobArguments:
+    """Submit this same run to Hugging Face Jobs instead of running it here."""
+
+    launch_on_hub: str | None = field(
+        default=None,
+        metadata={"help": "Hardware flavor (a10g-small, t4-small, ...): submit this run as a Hub Job and exit."},
+    )
+    job_timeout: str = field(default="8h", metadata={"help": "Job timeout (e.g. 90m, 8h)."})
+    job_namespace: str | None = field(default=None, metadata={"help": "User or organisation that runs the Job."})
+
+
+def resolve_hub_token(hub_token: str | None = None) -> str | None:
+    """--hub_token, else $HF_TOKEN, else the locally saved login. Never logged or written anywhere."""
+    if hub_token:
+        return hub_token
+    from huggingface_hub import get_token
+
+    return os.environ.get("HF_TOKEN") or get_token()
+
+
+def push_folder_to_hub(
+    output_dir,
+    repo_id: str,
+    token: str | None = None,
+    *,
+    allow_patterns=None,
+    private: bool | None = None,
+    commit_message: str = "Upload LymphUs results",
+) -> str:
+    """Create `repo_id` if needed and upload `output_dir` (checkpoints excluded); returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        allow_patterns=allow_patterns,
+        ignore_patterns=["checkpoint-*", "_*", "runs/*", "*.bin"],
+        commit_message=commit_message,
+    )
+    return commit.commit_url
+
+
+def job_script_args(argv: list[str], drop=LOCAL_ONLY_OPTIONS) -> list[str]:
+    """argv with the options that only make sense locally removed (and the token, which travels as a secret)."""
+    forwarded, skip = [], False
+    for argument in argv:
+        if skip:
+            skip = False
+            continue
+        name = argument.split("=", 1)[0]
+        if name in drop:
+            skip = "=" not in argument
+            continue
+        forwarded.append(argument)
+    return forwarded
+
+
+def check_hub_job_request(dataset_name, push_to_hub, hub_token):
+    """A Hub Job runs on ephemeral hardware and cannot see local files: refuse what would be lost or unreadable."""
+    if Path(dataset_name).exists():
+        raise ValueError(
+            f"--dataset_name {dataset_name} is a local folder, which a Hub Job cannot read; push it "
+            "with `python lymphus.py push` and pass its Hub id."
+        )
+    if not push_to_hub:
+        raise ValueError(
+            "--launch_on_hub runs on ephemeral hardware: add --push_to_hub (and --hub_model_id) to keep the results."
+        )
+    if hub_token is None:
+        raise ValueError("--launch_on_hub needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+
+
+def project_module_files(module_name: str, root=PROJECT_ROOT) -> list[str]:
+    """Project files (relative paths) that `import module_name` loads: `name.py`, or a package's `__init__.py`s
+    and the submodule's file; [] for anything outside the project (the standard library, installed packages)."""
+    parts, files = module_name.split("."), []
+    for depth in range(1, len(parts) + 1):
+        path = Path(*parts[:depth])
+        if (root / path / "__init__.py").is_file():
+            files.append(str(path / "__init__.py"))
+        elif (root / path.with_suffix(".py")).is_file():
+            files.append(str(path.with_suffix(".py")))
+            break
+        else:
+            break
+    return files
+
+
+def imported_module_names(source: str) -> set[str]:
+    """Every module an `import` or `from ... import` anywhere in `source` names (in functions too), with the
+    `from a import b` form also giving `a.b` in case `b` is a submodule."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def declared_shipped_files(source: str) -> tuple[str, ...]:
+    """The module's `SHIPPED_FILES` (a top-level tuple of project-relative paths it reads at run time), or ()."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SHIPPED_FILES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return ()
+
+
+def job_files(script, root=PROJECT_ROOT) -> list[str]:
+    """What a Job of `script` needs beside it, as paths relative to `root`: the script, the project modules it can
+    import (transitively) and the files those modules declare in SHIPPED_FILES. Sorted, script first."""
+    root = Path(root)
+    script = str(Path(script).resolve().relative_to(root.resolve()))
+    files, queue = {script}, [script]
+    while queue:
+        path = queue.pop()
+        source = (root / path).read_text()
+        found = [file for name in imported_module_names(source) for file in project_module_files(name, root)]
+        found += list(declared_shipped_files(source))
+        for file in found:
+            if not (root / file).is_file():
+                raise FileNotFoundError(f"{path} needs {file}, which is not in {root}.")
+            if file not in files:
+                files.add(file)
+                if file.endswith(".py"):
+                    queue.append(file)
+    return [script] + sorted(files - {script})
+
+
+def launch_job(script, script_args: list[str], flavor: str, token: str, *, timeout: str = "8h", namespace=None):
+    """Run `script` (a project file, PEP 723 dependencies) with `script_args` as a Hugging Face Job; returns JobInfo.
+
+    Ships `job_files(script)` to a fresh folder of the `<namespace>/jobs-artifacts` bucket (relative paths kept)
+    and mounts it at /data, as `HfApi.run_uv_job` does for a single local script. The token is the HF_TOKEN secret.
+    """
+    from huggingface_hub import HfApi, Volume, constants
+    from huggingface_hub._jobs_api import DEFAULT_UV_IMAGE
+
+    api = HfApi(token=token)
+    namespace = namespace or api.whoami()["name"]
+    files = job_files(script)
+    bucket_id = f"{namespace}/{constants.HF_JOBS_ARTIFACTS_BUCKET_NAME}"
+    folder = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{token_hex(3)}"
+    api.create_bucket(bucket_id, private=True, exist_ok=True)
+    api.batch_bucket_files(bucket_id, add=[(PROJECT_ROOT / file, f"{folder}/{file}") for file in files])
+    volume = Volume(type="bucket", source=bucket_id, mount_path=JOB_MOUNT_PATH, path=folder, read_only=False)
+    job = api.run_job(
+        image=DEFAULT_UV_IMAGE,
+        command=["uv", "run", f"{JOB_MOUNT_PATH}/{files[0]}", *script_args],
+        secrets={"HF_TOKEN": token},
+        flavor=flavor,
+        timeout=timeout,
+        volumes=[volume],
+        namespace=namespace,
+    )
+    print(f"Submitted Hugging Face Job {job.id} on {flavor} ({len(files)} files shipped): {job.url}")
+    return job
+
+
+def submit_script_job(script, argv, job_args, dataset_name, push_to_hub: bool, token):
+    """A trainer's --launch_on_hub: check the request, then the same command (less local-only options) as a Job."""
+    check_hub_job_request(dataset_name, push_to_hub, token)
+    return launch_job(
+        script, job_script_args(argv), job_args.launch_on_hub, token, timeout=job_args.job_timeout,
+        namespace=job_args.job_namespace,
+    )

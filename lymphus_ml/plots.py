@@ -1,0 +1,142 @@
+"""Plots every report shares: ROC curves, confusion matrices, mask contours and overlay grids (matplotlib, Agg)."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from lymphus_ml.evaluation import apply_threshold
+
+
+# Contour colours of the overlays (RGB).
+EXPERT_COLOR = (0, 200, 0)
+PREDICTED_COLOR = (255, 40, 40)
+
+
+def agg_pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_roc(references, probabilities, path, *, title="ROC curve", roc_auc=None, ci=None, threshold=None) -> Path:
+    """ROC curve PNG; the legend carries the AUC and its CI, a dot marks the operating point at `threshold`."""
+    from sklearn.metrics import roc_curve
+
+    plt = agg_pyplot()
+    references = np.asarray(references, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    if len(np.unique(references)) == 2:
+        fpr, tpr, _ = roc_curve(references, probabilities)
+        label = "ROC"
+        if roc_auc is not None:
+            label = f"AUC {roc_auc:.3f}"
+            if ci is not None and None not in ci:
+                label += f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})"
+        axes.plot(fpr, tpr, lw=2, label=label)
+        if threshold is not None:
+            predicted = apply_threshold(probabilities, threshold)
+            sensitivity = predicted[references == 1].mean()
+            specificity = 1 - predicted[references == 0].mean()
+            label = f"operating point, threshold {threshold:.3f}"
+            axes.plot([1 - specificity], [sensitivity], "o", color="black", label=label)
+    else:
+        axes.text(0.5, 0.5, "one class only: ROC undefined", ha="center", va="center")
+    axes.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="1 - specificity", ylabel="Sensitivity", title=title)
+    axes.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_confusion_matrix(
+    references, predictions, path, *, class_names=("benign", "malignant"), title="Confusion matrix"
+) -> Path:
+    """Confusion-matrix PNG (rows: true class, columns: predicted class) with counts in the cells."""
+    plt = agg_pyplot()
+    references = np.asarray(references, dtype=int)
+    predictions = np.asarray(predictions, dtype=int)
+    matrix = np.zeros((len(class_names), len(class_names)), dtype=int)
+    np.add.at(matrix, (references, predictions), 1)
+    figure, axes = plt.subplots(figsize=(4, 3.6), dpi=100)
+    axes.imshow(matrix, cmap="Blues")
+    for (row, column), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=12)
+    axes.set(
+        xticks=range(len(class_names)),
+        yticks=range(len(class_names)),
+        xticklabels=class_names,
+        yticklabels=class_names,
+        xlabel="Predicted",
+        ylabel="True",
+        title=title,
+    )
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
+
+
+def contour(mask, thickness: int = 1) -> np.ndarray:
+    """Boundary band of a 0/1 mask: its pixels within `thickness` pixels of the background (image edge included)."""
+    inside = np.asarray(mask) > 0
+    if not inside.any():
+        return inside
+    cross = ndimage.generate_binary_structure(2, 1)
+    eroded = ndimage.binary_erosion(inside, structure=cross, iterations=thickness, border_value=0)
+    return inside & ~eroded
+
+
+def contour_thickness(shape) -> int:
+    """About 1 pixel per 200 of the larger side, so that contours stay visible on full-size images."""
+    return max(1, int(round(max(shape[:2]) / 200)))
+
+
+def overlay_contours(image, *contours) -> np.ndarray:
+    """HxWx3 uint8: the grayscale image with each (mask, rgb color) pair's contour drawn on top, in order."""
+    gray = np.asarray(image.convert("L") if isinstance(image, Image.Image) else image, dtype=np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    for mask, color in contours:
+        mask = np.asarray(mask)
+        if mask.shape != gray.shape:
+            raise ValueError(f"Mask shape {mask.shape} differs from image shape {gray.shape}.")
+        rgb[contour(mask, contour_thickness(gray.shape))] = color
+    return rgb
+
+
+def plot_overlay_grid(rows, path, title: str = "") -> Path:
+    """PNG grid, one row per case: image | expert contour (green) | predicted (red) over expert (green).
+
+    rows: dicts with image (PIL), expert (HxW 0/1), predicted (HxW 0/1), label (row title).
+    """
+    plt = agg_pyplot()
+    figure, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), dpi=100, squeeze=False)
+    for axes_row, row in zip(axes, rows):
+        panels = [
+            (np.asarray(row["image"].convert("L")), "image"),
+            (overlay_contours(row["image"], (row["expert"], EXPERT_COLOR)), "expert (green)"),
+            (
+                overlay_contours(row["image"], (row["expert"], EXPERT_COLOR), (row["predicted"], PREDICTED_COLOR)),
+                "predicted (red) vs expert",
+            ),
+        ]
+        for axis, (pixels, name) in zip(axes_row, panels):
+            axis.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255)
+            axis.set_title(name, fontsize=9)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes_row[0].set_ylabel(row["label"], fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
