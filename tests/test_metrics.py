@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
-from scipy.stats import norm
+from scipy.stats import binomtest, norm
 from sklearn.metrics import (
     balanced_accuracy_score,
+    brier_score_loss,
     confusion_matrix,
     f1_score,
     precision_score,
@@ -23,11 +24,14 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFICATION_DIR = REPO / "metrics" / "clinical_classification"
 SEGMENTATION_DIR = REPO / "metrics" / "binary_segmentation"
 INTERVAL_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
+PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
 
 
 def _import_by_path(path):
@@ -97,7 +101,9 @@ def test_results_are_json_serialisable(clinical, segmentation):
     labels, probabilities = _random_case(np.random.default_rng(0), 40)
     results = clinical.compute(predictions=probabilities, references=labels, n_bootstrap=50)
     json.dumps(results, allow_nan=True)
-    assert all(type(v) in (int, float) for v in results.values())
+    assert all(type(v) in (int, float, str, bool) for v in results.values())
+    assert {k for k, v in results.items() if type(v) is bool} == {"perfect_separation", "small_sample"}
+    assert {k for k, v in results.items() if type(v) is str} == {f"{n}_ci_method" for n in INTERVAL_METRICS}
     mask = np.zeros((6, 7), dtype=np.uint8)
     mask[1:4, 2:5] = 1
     json.dumps(segmentation.compute(predictions=[mask], references=[mask], n_bootstrap=5), allow_nan=True)
@@ -138,9 +144,11 @@ def test_evaluate_module_equals_plain_function(clinical):
     via_evaluate = clinical.compute(predictions=probabilities.tolist(), references=labels.tolist(), threshold=0.4, seed=3)
     direct = cc.clinical_classification_metrics(labels, probabilities, threshold=0.4, seed=3)
     _same(via_evaluate, direct)
-    expected_keys = {f"{n}{s}" for n in INTERVAL_METRICS for s in ("", "_ci_low", "_ci_high")}
+    expected_keys = {f"{n}{s}" for n in INTERVAL_METRICS for s in ("", "_ci_low", "_ci_high", "_ci_method")}
     expected_keys |= {"threshold", "tn", "fp", "fn", "tp", "n", "n_positive", "n_negative"}
-    assert expected_keys <= set(via_evaluate)
+    expected_keys |= {"roc_auc_delong_ci_low", "roc_auc_delong_ci_high", "perfect_separation", "small_sample"}
+    expected_keys |= {"n_bootstrap", "confidence_level"}
+    assert expected_keys == set(via_evaluate)
 
 
 def test_one_class_only_gives_nan_without_warnings(clinical):
@@ -166,19 +174,35 @@ def test_all_ties():
     assert result["roc_auc"] == 0.5 == roc_auc_score(labels, probabilities)
     assert result["roc_auc_ci_low"] == result["roc_auc_ci_high"] == 0.5
     assert result["sensitivity"] == 1.0 and result["specificity"] == 0.0
-    assert cc.youden_threshold(labels, probabilities) == 0.5
+    assert not result["perfect_separation"]
+    # One distinct score: the only cut-off calls every case positive.
+    assert cc.youden_threshold(labels, probabilities) == 0.0
 
 
 def test_perfect_separation():
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
     probabilities = np.array([0.05, 0.2, 0.3, 0.6, 0.61, 0.9, 1.0])
     result = cc.clinical_classification_metrics(labels, probabilities, threshold=0.5, n_bootstrap=300)
-    assert result["roc_auc"] == result["roc_auc_ci_low"] == result["roc_auc_ci_high"] == 1.0
+    assert result["roc_auc"] == 1.0 and result["perfect_separation"] is True
+    # No [1, 1] interval from either method: "perfectly separated: no interval".
+    for key in ("roc_auc_ci_low", "roc_auc_ci_high", "roc_auc_delong_ci_low", "roc_auc_delong_ci_high"):
+        assert math.isnan(result[key]), key
     for name in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"):
         assert result[name] == 1.0
-    assert cc.youden_threshold(labels, probabilities) == 0.6  # lowest threshold of the tied best J = 1
+    # Exact intervals of 4/4 and 3/3 correct: lower bound (alpha/2)^(1/n), upper bound 1.
+    assert result["sensitivity_ci_low"] == pytest.approx(0.025 ** (1 / 4), abs=1e-12)
+    assert result["specificity_ci_low"] == pytest.approx(0.025 ** (1 / 3), abs=1e-12)
+    assert result["sensitivity_ci_high"] == result["specificity_ci_high"] == 1.0
+    # The tied best J = 1 spans thresholds in (0.3, 0.6]: midway between 0.3 and 0.6.
+    assert cc.youden_threshold(labels, probabilities) == pytest.approx(0.45, abs=1e-15)
     delong = cc.delong_ci(labels, probabilities)
     assert delong["roc_auc"] == 1.0 and delong["standard_error"] == 0.0
+    assert math.isnan(delong["roc_auc_ci_low"]) and math.isnan(delong["roc_auc_ci_high"])
+    inverted = cc.clinical_classification_metrics(labels, 1 - probabilities, n_bootstrap=50)
+    assert inverted["roc_auc"] == 0.0 and inverted["perfect_separation"] is True
+    assert math.isnan(inverted["roc_auc_ci_low"]) and math.isnan(inverted["roc_auc_delong_ci_high"])
+    one_class = cc.clinical_classification_metrics([1, 1, 1], [0.2, 0.4, 0.9], n_bootstrap=10)
+    assert one_class["perfect_separation"] is False and math.isnan(one_class["roc_auc"])
 
 
 def test_all_predicted_negative():
@@ -194,6 +218,70 @@ def test_all_predicted_negative():
     assert result["balanced_accuracy"] == 0.5 == balanced_accuracy_score(labels, np.zeros(5, int))
 
 
+# ------------------------------------------------------------------ classification: exact intervals
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_proportion_intervals_are_clopper_pearson(seed):
+    rng = np.random.default_rng(300 + seed)
+    labels, probabilities = _random_case(rng, int(rng.integers(5, 150)), decimals=2)
+    threshold = float(rng.choice([0.5, rng.random()]))
+    level = float(rng.choice([0.95, 0.9, 0.99]))
+    result = cc.clinical_classification_metrics(labels, probabilities, threshold, n_bootstrap=0, confidence_level=level)
+    tn, fp, fn, tp = confusion_matrix(labels, (probabilities >= threshold).astype(int), labels=[0, 1]).ravel()
+    counts = {
+        "accuracy": (tp + tn, tn + fp + fn + tp),
+        "sensitivity": (tp, tp + fn),
+        "specificity": (tn, tn + fp),
+        "ppv": (tp, tp + fp),
+        "npv": (tn, tn + fn),
+    }
+    for name, (successes, trials) in counts.items():
+        assert result[f"{name}_ci_method"] == "clopper-pearson"
+        if trials == 0:
+            assert math.isnan(result[f"{name}_ci_low"]) and math.isnan(result[f"{name}_ci_high"]), name
+            continue
+        low, high = proportion_confint(successes, trials, alpha=1 - level, method="beta")
+        assert result[f"{name}_ci_low"] == pytest.approx(low, abs=1e-10), name
+        assert result[f"{name}_ci_high"] == pytest.approx(high, abs=1e-10), name
+        scipy_interval = binomtest(int(successes), int(trials)).proportion_ci(level, method="exact")
+        assert result[f"{name}_ci_low"] == pytest.approx(scipy_interval.low, abs=1e-8), name
+        assert result[f"{name}_ci_high"] == pytest.approx(scipy_interval.high, abs=1e-8), name
+    # Not proportions: these keep the bootstrap, skipped here, and say so.
+    for name in ("roc_auc", "balanced_accuracy", "f1"):
+        assert result[f"{name}_ci_method"] == "stratified-bootstrap" and math.isnan(result[f"{name}_ci_low"])
+
+
+def test_exact_interval_is_never_zero_width():
+    # 6/6 and 16/16 correct: 95% CI 0.541-1.000 and 0.794-1.000, i.e. (alpha/2)^(1/n) to 1.
+    for n, published_low in ((6, 0.541), (16, 0.794)):
+        low, high = cc.clopper_pearson_interval(n, n)
+        assert low == pytest.approx(0.025 ** (1 / n), abs=1e-12) and round(low, 3) == published_low and high == 1.0
+        zero_low, zero_high = cc.clopper_pearson_interval(0, n)
+        assert zero_low == 0.0 and zero_high == pytest.approx(1 - 0.025 ** (1 / n), abs=1e-12)
+    labels = np.array([1] * 6 + [0] * 16)
+    result = cc.clinical_classification_metrics(labels, labels * 0.8 + 0.1, n_bootstrap=50)
+    assert round(result["sensitivity_ci_low"], 3) == 0.541 and round(result["specificity_ci_low"], 3) == 0.794
+    assert result["sensitivity_ci_low"] < result["sensitivity_ci_high"] == 1.0
+    assert all(math.isnan(x) for x in cc.clopper_pearson_interval(0, 0))
+    with pytest.raises(ValueError, match=r"successes \(5\) cannot exceed trials \(4\)"):
+        cc.clopper_pearson_interval(5, 4)
+    with pytest.raises(ValueError, match="trials must be an integer >= 0, got 2.5"):
+        cc.clopper_pearson_interval(1, 2.5)
+
+
+def test_small_sample_flag():
+    assert cc.small_sample_flag(29, 200) and cc.small_sample_flag(200, 29) and cc.small_sample_flag(0, 0)
+    assert not cc.small_sample_flag(30, 30)
+    assert cc.small_sample_flag(30, 30, minimum=31) and not cc.small_sample_flag(5, 5, minimum=5)
+    with pytest.raises(ValueError, match="n_negative must be an integer >= 0, got -1"):
+        cc.small_sample_flag(40, -1)
+    labels = np.array([1] * 30 + [0] * 29)
+    assert cc.clinical_classification_metrics(labels, labels * 0.5, n_bootstrap=0)["small_sample"] is True
+    labels = np.array([1] * 30 + [0] * 30)
+    assert cc.clinical_classification_metrics(labels, labels * 0.5, n_bootstrap=0)["small_sample"] is False
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_youden_threshold_matches_roc_curve(seed):
     rng = np.random.default_rng(100 + seed)
@@ -201,10 +289,29 @@ def test_youden_threshold_matches_roc_curve(seed):
     fpr, tpr, thresholds = roc_curve(labels, probabilities, drop_intermediate=False)
     j = tpr - fpr
     tied_best = thresholds[np.isfinite(thresholds) & np.isclose(j, j.max(), rtol=0, atol=1e-12)]
+    lowest_positive = tied_best.min()  # the tied best cut-off that calls the most cases positive
+    below = probabilities[probabilities < lowest_positive]
     chosen = cc.youden_threshold(labels, probabilities)
-    assert chosen == tied_best.min()
+    if below.size:
+        assert chosen == pytest.approx((lowest_positive + below.max()) / 2, abs=1e-15)  # pROC's midpoint
+        assert below.max() < chosen < lowest_positive
+    else:
+        assert chosen == 0.0  # every case positive
     point = cc.binary_classification_metrics(labels, probabilities, chosen)
     assert point["sensitivity"] + point["specificity"] - 1 == pytest.approx(j.max(), abs=1e-12)
+    predicted = probabilities >= chosen
+    assert (predicted == (probabilities >= lowest_positive)).all()
+
+
+def test_youden_threshold_edges():
+    # The best cut-off calls every case positive (J = 0 there, negative elsewhere): 0.0.
+    assert cc.youden_threshold([1, 0, 1], [0.2, 0.5, 0.4]) == 0.0
+    assert cc.youden_threshold([1, 0], [0.0, 1.0]) == 0.0
+    # Adjacent floating-point scores have nothing between them: the higher one is returned.
+    low = 0.5
+    high = float(np.nextafter(low, 1.0))
+    assert cc.youden_threshold([0, 1], [low, high]) == high
+    assert cc.binary_classification_metrics([0, 1], [low, high], high)["balanced_accuracy"] == 1.0
 
 
 # ------------------------------------------------------------------ classification: bootstrap
@@ -369,16 +476,115 @@ def test_delong_matches_brute_force(seed):
     assert cc.roc_auc_delong_ci is cc.delong_ci
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_delong_interval_in_results_matches_formulas(seed):
+    rng = np.random.default_rng(250 + seed)
+    labels, probabilities = _random_case(rng, int(rng.integers(20, 80)), decimals=2)
+    confidence_level = float(rng.choice([0.95, 0.9]))
+    result = cc.clinical_classification_metrics(labels, probabilities, n_bootstrap=0, confidence_level=confidence_level)
+    thetas, _, _, covariance = _delong_brute_force(labels, probabilities)
+    half_width = norm.ppf(0.5 + confidence_level / 2) * math.sqrt(covariance[0][0])
+    assert result["roc_auc_delong_ci_low"] == pytest.approx(max(0.0, thetas[0] - half_width), abs=1e-12)
+    assert result["roc_auc_delong_ci_high"] == pytest.approx(min(1.0, thetas[0] + half_width), abs=1e-12)
+    assert result["roc_auc_ci_method"] == "stratified-bootstrap" and math.isnan(result["roc_auc_ci_low"])
+    assert result["perfect_separation"] is False
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_delong_difference_ci_matches_formulas(seed):
+    rng = np.random.default_rng(260 + seed)
+    labels, a = _random_case(rng, int(rng.integers(30, 90)), decimals=2)
+    b = np.clip(np.round(a + rng.normal(scale=0.25, size=a.size), 2), 0, 1)
+    thetas, _, _, covariance = _delong_brute_force(labels, a, b)
+    standard_error = math.sqrt(covariance[0][0] + covariance[1][1] - 2 * covariance[0][1])
+    difference = thetas[0] - thetas[1]
+    result = cc.delong_difference_ci(labels, a, b, confidence_level=0.9)
+    assert result["difference"] == pytest.approx(difference, abs=1e-12)
+    assert result["standard_error"] == pytest.approx(standard_error, abs=1e-12)
+    assert result["ci_low"] == pytest.approx(difference - norm.ppf(0.95) * standard_error, abs=1e-12)
+    assert result["ci_high"] == pytest.approx(difference + norm.ppf(0.95) * standard_error, abs=1e-12)
+    assert result["p_value"] == pytest.approx(2 * norm.sf(abs(difference / standard_error)), abs=1e-12)
+    # The interval and the test agree: 0 lies outside the 90% interval exactly when p < 0.10.
+    assert (result["ci_low"] > 0 or result["ci_high"] < 0) == (result["p_value"] < 0.10)
+    assert result["p_value"] == pytest.approx(cc.delong_test(labels, a, b)["p_value"], abs=1e-15)
+
+
 def test_delong_degenerate_cases():
     labels, a = _random_case(np.random.default_rng(3), 30, decimals=2)
-    identical = cc.delong_test(labels, a, a**2)  # same ranking: the difference has no variance
-    assert identical["auc_difference"] == 0.0 and math.isnan(identical["z"]) and math.isnan(identical["p_value"])
+    for b in (a**2, a.copy()):  # the same ranking, or the same probabilities: no evidence of a difference
+        identical = cc.delong_test(labels, a, b)
+        assert identical["auc_difference"] == 0.0 and identical["z"] == 0.0 and identical["p_value"] == 1.0
+        difference = cc.delong_difference_ci(labels, a, b)
+        assert (difference["difference"], difference["ci_low"], difference["ci_high"]) == (0.0, 0.0, 0.0)
+        assert difference["standard_error"] == 0.0 and difference["p_value"] == 1.0
+    # Both models separate the classes perfectly: both AUCs are 1, p = 1.
+    separated = np.array([0.1, 0.2, 0.8, 0.9])
+    both_perfect = cc.delong_test([0, 0, 1, 1], separated, np.array([0.2, 0.1, 0.95, 0.7]))
+    assert both_perfect["auc_a"] == both_perfect["auc_b"] == 1.0 and both_perfect["p_value"] == 1.0
+    # Zero variance but different AUCs (perfect model against a constant one): not testable.
+    degenerate = cc.delong_test([0, 0, 1, 1], separated, np.full(4, 0.5))
+    assert degenerate["auc_difference"] == 0.5 and math.isnan(degenerate["z"]) and math.isnan(degenerate["p_value"])
+    assert math.isnan(cc.delong_difference_ci([0, 0, 1, 1], separated, np.full(4, 0.5))["ci_low"])
+    # Fewer than 2 cases in a class: the variance is not estimable.
+    assert math.isnan(cc.delong_test([1, 0, 0], [0.9, 0.1, 0.2], [0.1, 0.9, 0.2])["p_value"])
     single_positive = cc.delong_ci([1, 0, 0], [0.9, 0.1, 0.2])
     assert single_positive["roc_auc"] == 1.0 and math.isnan(single_positive["standard_error"])
     with pytest.raises(ValueError, match="probabilities_b has 2 values"):
         cc.delong_test([0, 1, 1], [0.1, 0.2, 0.3], [0.1, 0.2])
     with pytest.raises(ValueError, match="probabilities_a .*index 0: 7"):
         cc.delong_test([0, 1], [7, 0.2], [0.1, 0.2])
+
+
+# ------------------------------------------------------------------ Brier score, Holm
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_brier_score_ci_matches_sklearn_per_replicate(seed):
+    rng = np.random.default_rng(400 + seed)
+    labels, probabilities = _random_case(rng, int(rng.integers(10, 60)), decimals=2)
+    n_bootstrap = 200
+    result = cc.brier_score_ci(labels, probabilities, n_bootstrap=n_bootstrap, confidence_level=0.9, seed=seed)
+    assert result["brier"] == pytest.approx(brier_score_loss(labels, probabilities), abs=1e-12)
+    # Redraw the stratified resamples (positives first, then negatives) and score each with sklearn.
+    draws = np.random.default_rng(seed)
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    positive_draws = draws.integers(0, positives.size, size=(n_bootstrap, positives.size))
+    negative_draws = draws.integers(0, negatives.size, size=(n_bootstrap, negatives.size))
+    replicates = []
+    for b in range(n_bootstrap):
+        cases = np.concatenate([positives[positive_draws[b]], negatives[negative_draws[b]]])
+        replicates.append(brier_score_loss(labels[cases], probabilities[cases]))
+    assert result["ci_low"] == pytest.approx(np.percentile(replicates, 5), abs=1e-12)
+    assert result["ci_high"] == pytest.approx(np.percentile(replicates, 95), abs=1e-12)
+    assert result["ci_low"] < result["brier"] < result["ci_high"]
+
+
+def test_brier_score_ci_options_and_errors():
+    skipped = cc.brier_score_ci([0, 1], [0.5, 0.5], n_bootstrap=0)
+    assert skipped["brier"] == 0.25 and math.isnan(skipped["ci_low"]) and math.isnan(skipped["ci_high"])
+    perfect = cc.brier_score_ci([1, 1, 1], [1.0, 1.0, 1.0], n_bootstrap=20)
+    assert perfect == {"brier": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    with pytest.raises(ValueError, match="index 1: 1.5"):
+        cc.brier_score_ci([0, 1], [0.2, 1.5])
+    with pytest.raises(ValueError, match="confidence_level"):
+        cc.brier_score_ci([0, 1], [0.2, 0.5], confidence_level=95)
+
+
+def test_holm_adjust_matches_statsmodels():
+    rng = np.random.default_rng(500)
+    for size in (1, 2, 5, 12):
+        p_values = np.round(rng.random(size) ** 3, 3)  # rounding makes ties
+        _, expected, _, _ = multipletests(p_values, method="holm")
+        np.testing.assert_allclose(cc.holm_adjust(p_values.tolist()), expected, rtol=0, atol=1e-15)
+    # NaN passes through and does not count among the comparisons.
+    with_nan = [0.01, float("nan"), 0.04, 0.03, float("nan")]
+    adjusted = cc.holm_adjust(with_nan)
+    _, expected, _, _ = multipletests([0.01, 0.04, 0.03], method="holm")
+    assert math.isnan(adjusted[1]) and math.isnan(adjusted[4])
+    np.testing.assert_allclose([adjusted[0], adjusted[2], adjusted[3]], expected, rtol=0, atol=1e-15)
+    assert cc.holm_adjust([]) == [] and math.isnan(cc.holm_adjust([float("nan")])[0])
+    with pytest.raises(ValueError, match="index 1 is 1.2"):
+        cc.holm_adjust([0.1, 1.2])
 
 
 # ------------------------------------------------------------------ segmentation
@@ -422,9 +628,34 @@ def test_empty_masks(segmentation):
         warnings.simplefilter("error", RuntimeWarning)
         result = segmentation.compute(predictions=[empty, empty, node], references=[node, empty, empty], n_bootstrap=50)
     assert result["per_image_dice"] == [0.0, 1.0, 0.0] and result["per_image_iou"] == [0.0, 1.0, 0.0]
-    assert all(math.isnan(v) for v in result["per_image_hd95"])
-    assert math.isnan(result["hd95"]) and math.isnan(result["hd95_ci_low"]) and result["n_hd95_defined"] == 0
+    # Missed node, nothing to find, spurious node: worst case, undefined, worst case.
+    diagonal = np.hypot(10, 10)
+    assert result["per_image_hd95"][0] == result["per_image_hd95"][2] == pytest.approx(diagonal, abs=1e-12)
+    assert math.isnan(result["per_image_hd95"][1]) and result["n_hd95_defined"] == 2
+    assert result["hd95"] == pytest.approx(diagonal, abs=1e-12)
+    assert (result["n_missed"], result["n_spurious"], result["per_image_missed"]) == (1, 1, [True, False, False])
     assert result["dice"] == pytest.approx(1 / 3)
+    all_empty = segmentation.compute(predictions=[empty], references=[empty], n_bootstrap=10)
+    assert math.isnan(all_empty["hd95"]) and math.isnan(all_empty["hd95_ci_low"]) and all_empty["n_hd95_defined"] == 0
+
+
+def test_missed_nodes_count_at_the_worst_case(segmentation):
+    # Two perfect and two missed nodes used to average HD95 = 0.0 px; now the misses count.
+    shapes = [(40, 30), (25, 60), (33, 33), (50, 20)]
+    references = [_square(shape, 5, 5, 10) for shape in shapes]
+    predictions = [references[0], np.zeros(shapes[1], np.uint8), references[2], np.zeros(shapes[3], np.uint8)]
+    result = segmentation.compute(predictions=predictions, references=references, n_bootstrap=200)
+    diagonals = [math.sqrt(h * h + w * w) for h, w in shapes]
+    np.testing.assert_allclose(result["per_image_hd95"], [0.0, diagonals[1], 0.0, diagonals[3]], rtol=0, atol=1e-12)
+    assert result["hd95"] == pytest.approx((diagonals[1] + diagonals[3]) / 4, abs=1e-12)
+    assert result["hd95_ci_low"] < result["hd95"] < result["hd95_ci_high"]
+    assert result["dice"] == 0.5 and result["iou"] == 0.5 and result["per_image_dice"] == [1.0, 0.0, 1.0, 0.0]
+    assert (result["n_missed"], result["n_spurious"], result["n_hd95_defined"]) == (2, 0, 4)
+    assert result["per_image_missed"] == [False, True, False, True]
+    assert bs.hausdorff_distance_95(predictions[1], references[1]) == pytest.approx(np.hypot(25, 60), abs=1e-12)
+    # No two pixels of an image are farther apart than its diagonal: a real miss never beats the worst case.
+    far = _square((25, 60), 24, 59, 1)
+    assert bs.hausdorff_distance_95(far, _square((25, 60), 0, 0, 1)) < np.hypot(25, 60)
 
 
 @pytest.mark.parametrize("shift, dice, iou", [((0, 3), 0.7, 70 / 130), ((2, 3), 0.56, 56 / 144), ((0, 10), 0.0, 0.0)])

@@ -65,9 +65,18 @@ Per-image overlap and boundary metrics for binary masks of a lymph node (0 = bac
   the other (a distance transform); HD95 is the larger of the two directed 95th
   percentiles (linear interpolation), i.e. the symmetric Hausdorff distance with the max
   over points replaced by the 95th percentile (as in MONAI; MedPy instead takes the 95th
-  percentile of both directions pooled, which can differ slightly). HD95 is NaN when either
-  mask is empty: there is no boundary to measure. The mean HD95 and its interval use only
-  the images where it is defined (`n_hd95_defined` says how many).
+  percentile of both directions pooled, which can differ slightly).
+- A missed node (empty prediction where the reference has a node) is scored at the worst
+  case, as Metrics Reloaded advises, rather than left out: Dice 0, IoU 0 and HD95 = the
+  image diagonal in pixels, sqrt(H^2 + W^2), which no two pixels of the image can
+  exceed. Leaving missed nodes out of the mean HD95 would reward a model for missing the
+  hard cases (two perfect and two missed nodes would average 0.0 px). A spurious node
+  (a predicted node where the reference mask is empty) is scored the same way.
+  `n_missed` and `n_spurious` count them and `per_image_missed` marks the missed images,
+  so a report can say how much of the mean HD95 is the worst-case value.
+- HD95 is NaN only when both masks are empty (nothing to find and nothing found: Dice
+  and IoU record the correct answer as 1.0, but there is no boundary to measure). The
+  mean HD95 and its interval use the images where it is defined (`n_hd95_defined`).
 
 The masks may differ in size from image to image. They are declared as
 `Sequence(Sequence(Value("uint8")))` (`datasets.Array2D` cannot have two dynamic
@@ -90,8 +99,11 @@ Args:
 Returns:
     dict with `dice`, `dice_ci_low`, `dice_ci_high`, `iou`, `iou_ci_low`, `iou_ci_high`,
     `hd95`, `hd95_ci_low`, `hd95_ci_high` (means over images, floats, NaN when undefined),
-    `per_image_dice`, `per_image_iou`, `per_image_hd95` (lists of floats in input order),
-    `n_images`, `n_hd95_defined`, `n_bootstrap`, `confidence_level`.
+    `per_image_dice`, `per_image_iou`, `per_image_hd95` (lists of floats in input order;
+    a missed or spurious node has HD95 = the image diagonal), `per_image_missed` (list of
+    bools: empty prediction, node in the reference), `n_images`, `n_missed`, `n_spurious`,
+    `n_hd95_defined` (images with an HD95, worst cases included: all but those where both
+    masks are empty), `n_bootstrap`, `confidence_level`.
 
 Examples:
     >>> metric = evaluate.load("metrics/binary_segmentation")
@@ -154,9 +166,18 @@ def _boundary(mask):
     return mask & ~ndimage.binary_erosion(mask, structure=_CROSS, border_value=0)
 
 
+def _image_diagonal(mask):
+    """Length of the image diagonal in pixels, sqrt(H^2 + W^2): the worst-case HD95."""
+    height, width = mask.shape
+    return float(np.hypot(height, width))
+
+
 def _hd95(prediction, reference):
-    if not prediction.any() or not reference.any():
+    predicted_node, reference_node = prediction.any(), reference.any()
+    if not predicted_node and not reference_node:
         return float("nan")
+    if predicted_node != reference_node:  # a missed or a spurious node: the worst case
+        return _image_diagonal(reference)
     # Crop to the union's bounding box plus a 1-pixel margin: every boundary pixel lies
     # inside it, so erosion and distances are unchanged, but nodes are small and the
     # distance transforms get much cheaper.
@@ -187,7 +208,11 @@ def iou_score(prediction, reference):
 
 
 def hausdorff_distance_95(prediction, reference):
-    """Symmetric 95th-percentile Hausdorff distance between mask boundaries, in pixels (NaN if a mask is empty)."""
+    """Symmetric 95th-percentile Hausdorff distance between mask boundaries, in pixels.
+
+    When exactly one mask is empty (a missed or a spurious node) it is the worst case, the
+    image diagonal sqrt(H^2 + W^2); NaN when both are empty.
+    """
     prediction, reference = _as_mask_pairs([prediction], [reference])[0]
     return _hd95(prediction, reference)
 
@@ -235,6 +260,10 @@ def binary_segmentation_metrics(predictions, references, n_bootstrap=1000, confi
     overlap = np.array([_dice_iou(p, r) for p, r in pairs], dtype=np.float64)
     dice, iou = overlap[:, 0], overlap[:, 1]
     hd95 = np.array([_hd95(p, r) for p, r in pairs], dtype=np.float64)
+    predicted_node = np.array([p.any() for p, _ in pairs])
+    reference_node = np.array([r.any() for _, r in pairs])
+    missed = reference_node & ~predicted_node
+    spurious = predicted_node & ~reference_node
 
     rng = np.random.default_rng(seed)
     results = {}
@@ -245,7 +274,10 @@ def binary_segmentation_metrics(predictions, references, n_bootstrap=1000, confi
         per_image_dice=dice.tolist(),
         per_image_iou=iou.tolist(),
         per_image_hd95=hd95.tolist(),
+        per_image_missed=missed.tolist(),
         n_images=len(pairs),
+        n_missed=int(np.count_nonzero(missed)),
+        n_spurious=int(np.count_nonzero(spurious)),
         n_hd95_defined=int(np.count_nonzero(~np.isnan(hd95))),
         n_bootstrap=n_bootstrap,
         confidence_level=level,

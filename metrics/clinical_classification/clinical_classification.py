@@ -19,6 +19,7 @@ import evaluate
 import numpy as np
 from scipy.special import ndtr
 from scipy.special import ndtri
+from scipy.stats import beta as beta_distribution
 
 
 _CITATION = """\
@@ -39,6 +40,24 @@ _CITATION = """\
   number  = {11},
   pages   = {1389--1393},
   year    = {2014}
+}
+@article{clopper1934use,
+  title   = {The use of confidence or fiducial limits illustrated in the case of the binomial},
+  author  = {Clopper, C. J. and Pearson, E. S.},
+  journal = {Biometrika},
+  volume  = {26},
+  number  = {4},
+  pages   = {404--413},
+  year    = {1934}
+}
+@article{holm1979simple,
+  title   = {A simple sequentially rejective multiple test procedure},
+  author  = {Holm, Sture},
+  journal = {Scandinavian Journal of Statistics},
+  volume  = {6},
+  number  = {2},
+  pages   = {65--70},
+  year    = {1979}
 }
 @article{youden1950index,
   title   = {Index for rating diagnostic tests},
@@ -61,31 +80,49 @@ _DESCRIPTION = """\
 Diagnostic-accuracy metrics for a binary classifier that outputs the probability of the
 positive class (malignant lymph node), as reported in clinical studies: ROC AUC,
 accuracy, balanced accuracy, sensitivity, specificity, positive and negative predictive
-value and F1, each with a percentile bootstrap confidence interval, plus the confusion
-matrix at the chosen threshold.
+value and F1, each with a confidence interval, plus the confusion matrix at the chosen
+threshold.
 
 A case is predicted positive when its probability is >= `threshold` (the convention of
-scikit-learn's `roc_curve`, so a threshold taken from `youden_threshold` reproduces the
-chosen ROC point exactly).
+scikit-learn's `roc_curve`).
 
-Confidence intervals use a *stratified* percentile bootstrap: malignant and benign cases
-are resampled separately, keeping their counts fixed. Test sets in this domain are
-small and often imbalanced, so an ordinary bootstrap produces replicates with no
-malignant (or no benign) case, in which AUC, sensitivity or specificity do not exist;
-dropping those replicates biases the interval, and keeping the class counts fixed also
-matches the design of a diagnostic study, where the numbers of malignant and benign
-nodes are fixed by recruitment (pROC's default, Robin et al. 2011). AUC in each replicate
-is the Mann-Whitney statistic with ties counted one half (identical to the midrank
-formula), computed for all replicates at once from class-wise counts per distinct
-probability.
+Which interval each metric gets (`<name>_ci_method` says it in the results):
+
+- "clopper-pearson": accuracy, sensitivity, specificity, PPV and NPV are proportions
+  k/n of counted cases, so they get the exact binomial (Clopper-Pearson) interval, the
+  one clinicians expect in a diagnostic-accuracy table. It never has zero width: 6/6
+  correct gives 0.541-1.000, not 1.000-1.000 as a bootstrap would. It does not depend on
+  the bootstrap, so it is reported even with `n_bootstrap=0`; its denominator is the
+  number of malignant cases (sensitivity), benign cases (specificity), predicted
+  positives (PPV), predicted negatives (NPV) or all cases (accuracy), and the interval is
+  NaN when that number is 0.
+- "stratified-bootstrap": ROC AUC, balanced accuracy and F1, which are not simple
+  proportions, get a stratified percentile bootstrap: malignant and benign cases are
+  resampled separately, keeping their counts fixed. Test sets in this domain are small
+  and often imbalanced, so an ordinary bootstrap produces replicates with no malignant
+  (or no benign) case, in which AUC does not exist; dropping those replicates biases the
+  interval, and keeping the class counts fixed also matches the design of a diagnostic
+  study (pROC's default, Robin et al. 2011). AUC in each replicate is the Mann-Whitney
+  statistic with ties counted one half. Replicates in which a metric is undefined are
+  left out of that metric's percentiles; the interval is NaN if it is undefined in all.
+- "delong": the AUC also gets DeLong's asymptotic interval (`roc_auc_delong_ci_low`,
+  `roc_auc_delong_ci_high`), AUC -/+ z * SE clipped to [0, 1], as pROC's `ci.auc`
+  reports by default. NaN with fewer than 2 cases in a class.
+
+Perfect separation: when both classes are present and the AUC is exactly 1 (or 0),
+every bootstrap replicate has the same AUC and DeLong's standard error is 0, so both
+intervals would read [1, 1], a certainty that a finite sample cannot give. Then
+`perfect_separation` is True and both AUC intervals are NaN; report "perfectly
+separated: no interval" instead.
+
+`small_sample` is True when either class has fewer than 30 cases (`small_sample_flag`):
+asymptotic (DeLong) intervals and bootstrap percentiles are unreliable there.
 
 Undefined values are NaN, never an exception: AUC when only one class is present,
 sensitivity without positives, specificity without negatives, PPV without predicted
 positives, NPV without predicted negatives, F1 when there is neither a positive case
 nor a predicted positive, balanced accuracy when a class is absent (scikit-learn instead
-averages the recall of the classes present). In the bootstrap, replicates in which a
-metric is undefined (e.g. no predicted positive, for PPV) are left out of that metric's
-percentiles; the interval is NaN if the metric is undefined in every replicate.
+averages the recall of the classes present).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -97,29 +134,48 @@ Args:
         is >= threshold. Choose it on validation data (e.g. with `youden_threshold`), not
         on the test set whose metrics you report.
     n_bootstrap (`int`, defaults to 1000): number of stratified bootstrap replicates;
-        0 skips the bootstrap and all `*_ci_low`/`*_ci_high` are NaN.
-    confidence_level (`float`, defaults to 0.95): coverage of the percentile intervals.
+        0 skips the bootstrap, and the intervals of the "stratified-bootstrap" metrics
+        (roc_auc, balanced_accuracy, f1) are NaN; the exact and DeLong intervals remain.
+    confidence_level (`float`, defaults to 0.95): coverage of every interval.
     seed (`int` or `None`, defaults to 0): seed of the bootstrap's random generator; the
         same seed and inputs give the same intervals.
 
 Returns:
-    A flat dict of Python floats and ints (undefined values are float NaN):
-    `roc_auc`, `accuracy`, `balanced_accuracy`, `sensitivity`, `specificity`, `ppv`,
-    `npv`, `f1`, each followed by `<name>_ci_low` and `<name>_ci_high`; then `threshold`,
-    `tn`, `fp`, `fn`, `tp`, `n`, `n_positive`, `n_negative`, `n_bootstrap`,
-    `confidence_level`.
+    A flat dict (undefined values are float NaN):
+    - for each of `roc_auc`, `accuracy`, `balanced_accuracy`, `sensitivity`,
+      `specificity`, `ppv`, `npv`, `f1`: the estimate `<name>` (float), its interval
+      `<name>_ci_low`, `<name>_ci_high` (floats) and `<name>_ci_method` (str), one of
+      "clopper-pearson" (accuracy, sensitivity, specificity, ppv, npv),
+      "stratified-bootstrap" (roc_auc, balanced_accuracy, f1);
+    - `roc_auc_delong_ci_low`, `roc_auc_delong_ci_high` (floats; method "delong");
+    - `perfect_separation` (bool): both classes present and AUC exactly 0 or 1; then
+      all four AUC interval bounds are NaN;
+    - `threshold` (float), `tn`, `fp`, `fn`, `tp`, `n`, `n_positive`, `n_negative` (ints);
+    - `small_sample` (bool): fewer than 30 malignant or fewer than 30 benign cases;
+    - `n_bootstrap` (int), `confidence_level` (float).
 
 Examples:
     >>> metric = evaluate.load("metrics/clinical_classification")
     >>> results = metric.compute(predictions=[0.1, 0.4, 0.35, 0.8], references=[0, 0, 1, 1], n_bootstrap=200)
     >>> results["roc_auc"], results["sensitivity"], results["specificity"]
     (0.75, 0.5, 1.0)
+    >>> results["sensitivity_ci_method"], round(results["sensitivity_ci_low"], 4)
+    ('clopper-pearson', 0.0126)
 """
 
 #: Threshold-dependent metrics, in the order they appear in the results.
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
-#: Every metric that gets a bootstrap interval, in output order.
+#: Every metric with an interval, in output order.
 METRIC_NAMES = ("roc_auc",) + THRESHOLD_METRICS
+#: Names of the interval methods, as written in `<name>_ci_method`.
+EXACT_METHOD = "clopper-pearson"
+BOOTSTRAP_METHOD = "stratified-bootstrap"
+DELONG_METHOD = "delong"
+#: Proportions k/n, which get the exact Clopper-Pearson interval; the others get the bootstrap.
+PROPORTION_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+CI_METHODS = {name: EXACT_METHOD if name in PROPORTION_METRICS else BOOTSTRAP_METHOD for name in METRIC_NAMES}
+#: Fewer cases than this in either class makes a test set "small" (see `small_sample_flag`).
+SMALL_SAMPLE_MINIMUM = 30
 
 # Bootstrap replicates are processed in chunks so that the (replicates x distinct values)
 # count matrices stay around 16 MB whatever the test-set size.
@@ -302,12 +358,23 @@ def binary_classification_metrics(references, probabilities, threshold=0.5):
 def youden_threshold(references, probabilities):
     """Threshold maximising Youden's J = sensitivity + specificity - 1 over the empirical ROC curve.
 
-    Candidates are the observed probabilities (rule: positive when probability >= threshold),
-    so the returned value reproduces the chosen ROC point exactly; J is compared in exact
-    integer arithmetic, so ties are real ties, not rounding noise. Among tied maxima the
-    *lowest* threshold is returned, i.e. the operating point with the highest sensitivity:
-    when J cannot tell two cut-offs apart, missing fewer malignant nodes is the safer
-    choice. NaN when only one class is present (J is undefined).
+    The cut-offs of the empirical ROC curve lie between adjacent distinct probabilities.
+    The best one is found in exact integer arithmetic (ties are real ties, not rounding
+    noise); among tied maxima the one calling the *most* cases positive wins, i.e. the
+    operating point with the highest sensitivity: when J cannot tell two cut-offs apart,
+    missing fewer malignant nodes is the safer choice.
+
+    The threshold returned sits midway between the lowest probability still called
+    positive at that cut-off and the next lower distinct probability (pROC's convention):
+    every threshold in that gap gives the same ROC point, and the middle, unlike the
+    observed probability at its edge, leaves new cases a margin on both sides.
+    (If those two probabilities are adjacent floating-point numbers, nothing lies
+    between them and the higher one is returned, which gives the same decisions.)
+
+    When the best cut-off calls every case positive, the threshold is 0.0: with the rule
+    "positive when probability >= threshold" it calls every probability positive (pROC
+    writes -Inf there, which JSON cannot hold and which is not a valid threshold here).
+    NaN when only one class is present (J is undefined).
     """
     labels, scores = _validated(references, probabilities)
     n_positive = int(labels.sum())
@@ -317,12 +384,73 @@ def youden_threshold(references, probabilities):
     codes, levels = _level_codes(scores)
     positive_counts = np.bincount(codes[labels == 1], minlength=levels.size).astype(np.int64)
     negative_counts = np.bincount(codes[labels == 0], minlength=levels.size).astype(np.int64)
-    # Cases at or above each level = predicted positive at that threshold.
+    # Cases at or above each level = predicted positive when that level is the lowest positive score.
     tp = np.cumsum(positive_counts[::-1])[::-1]
     fp = np.cumsum(negative_counts[::-1])[::-1]
     j_times_n = tp * n_negative - fp * n_positive  # = n_pos * n_neg * J, an exact integer
-    best = np.flatnonzero(j_times_n == j_times_n.max())
-    return float(levels[best[0]])  # levels ascend, so best[0] is the lowest tied threshold
+    best = int(np.flatnonzero(j_times_n == j_times_n.max())[0])  # levels ascend: the most positives
+    return _threshold_below(levels, best)
+
+
+def _threshold_below(levels, index):
+    """Threshold calling levels[index:] positive: midway to the next lower level, 0.0 below the lowest."""
+    if index == 0:
+        return 0.0
+    lower, lowest_positive = float(levels[index - 1]), float(levels[index])
+    middle = (lower + lowest_positive) / 2.0
+    return middle if middle > lower else lowest_positive
+
+
+# --------------------------------------------------------------------------- exact intervals
+
+
+def _check_count(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def clopper_pearson_interval(successes, trials, confidence_level=0.95):
+    """Exact (Clopper-Pearson) interval of a binomial proportion successes/trials, as (low, high).
+
+    The bounds are quantiles of Beta distributions (Clopper & Pearson 1934); the lower
+    bound is 0 when there are no successes and the upper bound 1 when all trials are
+    successes. (NaN, NaN) when there are no trials.
+    """
+    successes = _check_count(successes, "successes")
+    trials = _check_count(trials, "trials")
+    if successes > trials:
+        raise ValueError(f"successes ({successes}) cannot exceed trials ({trials})")
+    confidence_level = _check_confidence_level(confidence_level)
+    if trials == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence_level) / 2.0
+    low = 0.0 if successes == 0 else beta_distribution.ppf(tail, successes, trials - successes + 1)
+    high = 1.0 if successes == trials else beta_distribution.ppf(1.0 - tail, successes + 1, trials - successes)
+    return float(low), float(high)
+
+
+def _proportion_counts(tn, fp, fn, tp):
+    """(successes, trials) of each proportion metric, from the confusion counts."""
+    return {
+        "accuracy": (tp + tn, tn + fp + fn + tp),
+        "sensitivity": (tp, tp + fn),
+        "specificity": (tn, tn + fp),
+        "ppv": (tp, tp + fp),
+        "npv": (tn, tn + fn),
+    }
+
+
+def small_sample_flag(n_positive, n_negative, minimum=SMALL_SAMPLE_MINIMUM):
+    """True when either class has fewer than `minimum` cases (30 by default).
+
+    Below that, AUC intervals (DeLong's asymptotics, bootstrap percentiles) and the
+    estimates themselves move a lot with a case or two, so a report should say so.
+    """
+    n_positive = _check_count(n_positive, "n_positive")
+    n_negative = _check_count(n_negative, "n_negative")
+    minimum = _check_count(minimum, "minimum")
+    return n_positive < minimum or n_negative < minimum
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -396,22 +524,85 @@ def clinical_classification_metrics(
     confidence_level = _check_confidence_level(confidence_level)
 
     point = binary_classification_metrics(labels, scores, threshold)
+    proportion_counts = _proportion_counts(point["tn"], point["fp"], point["fn"], point["tp"])
     if n_bootstrap > 0:
         replicates = _bootstrap_replicates(labels, scores, threshold, n_bootstrap, seed)
+    # Both classes present and AUC exactly 1 or 0 (NaN, one class only, is neither).
+    perfect_separation = point["roc_auc"] in (0.0, 1.0)
+    nan_interval = (float("nan"), float("nan"))
+
     results = {}
     for name in METRIC_NAMES:
-        results[name] = point[name]
-        if n_bootstrap > 0:
-            low, high = _percentile_interval(replicates[name], confidence_level)
+        if name in proportion_counts:
+            low, high = clopper_pearson_interval(*proportion_counts[name], confidence_level)
+        elif n_bootstrap == 0 or (name == "roc_auc" and perfect_separation):
+            low, high = nan_interval
         else:
-            low, high = float("nan"), float("nan")
+            low, high = _percentile_interval(replicates[name], confidence_level)
+        results[name] = point[name]
         results[f"{name}_ci_low"] = low
         results[f"{name}_ci_high"] = high
+        results[f"{name}_ci_method"] = CI_METHODS[name]
+        if name == "roc_auc":
+            delong = delong_ci(labels, scores, confidence_level)
+            results["roc_auc_delong_ci_low"] = delong["roc_auc_ci_low"]
+            results["roc_auc_delong_ci_high"] = delong["roc_auc_ci_high"]
+            results["perfect_separation"] = perfect_separation
     for key in ("threshold", "tn", "fp", "fn", "tp", "n", "n_positive", "n_negative"):
         results[key] = point[key]
+    results["small_sample"] = small_sample_flag(point["n_positive"], point["n_negative"])
     results["n_bootstrap"] = n_bootstrap
     results["confidence_level"] = confidence_level
     return results
+
+
+def brier_score_ci(references, probabilities, n_bootstrap=1000, confidence_level=0.95, seed=0):
+    """Brier score (mean squared difference between probability and 0/1 outcome) with a bootstrap interval.
+
+    Lower is better; 0.25 is what a constant 0.5 scores. The interval is the stratified
+    percentile bootstrap used for the AUC (malignant and benign cases resampled
+    separately); NaN with `n_bootstrap=0`. Returns dict(brier, ci_low, ci_high).
+    """
+    labels, scores = _validated(references, probabilities)
+    n_bootstrap = _check_n_bootstrap(n_bootstrap)
+    confidence_level = _check_confidence_level(confidence_level)
+    squared_errors = (scores - labels) ** 2
+    brier = float(squared_errors.mean())
+    if n_bootstrap == 0:
+        return {"brier": brier, "ci_low": float("nan"), "ci_high": float("nan")}
+    rng = np.random.default_rng(seed)
+    positive_errors, negative_errors = squared_errors[labels == 1], squared_errors[labels == 0]
+    # Same draws, in the same order, as _bootstrap_replicates: positives first, then negatives.
+    positive_draws = _resample(rng, positive_errors.size, n_bootstrap)
+    negative_draws = _resample(rng, negative_errors.size, n_bootstrap)
+    replicate_totals = positive_errors[positive_draws].sum(axis=1) + negative_errors[negative_draws].sum(axis=1)
+    low, high = _percentile_interval(replicate_totals / labels.size, confidence_level)
+    return {"brier": brier, "ci_low": low, "ci_high": high}
+
+
+def holm_adjust(p_values):
+    """Holm (1979) step-down adjusted p-values, in input order, as a list of floats.
+
+    Controls the family-wise error rate over several comparisons (e.g. each model against
+    the reference by DeLong's test): the i-th smallest of m p-values is multiplied by
+    m - i + 1, running maxima keep the order, and results are capped at 1. NaN p-values
+    (comparisons that could not be made) pass through as NaN and do not count in m.
+    """
+    try:
+        values = np.asarray(p_values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"p_values must be a 1-D sequence of numbers in [0, 1]: {error}") from None
+    if values.ndim != 1:
+        raise ValueError(f"p_values must be 1-D, got shape {values.shape}")
+    outside = np.flatnonzero((values < 0.0) | (values > 1.0))
+    if outside.size:
+        raise ValueError(f"p_values must lie in [0, 1]; index {outside[0]} is {values[outside[0]].item()!r}")
+    defined = np.flatnonzero(~np.isnan(values))
+    order = defined[np.argsort(values[defined], kind="mergesort")]
+    multipliers = defined.size - np.arange(defined.size)
+    adjusted = values.copy()
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(multipliers * values[order]))
+    return adjusted.tolist()
 
 
 # --------------------------------------------------------------------------- DeLong
@@ -433,55 +624,100 @@ def _midranks(values):
     return ranks
 
 
-def _delong_covariance(labels, score_rows):
-    """AUCs and their DeLong covariance matrix for k classifiers (rows of `score_rows`).
+def _delong_components(labels, score_rows):
+    """AUCs and DeLong's structural components for k classifiers (rows of `score_rows`).
 
-    Fast midrank algorithm of Sun & Xu (2014): the structural components
-    V10 (one per positive) and V01 (one per negative) of DeLong et al. (1988) follow from
-    ranks within each class and in the pooled sample, in O(n log n) instead of O(n^2).
-    The covariance is NaN when a class has fewer than 2 cases.
+    Returns aucs (k,), v10 (k, m), one component per positive, and v01 (k, n), one per
+    negative (DeLong et al. 1988), by the fast midrank algorithm of Sun & Xu (2014):
+    O(n log n) from ranks within each class and in the pooled sample instead of O(n^2)
+    pairs. The AUCs are NaN when a class is absent.
     """
     positive = labels == 1
     m, n = int(positive.sum()), int((~positive).sum())
     k = score_rows.shape[0]
     if m == 0 or n == 0:
-        return np.full(k, np.nan), np.full((k, k), np.nan)
+        return np.full(k, np.nan), np.empty((k, m)), np.empty((k, n))
     x, y = score_rows[:, positive], score_rows[:, ~positive]
     tx, ty = _midranks(x), _midranks(y)
     tz = _midranks(np.concatenate([x, y], axis=1))
     aucs = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
-    if m < 2 or n < 2:
-        return aucs, np.full((k, k), np.nan)
     v10 = (tz[:, :m] - tx) / n  # per positive: share of negatives it outranks (ties 1/2)
     v01 = 1.0 - (tz[:, m:] - ty) / m  # per negative: share of positives that outrank it
-    s10 = np.atleast_2d(np.cov(v10))
-    s01 = np.atleast_2d(np.cov(v01))
-    return aucs, s10 / m + s01 / n
+    return aucs, v10, v01
+
+
+def _delong_variance(v10, v01):
+    """DeLong variance S10/m + S01/n from 1-D components; NaN when a class has fewer than 2 cases.
+
+    Given the differences of two models' components it is the variance of the AUC
+    difference, var_a + var_b - 2 cov_ab, computed so that identical rankings give
+    exactly 0 rather than rounding noise.
+    """
+    m, n = v10.size, v01.size
+    if m < 2 or n < 2:
+        return float("nan")
+    return float(np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n)
+
+
+def _delong_difference(references, probabilities_a, probabilities_b):
+    """(auc_a, auc_b, difference, standard_error) of a paired DeLong comparison."""
+    labels, a, b = _validated(references, probabilities_a, probabilities_b, names=["probabilities_a", "probabilities_b"])
+    aucs, v10, v01 = _delong_components(labels, np.vstack([a, b]))
+    variance = _delong_variance(v10[0] - v10[1], v01[0] - v01[1])
+    return float(aucs[0]), float(aucs[1]), float(aucs[0] - aucs[1]), float(np.sqrt(variance))
+
+
+def _z_and_p(difference, standard_error):
+    """Two-sided z test of a difference, with the degenerate cases spelt out.
+
+    A zero standard error with a zero difference (identical rankings, or both models
+    separating the classes perfectly) is no evidence of a difference: z = 0, p = 1. A zero
+    standard error with a non-zero difference, or an unestimable one, gives NaN.
+    """
+    if standard_error > 0:
+        z = difference / standard_error
+        return float(z), float(2.0 * ndtr(-abs(z)))
+    if standard_error == 0 and difference == 0:
+        return 0.0, 1.0
+    return float("nan"), float("nan")
 
 
 def delong_test(references, probabilities_a, probabilities_b):
     """Paired two-sided DeLong test of H0: AUC_a == AUC_b, both models scored on the same cases.
 
-    Returns dict(auc_a, auc_b, auc_difference=auc_a - auc_b, z, p_value). `z` and `p_value`
-    are NaN when the variance of the difference is zero or not estimable (identical
-    rankings, perfect separation by both models, or fewer than 2 cases in a class); the
-    AUCs are NaN when a class is absent.
+    Returns dict(auc_a, auc_b, auc_difference=auc_a - auc_b, z, p_value). Identical
+    rankings (or identical probabilities) give z = 0 and p = 1. `z` and `p_value` are NaN
+    when the variance is not estimable (fewer than 2 cases in a class) or is zero while the
+    AUCs differ; the AUCs are NaN when a class is absent.
     """
-    labels, a, b = _validated(references, probabilities_a, probabilities_b, names=["probabilities_a", "probabilities_b"])
-    aucs, covariance = _delong_covariance(labels, np.vstack([a, b]))
-    difference = aucs[0] - aucs[1]
-    variance = covariance[0, 0] + covariance[1, 1] - 2.0 * covariance[0, 1]
-    if np.isfinite(variance) and variance > 0:
-        z = difference / np.sqrt(variance)
-        p_value = 2.0 * ndtr(-abs(z))
+    auc_a, auc_b, difference, standard_error = _delong_difference(references, probabilities_a, probabilities_b)
+    z, p_value = _z_and_p(difference, standard_error)
+    return {"auc_a": auc_a, "auc_b": auc_b, "auc_difference": difference, "z": z, "p_value": p_value}
+
+
+def delong_difference_ci(references, probabilities_a, probabilities_b, confidence_level=0.95):
+    """Difference AUC_a - AUC_b with DeLong's paired confidence interval and test.
+
+    Returns dict(difference, ci_low, ci_high, standard_error, p_value): the interval is
+    difference -/+ z * SE, clipped to [-1, 1]; p_value is `delong_test`'s, so the interval
+    excludes 0 exactly when p < 1 - confidence_level. Identical rankings give
+    difference 0, interval [0, 0] and p = 1; the interval is NaN where `delong_test`'s
+    z is.
+    """
+    confidence_level = _check_confidence_level(confidence_level)
+    _, _, difference, standard_error = _delong_difference(references, probabilities_a, probabilities_b)
+    z, p_value = _z_and_p(difference, standard_error)
+    if np.isnan(z):
+        low = high = float("nan")
     else:
-        z = p_value = np.nan
+        half_width = ndtri(0.5 + confidence_level / 2.0) * standard_error
+        low, high = max(-1.0, difference - half_width), min(1.0, difference + half_width)
     return {
-        "auc_a": float(aucs[0]),
-        "auc_b": float(aucs[1]),
-        "auc_difference": float(difference),
-        "z": float(z),
-        "p_value": float(p_value),
+        "difference": difference,
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "standard_error": standard_error,
+        "p_value": p_value,
     }
 
 
@@ -490,20 +726,25 @@ def delong_ci(references, probabilities, confidence_level=0.95):
 
     Returns dict(roc_auc, roc_auc_ci_low, roc_auc_ci_high, standard_error); the interval
     and standard error are NaN when the variance is not estimable (fewer than 2 cases in a
-    class). With AUC = 1 the standard error is 0 and the interval collapses to [1, 1],
-    a known weakness of the asymptotic interval; prefer the bootstrap interval there.
+    class). With perfect separation (AUC exactly 1 or 0) the standard error is 0 and the
+    formula would give [1, 1], a certainty no finite sample supports: the interval is NaN
+    there (the standard error is still reported as 0).
     """
     labels, scores = _validated(references, probabilities)
     confidence_level = _check_confidence_level(confidence_level)
-    aucs, covariance = _delong_covariance(labels, scores[None, :])
-    auc, variance = aucs[0], covariance[0, 0]
-    standard_error = np.sqrt(variance) if np.isfinite(variance) and variance >= 0 else np.nan
-    half_width = ndtri(0.5 + confidence_level / 2.0) * standard_error
+    aucs, v10, v01 = _delong_components(labels, scores[None, :])
+    auc = float(aucs[0])
+    standard_error = float(np.sqrt(_delong_variance(v10[0], v01[0])))
+    if np.isnan(standard_error) or auc in (0.0, 1.0):
+        low = high = float("nan")
+    else:
+        half_width = ndtri(0.5 + confidence_level / 2.0) * standard_error
+        low, high = max(0.0, auc - half_width), min(1.0, auc + half_width)
     return {
-        "roc_auc": float(auc),
-        "roc_auc_ci_low": float(max(0.0, auc - half_width)) if np.isfinite(half_width) else float("nan"),
-        "roc_auc_ci_high": float(min(1.0, auc + half_width)) if np.isfinite(half_width) else float("nan"),
-        "standard_error": float(standard_error),
+        "roc_auc": auc,
+        "roc_auc_ci_low": float(low),
+        "roc_auc_ci_high": float(high),
+        "standard_error": standard_error,
     }
 
 
