@@ -17,23 +17,29 @@ The builder class is instantiated directly (datasets >= 4 has no loading scripts
     >>> builder = LymphUs(config_name="center1", data_dir="archives/")
     >>> builder.download_and_prepare()   # refuses archives whose SHA-256 is not the official one
     >>> dataset = builder.as_dataset()
+
+The export folder is ours alone: `--overwrite` replaces only a folder holding the marker an export writes
+(EXPORT_MARKER, which lists every file with its SHA-256), one export runs per folder at a time (a lock beside it),
+and the new export replaces the old one in a single rename, so the path always holds one complete export.
 """
 
+import contextlib
 import csv
 import functools
 import hashlib
 import io
+import json
 import logging
 import os
 import re
-import shutil
+import secrets
+import signal
 import sys
-import tempfile
 import zipfile
 import zlib
-from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Optional
 
@@ -100,6 +106,7 @@ _ARCHIVES = {
         "bytes": 21_867_173,
         "sha256": "03990985c9c9b1e0e7a4f48775182a3943117b661c30152e9d9fe4fc594f380c",
         "spreadsheet": "Center 1/Lymphnode US features Database 1.xlsx",
+        "spreadsheet_bytes": 25_897,
         "spreadsheet_sha256": "fc6e5a4eeadaf0ce5a37d903109871bf254a569e8e1cc98e61dab3ebee30bfce",
         "group_counts": {"Benign": 99, "Malignant": 81},
     },
@@ -109,6 +116,7 @@ _ARCHIVES = {
         "bytes": 29_108_550,
         "sha256": "93c5c8c24ea42afafb1c120cdeebd1813d86e894a9d10d0b1b4a80b353d9f6fb",
         "spreadsheet": "Center 2/Lymphnode US features Database 2.xlsx",
+        "spreadsheet_bytes": 26_740,
         "spreadsheet_sha256": "ec50058bf8e38dba8a12964f15992b9d2b54de29d80401995e00c88638b24fac",
         "group_counts": {"Benign": 76, "Malignant": 82},
     },
@@ -120,6 +128,8 @@ _OFFICIAL_CASES_CSV = Path(__file__).parent / "reference" / "official_cases.csv"
 SHIPPED_FILES = ("reference/official_cases.csv", "dataset_card.md")
 
 LABEL_NAMES = ["benign", "malignant"]
+# The mask's pixel values; shipped as id2label.json, which the Hub's segmentation tooling reads.
+MASK_LABELS = {0: "background", 1: "lymph_node"}
 CENTRES = ["center1", "center2"]
 SPLITS = ["train", "validation", "test"]
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
@@ -172,15 +182,39 @@ _FEATURES = datasets.Features(
     }
 )
 
+# The official member names, exactly: ASCII digits without leading zeros, so that no other spelling of a case
+# number (a "01", an Arabic-Indic "١") can stand beside the real member and replace its image.
 _CASE_MEMBER = re.compile(
     r"^Center (?P<centre>[12])/(?P<folder>Benign|Malignant)/"
-    r"(?P<index>\d+) (?P<group>Benign|Malignant) (?P<kind>Image\.bmp|Mask\.tif|Lesion\.bmp)$"
+    r"(?P<index>[1-9][0-9]*) (?P<group>Benign|Malignant) (?P<kind>Image\.bmp|Mask\.tif|Lesion\.bmp)$",
+    re.ASCII,
 )
 _IGNORED_MEMBER = re.compile(r"(^|/)(__MACOSX/|\.DS_Store$|Thumbs\.db$)")
+# A number written as text in a cell: ASCII digits only (float() alone also takes "١", "1_000", "nan", "inf").
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+# Limits checked before anything is inflated or decoded (a 4 MB zip can hold gigabytes). A member of an official case
+# may be up to MEMBER_SIZE_FACTOR times that case's official Image.bmp (the same pixels re-saved at 32 bits), a
+# spreadsheet that many times the official one's; any other member, and the inside of a spreadsheet (itself a zip),
+# up to MEMBER_SIZE_CAP. Images may have up to MAX_IMAGE_PIXELS (the official ones have at most 598,024).
+MEMBER_SIZE_FACTOR = 4
+MEMBER_SIZE_CAP = 16 * 2**20
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+# Written by `export` into every export it finishes, last: it lists every file with its size and SHA-256, so that
+# `--overwrite` and `push` can tell an export of ours (unchanged, nothing added) from any other folder.
+EXPORT_MARKER = ".lymphus-export.json"
+# Written into a staging folder when it is made, removed when the export is complete: marks leftovers of a killed run.
+STAGING_MARKER = ".lymphus-staging"
+SYNTHETIC_COMMENT = b"LymphUs synthetic archive (lymphus.py synth): no patient data"
 
 
 class LymphUsFormatError(ValueError):
     """The archives do not hold what the official release holds; the message names the place."""
+
+
+class OutputFolderError(FileExistsError):
+    """The output folder cannot be written or replaced safely (not ours, the data folder, another export running)."""
 
 
 @dataclass
@@ -205,12 +239,12 @@ class LymphUs(datasets.GeneratorBasedBuilder):
         LymphUsConfig(
             name="center1",
             centres=("center1",),
-            description="Centre 1 only (180 cases): internal validation within one centre.",
+            description="Centre 1 only: internal validation within one centre.",
         ),
         LymphUsConfig(
             name="center2",
             centres=("center2",),
-            description="Centre 2 only (158 cases): internal validation within one centre.",
+            description="Centre 2 only: internal validation within one centre.",
         ),
         LymphUsConfig(
             name="center1_to_center2",
@@ -280,6 +314,7 @@ class CentreSource:
     centre: str
     path: Path
     names: list = field(default_factory=list)
+    sizes: dict = field(default_factory=dict, repr=False)  # member -> bytes once inflated (zip directory / stat)
     _zip: Optional[zipfile.ZipFile] = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -290,7 +325,10 @@ class CentreSource:
             return (self.path.parent / member).read_bytes()
         if self._zip is None:
             self._zip = zipfile.ZipFile(self.path)
-        return self._zip.read(member)
+        try:
+            return self._zip.read(member)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+            raise LymphUsFormatError(f"{self.describe(member)}: cannot be read from the zip ({error})") from None
 
     @functools.cached_property
     def sha256(self):
@@ -334,6 +372,8 @@ def locate_source(centre, data_dir, dl_manager=None, verify_checksums=True):
         zip_path, folder = Path(data_dir) / archive["file"], Path(data_dir) / archive["folder"]
         if zip_path.is_file():
             path = zip_path
+            if folder.is_dir():
+                logger.warning(f"{centre}: data_dir holds both '{zip_path}' and the folder '{folder}': using the zip, the folder is not read.")
         elif folder.is_dir():
             path = folder
         else:
@@ -343,20 +383,76 @@ def locate_source(centre, data_dir, dl_manager=None, verify_checksums=True):
             )
     else:
         path = Path(dl_manager.download(_URLS[centre]))
-    source = CentreSource(centre=centre, path=path, names=list_members(path))
+    sizes = list_members(path)
+    source = CentreSource(centre=centre, path=path, names=list(sizes), sizes=sizes)
+    check_member_sizes(source)
     if verify_checksums:
         verify_official_checksums(source)
     return source
 
 
 def list_members(path):
+    """{member: its size once inflated}, from the zip's directory (nothing is inflated) or the folder's files.
+
+    A name the zip holds twice is refused (which copy is the case's cannot be told), and so is a link in a folder
+    that leads out of it or to a folder (its target would be read as a member of the release).
+    """
     if path.is_dir():
-        return sorted(p.relative_to(path.parent).as_posix() for p in path.rglob("*") if p.is_file())
+        return list_folder_members(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            return [info.filename for info in archive.infolist() if not info.is_dir()]
+            infos = [info for info in archive.infolist() if not info.is_dir()]
     except zipfile.BadZipFile as error:
         raise LymphUsFormatError(f"{path}: not a readable zip archive ({error})") from None
+    sizes = {}
+    for info in infos:
+        if info.filename in sizes and not _IGNORED_MEMBER.search(info.filename):
+            raise LymphUsFormatError(f"{path} member '{info.filename}': appears twice in the archive; which one is the release's cannot be told.")
+        sizes[info.filename] = info.file_size
+    return sizes
+
+
+def list_folder_members(folder):
+    root = folder.resolve()
+    sizes = {}
+    for directory, subfolders, files in os.walk(folder):
+        for name in sorted(subfolders) + sorted(files):
+            path = Path(directory) / name
+            member = path.relative_to(folder.parent).as_posix()
+            if path.is_symlink():
+                target = path.resolve()
+                if root not in target.parents:
+                    raise LymphUsFormatError(f"{folder.parent} member '{member}': a link to '{target}', outside '{folder}'; copy the file itself in.")
+                if target.is_dir():
+                    raise LymphUsFormatError(f"{folder.parent} member '{member}': a link to the folder '{target}'; copy the files themselves in.")
+                if not target.is_file():
+                    raise LymphUsFormatError(f"{folder.parent} member '{member}': a link to '{target}', which is not a file.")
+            if name in files:
+                sizes[member] = path.stat().st_size
+    return dict(sorted(sizes.items()))
+
+
+@functools.lru_cache(maxsize=None)
+def official_member_size_limits():
+    """{member: the most bytes it may inflate to} for every member of the official release (see MEMBER_SIZE_FACTOR)."""
+    limits = {archive["spreadsheet"]: MEMBER_SIZE_FACTOR * archive["spreadsheet_bytes"] for archive in _ARCHIVES.values()}
+    for row in read_official_cases():
+        stem = f"Center {row['centre']}/{row['group']}/{row['index_within_group']} {row['group']}"
+        for kind in ("Image.bmp", "Mask.tif", "Lesion.bmp"):
+            limits[f"{stem} {kind}"] = MEMBER_SIZE_FACTOR * int(row["image_bytes"])
+    return limits
+
+
+def check_member_sizes(source):
+    """Refuse, before anything is inflated, a member larger than the inventory allows (or the cap, if not in it)."""
+    limits = official_member_size_limits()
+    for member, size in source.sizes.items():
+        if _IGNORED_MEMBER.search(member):
+            continue  # never read
+        limit = limits.get(member, MEMBER_SIZE_CAP)
+        if size > limit:
+            basis = "the official member's size allows" if member in limits else "the cap for members not in the official inventory"
+            raise LymphUsFormatError(f"{source.describe(member)}: inflates to {size:,} bytes, more than the {limit:,} {basis}; nothing was inflated.")
 
 
 def verify_official_checksums(source):
@@ -439,7 +535,7 @@ def index_members(source):
     for name in source.names:
         if name == spreadsheet or _IGNORED_MEMBER.search(name):
             continue
-        match = _CASE_MEMBER.match(name)
+        match = _CASE_MEMBER.fullmatch(name)
         if not match or not name.startswith(folder + "/"):
             raise LymphUsFormatError(
                 f"{source.describe(name)}: unexpected member; the release holds only "
@@ -452,16 +548,24 @@ def index_members(source):
 
 
 def parse_spreadsheet(xlsx_bytes, where):
-    """Rows of the features sheet as typed dicts; blank rows skipped; each bad cell named."""
+    """Rows of the features sheet as typed dicts; blank rows skipped; each bad cell named.
+
+    Every cell is read as a person sees it in a spreadsheet program (see cell_as_shown); a cell whose shown value
+    cannot be read from the file stops the export, as does a value outside the header's columns.
+    """
     import openpyxl
 
+    check_xlsx_size(xlsx_bytes, where)
     try:
-        workbook = openpyxl.load_workbook(io.BytesIO(xlsx_bytes), read_only=True, data_only=True)
+        # Twice: the values as last computed (what is shown), and the formulas (to tell a formula never computed).
+        shown = openpyxl.load_workbook(io.BytesIO(xlsx_bytes), data_only=True).worksheets[0]
+        stored = openpyxl.load_workbook(io.BytesIO(xlsx_bytes), data_only=False).worksheets[0]
     except Exception as error:
         raise LymphUsFormatError(f"{where}: not a readable .xlsx workbook ({error})") from None
-    sheet = workbook.worksheets[0]
-    rows = sheet.iter_rows(values_only=True)
-    header = [str(cell).strip() if cell is not None else "" for cell in next(rows, ())]
+    check_merged_cells(shown, where)
+    rows = zip(shown.iter_rows(), stored.iter_rows())
+    header_cells, _ = next(rows, ((), ()))
+    header = [str(cell.value).strip() if cell.value is not None else "" for cell in header_cells]
     while header and header[-1] == "":
         header.pop()
     if header != list(SPREADSHEET_COLUMNS):
@@ -471,9 +575,17 @@ def parse_spreadsheet(xlsx_bytes, where):
             f"{where}: row 1 headers differ from the official ones; missing {missing}, unexpected {unexpected}, got {header}"
         )
     parsed, seen = [], {}
-    for row_number, values in enumerate(rows, start=2):
-        values = list(values[: len(header)]) + [None] * (len(header) - len(values))
-        if all(value is None or (isinstance(value, str) and not value.strip()) for value in values):
+    for row_number, (shown_cells, stored_cells) in enumerate(rows, start=2):
+        values = []
+        for column, (cell, formula) in enumerate(zip(shown_cells, stored_cells)):
+            name = header[column] if column < len(header) else None
+            place = f"{where} row {row_number} column '{name}'" if name else f"{where} row {row_number} cell {cell.coordinate}"
+            value = cell_as_shown(cell, formula, place)
+            if name is None and not is_blank(value):
+                raise LymphUsFormatError(f"{place}: value {value!r} is outside the {len(header)} official columns; move it or delete it.")
+            values.append(value)
+        values = values[: len(header)] + [None] * (len(header) - len(values))
+        if all(is_blank(value) for value in values):
             continue
         record = {"row": row_number}
         for column, value in zip(SPREADSHEET_COLUMNS, values):
@@ -485,8 +597,71 @@ def parse_spreadsheet(xlsx_bytes, where):
             raise LymphUsFormatError(f"{where} rows {seen[key]} and {row_number}: both are Group {key[0]}, Image name {key[1]}")
         seen[key] = row_number
         parsed.append(record)
-    workbook.close()
     return parsed
+
+
+def is_blank(value):
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def check_xlsx_size(xlsx_bytes, where):
+    """An .xlsx is itself a zip: refuse one that would inflate past MEMBER_SIZE_CAP before openpyxl inflates it."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(xlsx_bytes)) as workbook:
+            inflated = sum(info.file_size for info in workbook.infolist())
+    except zipfile.BadZipFile as error:
+        raise LymphUsFormatError(f"{where}: not a readable .xlsx workbook ({error})") from None
+    if inflated > MEMBER_SIZE_CAP:
+        raise LymphUsFormatError(f"{where}: the workbook inflates to {inflated:,} bytes, more than the cap of {MEMBER_SIZE_CAP:,}; nothing was inflated.")
+
+
+def check_merged_cells(sheet, where):
+    """A merged range shows one value across several cells but stores it in the first only: the others would read blank."""
+    for merged in sheet.merged_cells.ranges:
+        first = sheet.cell(merged.min_row, merged.min_col)
+        if not is_blank(first.value):
+            raise LymphUsFormatError(
+                f"{where} cells {merged.coord}: merged, so {first.value!r} shows in each of them but is stored in "
+                f"{first.coordinate} only; unmerge the cells and fill each one."
+            )
+
+
+def cell_as_shown(cell, formula_cell, where):
+    """The value a person sees in the cell: a formula's last computed value, a number at its displayed decimals.
+
+    A formula saved without its computed value (files written by scripts) has nothing to show: that stops the
+    export, naming the cell, instead of becoming a blank.
+    """
+    if formula_cell.data_type == "f" and cell.value is None:
+        text = formula_cell.value if isinstance(formula_cell.value, str) else getattr(formula_cell.value, "text", formula_cell.value)
+        raise LymphUsFormatError(
+            f"{where}: the formula {text} has no computed value saved in the file; open and save the workbook in a "
+            f"spreadsheet program, or type the value."
+        )
+    return number_as_shown(cell.value, cell.number_format, where)
+
+
+def number_as_shown(value, number_format, where):
+    """A number rounded to the decimals its format shows (12.345 formatted "0.0" is shown, and read, as 12.3).
+
+    Formats that change more than the decimals (percent, scientific, fractions, hidden ";;;") stop the export,
+    naming the cell. "General" shows the number as stored. Excel rounds half away from zero: so does this.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or number_format in (None, "General", "@"):
+        return value
+    # Drop what does not change the number: quoted text, escaped characters, padding, colours and conditions.
+    section = re.sub(r'"[^"]*"|\\.|_.|\*.|\[[^\]]*\]', "", number_format).split(";")[0].strip()
+    if section.lower() == "general":  # e.g. "[$-409]General": a locale tag, then General
+        return value
+    if not re.fullmatch(r"[#0,]*(\.[#0]*)?", section) or not re.search(r"[#0]", section):
+        raise LymphUsFormatError(
+            f"{where}: the number {value!r} is shown through the format {number_format!r}, which changes more than "
+            f"its decimals; set the cell's format to General or type the value as it should read."
+        )
+    if isinstance(value, int):
+        return value
+    decimals = len(section.partition(".")[2])
+    return float(Decimal(repr(value)).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))
 
 
 def parse_cell(value, column, where):
@@ -504,7 +679,7 @@ def parse_cell(value, column, where):
     if isinstance(value, str) and column in CODED_FEATURES and value.lower() in YES_NO_WORDS:
         return YES_NO_WORDS[value.lower()]
     try:
-        number = float(value)
+        number = float(value) if not isinstance(value, str) or _NUMBER_TEXT.fullmatch(value) else float("nan")
     except (TypeError, ValueError):
         number = float("nan")
     if isinstance(value, bool) or not np.isfinite(number):
@@ -585,24 +760,42 @@ def lesion_is_image_times_mask(source, member, image_bytes, image, mask):
         crc = source.crc32(member)
         if (zlib.crc32(expected) == crc) if crc is not None else (expected == source.read(member)):
             return True
-    lesion = np.asarray(decode_image(source.read(member), source.describe(member)).convert("L"))
-    return lesion.shape == pixels.shape and np.array_equal(lesion, pixels * mask)
+    lesion = open_image(source.read(member), source.describe(member))
+    if lesion.size != image.size:
+        return False
+    lesion = np.asarray(load_image(lesion, source.describe(member)).convert("L"))
+    return np.array_equal(lesion, pixels * mask)
 
 
-def decode_image(data, where):
+def open_image(data, where):
+    """The image with only its header read: its size is checked (MAX_IMAGE_PIXELS) before any pixel is decoded."""
     try:
         image = Image.open(io.BytesIO(data))
+    except Exception as error:
+        raise LymphUsFormatError(f"{where}: cannot be decoded as an image ({error})") from None
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        raise LymphUsFormatError(f"{where}: {image.width} x {image.height} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed; not decoded.")
+    return image
+
+
+def load_image(image, where):
+    try:
         image.load()
     except Exception as error:
         raise LymphUsFormatError(f"{where}: cannot be decoded as an image ({error})") from None
     return image
 
 
+def decode_image(data, where):
+    return load_image(open_image(data, where), where)
+
+
 def decode_mask(data, image_size, where):
     """The mask as a uint8 array of 0 (background) and 1 (node); binary, the image's size, not empty."""
-    mask = decode_image(data, where)
+    mask = open_image(data, where)
     if mask.size != image_size:
         raise LymphUsFormatError(f"{where}: mask size {mask.size} differs from the image's {image_size}")
+    load_image(mask, where)
     if mask.mode == "1":
         pixels = np.asarray(mask, dtype=bool)
     elif mask.mode in ("L", "P", "I;16", "I"):
@@ -631,6 +824,10 @@ def write_synthetic_archives(output_dir, cases_per_group=None, scale=1.0, seed=0
     if cases_per_group is not None and cases_per_group < 3:
         raise ValueError(f"cases_per_group={cases_per_group}: use at least 3, so that every split gets a case of each label")
     output_dir = Path(output_dir)
+    for centre in CENTRES:  # before writing anything: never replace a user's (perhaps official) archive
+        path = output_dir / _ARCHIVES[centre]["file"]
+        if path.is_symlink() or (path.exists() and not is_synthetic_archive(path)):
+            raise FileExistsError(f"{path} exists and is not a synthetic archive: it is not replaced; choose another --output_dir.")
     output_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     inventory = read_official_cases()
@@ -649,14 +846,27 @@ def write_synthetic_archives(output_dir, cases_per_group=None, scale=1.0, seed=0
             members[f"{stem} Lesion.bmp"] = encode(Image.fromarray(image * mask), "BMP")
         members[_ARCHIVES[centre]["spreadsheet"]] = synthetic_spreadsheet(rows, centre, rng)
         path = output_dir / _ARCHIVES[centre]["file"]
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.comment = b"LymphUs synthetic archive (lymphus.py synth): no patient data"
-            for name in sorted(members):
-                info = zipfile.ZipInfo(name, date_time=(2026, 3, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                archive.writestr(info, members[name])
+        partial = path.with_name(f".{path.name}.incomplete-{secrets.token_hex(4)}")
+        try:
+            with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                archive.comment = SYNTHETIC_COMMENT
+                for name in sorted(members):
+                    info = zipfile.ZipInfo(name, date_time=(2026, 3, 1, 0, 0, 0))
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    archive.writestr(info, members[name])
+            partial.replace(path)  # whole or not at all
+        finally:
+            partial.unlink(missing_ok=True)
         paths.append(path)
     return paths
+
+
+def is_synthetic_archive(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.comment == SYNTHETIC_COMMENT
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def encode(image, image_format, **options):
@@ -759,8 +969,106 @@ def config_parts(config):
     return parts
 
 
+def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwrite=False):
+    """Build both centres once, write Parquet + README.md + id2label.json, and put the finished folder in place.
+
+    Everything is written in a staging folder beside `output_dir` and moved there at the end (put_in_place), so a
+    failed export leaves nothing that looks complete. `overwrite` replaces only an unchanged earlier export.
+    """
+    output_dir = Path(output_dir)
+    check_not_data_folder(output_dir, data_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    with export_lock(output_dir):
+        clean_leftovers(output_dir)
+        check_replaceable(output_dir, overwrite)
+        staging = make_staging(output_dir)
+        try:
+            built = build_centres(data_dir, staging, verification_mode)
+            remove_ours(staging / "build")
+            remove_ours(staging / "cache")
+            render_card(built).save(staging / "README.md")
+            (staging / "id2label.json").write_text(json.dumps({str(k): v for k, v in MASK_LABELS.items()}, indent=2) + "\n")
+            write_export_marker(staging)  # last: from here on the staging folder is a complete export
+        except BaseException:
+            remove_quietly(staging)
+            raise
+        put_in_place(staging, output_dir, overwrite)
+    return output_dir
+
+
+def build_centres(data_dir, staging, verification_mode):
+    """{centre: build_centre_parquet(...)}, one process per centre (decoding and checking images is CPU-bound).
+
+    The workers die with the export, even when it is killed (_worker_init); on the first error, or Ctrl-C, the
+    other worker is stopped rather than waited for.
+    """
+    import multiprocessing
+
+    # Forked (Linux's default up to Python 3.13, pinned here): each worker is the export's own child, which is what
+    # _worker_init ties its life to.
+    pool = ProcessPoolExecutor(
+        max_workers=min(len(CENTRES), os.cpu_count() or 1), mp_context=multiprocessing.get_context("fork"),
+        initializer=_worker_init, initargs=(os.getpid(),),
+    )
+    try:
+        # Ctrl-C and SIGTERM wait while the workers are forked: a handler run inside fork's callbacks (logging's
+        # lock release) has its exception swallowed, and the export would go on as if never stopped.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            futures = {centre: pool.submit(build_centre_parquet, centre, data_dir, staging, verification_mode) for centre in CENTRES}
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+        for future in done:
+            future.result()  # raises the first worker error
+        return {centre: future.result() for centre, future in futures.items()}
+    except BaseException:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public way before Python 3.14
+            process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _worker_init(parent_pid):
+    """Tie a worker to the export: Ctrl-C and SIGTERM are the export's to handle (it stops the workers), and the
+    kernel kills the worker when the export dies, even by SIGKILL, instead of leaving a ~250 MB orphan running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by the export while it forked this worker
+    if not die_with_parent():
+        import threading
+
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # the export died before the line above took effect
+        os._exit(1)
+
+
+def die_with_parent():
+    """Ask Linux to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG); False where unavailable."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
+def _exit_when_orphaned(parent_pid):
+    import time
+
+    while os.getppid() == parent_pid:
+        time.sleep(1)
+    os._exit(1)
+
+
 def build_centre_parquet(centre, data_dir, staging, verification_mode):
-    """Build one centre's splits into staging/data/<centre>/<split>-*.parquet; return their SplitInfos and provenance."""
+    """Build one centre's splits into staging/data/<centre>/<split>-*.parquet.
+
+    Returns their SplitInfos, label counts, the source's provenance and the (width, height) of every image.
+    """
     builder = LymphUs(config_name=centre, data_dir=data_dir, cache_dir=str(staging / "cache" / centre))
     build_dir = staging / "build" / centre
     try:
@@ -769,93 +1077,21 @@ def build_centre_parquet(centre, data_dir, staging, verification_mode):
         if isinstance(error.__cause__, LymphUsFormatError):
             raise error.__cause__ from None  # the case at fault, not datasets' generic wrapper
         raise
+    image_sizes = []
     for split in SPLITS:
         (parquet,) = build_dir.glob(f"*-{split}.parquet")
         target = staging / parquet_path(centre, split)
         target.parent.mkdir(parents=True, exist_ok=True)
         parquet.rename(target)
-    shutil.rmtree(build_dir)
-    return {split: builder.info.splits[split] for split in SPLITS}, builder.label_counts, builder.source_descriptions[centre]
+        image_sizes += parquet_image_sizes(target)
+    return {split: builder.info.splits[split] for split in SPLITS}, builder.label_counts, builder.source_descriptions[centre], image_sizes
 
 
-def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwrite=False):
-    """Build both centres once, write Parquet + README.md, and move the finished folder into place.
+def parquet_image_sizes(path):
+    """(width, height) of every image in a Parquet file, from the image headers (no pixel decoded)."""
+    import pyarrow.parquet as pq
 
-    Everything is written in a staging folder beside `output_dir` and renamed at the end, so a failed
-    export leaves no `output_dir/README.md` that looks complete.
-    """
-    from datasets.info import DatasetInfosDict
-    from datasets.utils.metadata import MetadataConfigs
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{output_dir} exists and is not empty; choose another --output_dir or pass --overwrite")
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.incomplete-", dir=output_dir.parent))
-    try:
-        # One process per centre: decoding and checking every image is CPU-bound Python + C work.
-        with ProcessPoolExecutor(max_workers=min(len(CENTRES), os.cpu_count() or 1)) as pool:
-            built = dict(zip(CENTRES, pool.map(build_centre_parquet, CENTRES, repeat(data_dir), repeat(staging), repeat(verification_mode))))
-        split_infos = {(centre, split): built[centre][0][split] for centre in CENTRES for split in SPLITS}
-        counts = {(centre, split): built[centre][1][split] for centre in CENTRES for split in SPLITS}
-        sources = {centre: built[centre][2] for centre in CENTRES}
-        shutil.rmtree(staging / "build")
-        shutil.rmtree(staging / "cache")
-        card_data = DatasetCardData(
-            pretty_name="LymphUs",
-            license=_LICENSE,
-            license_name=_LICENSE_NAME,
-            license_link=_HOMEPAGE,
-            language=["en"],
-            task_categories=["image-classification", "image-segmentation"],
-            size_categories=["n<1K"],
-            tags=["medical", "ultrasound", "lymph-node", "thyroid-cancer", "papillary-thyroid-carcinoma", "multicenter"]
-            + (["synthetic"] if any(source["synthetic"] for source in sources.values()) else []),
-        )
-        infos = DatasetInfosDict()
-        metadata_configs = MetadataConfigs()
-        config_counts = {}
-        for config in LymphUs.BUILDER_CONFIGS:
-            metadata_configs[config.name] = {
-                "data_files": [{"split": split, "path": [parquet_path(*part) for part in parts]} for split, parts in config_parts(config).items()],
-                **({"default": True} if config.name == LymphUs.DEFAULT_CONFIG_NAME else {}),
-            }
-            splits = datasets.SplitDict()
-            for split, parts in config_parts(config).items():
-                splits.add(datasets.SplitInfo(
-                    name=split,
-                    num_bytes=sum(split_infos[part].num_bytes for part in parts),
-                    num_examples=sum(split_infos[part].num_examples for part in parts),
-                ))
-                config_counts[config.name, split] = [sum(counts[part][label] for part in parts) for label in range(2)]
-            infos[config.name] = datasets.DatasetInfo(features=_FEATURES, splits=splits, config_name=config.name)
-        metadata_configs.to_dataset_card_data(card_data)
-        infos.to_dataset_card_data(card_data)
-        card = DatasetCard.from_template(
-            card_data,
-            template_path=str(Path(__file__).parent / "dataset_card.md"),
-            configs=LymphUs.BUILDER_CONFIGS,
-            config_counts=config_counts,
-            splits=SPLITS,
-            sources=sources,
-            archives=_ARCHIVES,
-            urls=_URLS,
-            features=_FEATURES,
-            citation=_CITATION,
-            license_details=_LICENSE_DETAILS,
-            homepage=_HOMEPAGE,
-            split_seed=SPLIT_SEED,
-            lymphus_version=str(LymphUs.VERSION),
-        )
-        card.save(staging / "README.md")  # written last: its presence means the export is complete
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return output_dir
+    return [Image.open(io.BytesIO(image["bytes"])).size for image in pq.read_table(path, columns=["image"]).column("image").to_pylist()]
 
 
 def describe_source(source):
@@ -863,23 +1099,417 @@ def describe_source(source):
     if source.is_folder:
         official = source.first_unofficial_member is None
         return {"name": source.path.name + "/ (extracted folder)", "sha256": None, "official": official, "synthetic": False}
-    with zipfile.ZipFile(source.path) as archive:
-        synthetic = b"synthetic" in archive.comment
+    synthetic = is_synthetic_archive(source.path)
     official = source.sha256 == _ARCHIVES[source.centre]["sha256"]
     return {"name": source.path.name, "sha256": source.sha256, "official": official, "synthetic": synthetic}
 
 
+# The dataset card: every number in it comes from the data exported
+
+
+def card_facts(counts, image_sizes):
+    """The numbers the card states: cases per centre and label, and image size ranges, from what was exported.
+
+    counts: {(centre, split): [benign, malignant]}; image_sizes: {centre: [(width, height), ...]}.
+    """
+    cases = {centre: [sum(counts[centre, split][label] for split in SPLITS) for label in range(len(LABEL_NAMES))] for centre in CENTRES}
+    total = [sum(cases[centre][label] for centre in CENTRES) for label in range(len(LABEL_NAMES))]
+
+    def ranges(sizes):
+        return {"width": (min(w for w, _ in sizes), max(w for w, _ in sizes)), "height": (min(h for _, h in sizes), max(h for _, h in sizes))}
+
+    sizes = {centre: ranges(image_sizes[centre]) for centre in CENTRES}
+    sizes["all"] = ranges([size for centre in CENTRES for size in image_sizes[centre]])
+    return {"cases": cases, "total": total, "sizes": sizes, "malignant_percent": round(100 * total[1] / sum(total))}
+
+
+def size_category(n):
+    """The Hub's size_categories tag for n examples."""
+    for bound, tag in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if n < bound:
+            return tag
+    return "100K<n<1M"
+
+
+def render_card(built):
+    """The export's README.md: YAML (configs composing the Parquet files, split sizes) and the prose of dataset_card.md.
+
+    built: {centre: build_centre_parquet's result}.
+    """
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    split_infos = {(centre, split): built[centre][0][split] for centre in CENTRES for split in SPLITS}
+    counts = {(centre, split): built[centre][1][split] for centre in CENTRES for split in SPLITS}
+    sources = {centre: built[centre][2] for centre in CENTRES}
+    facts = card_facts(counts, {centre: built[centre][3] for centre in CENTRES})
+    card_data = DatasetCardData(
+        pretty_name="LymphUs",
+        license=_LICENSE,
+        license_name=_LICENSE_NAME,
+        license_link=_HOMEPAGE,
+        language=["en"],
+        task_categories=["image-classification", "image-segmentation"],
+        size_categories=[size_category(sum(facts["total"]))],
+        tags=["medical", "ultrasound", "lymph-node", "thyroid-cancer", "papillary-thyroid-carcinoma", "multicenter"]
+        + (["synthetic"] if any(source["synthetic"] for source in sources.values()) else []),
+    )
+    infos = DatasetInfosDict()
+    metadata_configs = MetadataConfigs()
+    config_counts = {}
+    for config in LymphUs.BUILDER_CONFIGS:
+        metadata_configs[config.name] = {
+            "data_files": [{"split": split, "path": [parquet_path(*part) for part in parts]} for split, parts in config_parts(config).items()],
+            **({"default": True} if config.name == LymphUs.DEFAULT_CONFIG_NAME else {}),
+        }
+        splits = datasets.SplitDict()
+        for split, parts in config_parts(config).items():
+            splits.add(datasets.SplitInfo(
+                name=split,
+                num_bytes=sum(split_infos[part].num_bytes for part in parts),
+                num_examples=sum(split_infos[part].num_examples for part in parts),
+            ))
+            config_counts[config.name, split] = [sum(counts[part][label] for part in parts) for label in range(2)]
+        infos[config.name] = datasets.DatasetInfo(features=_FEATURES, splits=splits, config_name=config.name)
+    metadata_configs.to_dataset_card_data(card_data)
+    infos.to_dataset_card_data(card_data)
+    return DatasetCard.from_template(
+        card_data,
+        template_path=str(Path(__file__).parent / "dataset_card.md"),
+        configs=LymphUs.BUILDER_CONFIGS,
+        config_counts=config_counts,
+        facts=facts,
+        centres=CENTRES,
+        splits=SPLITS,
+        split_fractions=SPLIT_FRACTIONS,
+        sources=sources,
+        archives=_ARCHIVES,
+        urls=_URLS,
+        features=_FEATURES,
+        n_semantic_features=len(SEMANTIC_FEATURES),
+        mask_labels=MASK_LABELS,
+        citation=_CITATION,
+        license_details=_LICENSE_DETAILS,
+        homepage=_HOMEPAGE,
+        split_seed=SPLIT_SEED,
+        lymphus_version=str(LymphUs.VERSION),
+    )
+
+
+# The export folder: ours alone, one export at a time, replaced in one step
+
+
+def check_not_data_folder(output_dir, data_dir):
+    if data_dir is None:
+        return
+    output, data = output_dir.resolve(), Path(data_dir).resolve()
+    if output == data or output in data.parents:
+        raise OutputFolderError(
+            f"--output_dir '{output_dir}' {'is' if output == data else 'holds'} the data folder '{data_dir}': "
+            f"the export never writes there; choose another --output_dir."
+        )
+
+
+@contextlib.contextmanager
+def export_lock(output_dir):
+    """One export per output folder at a time: an exclusive flock on `.<name>.lock` beside it.
+
+    The kernel releases it when the holder dies, even by SIGKILL; a second export fails at once, naming the holder.
+    The holder deletes the file when done; one that locked a file deleted meanwhile tries again on the new one.
+    """
+    import fcntl
+
+    path = output_dir.parent / f".{output_dir.name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputFolderError(
+                f"another export into '{output_dir}' is running (process {holder}; lock file '{path}'): wait for it to finish."
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.unlink(path)
+        os.close(fd)
+
+
+def check_replaceable(output_dir, overwrite):
+    """Refuse, before any work, an output_dir the export may not write: anything but a missing or empty folder, or,
+    with `overwrite`, an unchanged earlier export (what its marker lists, and nothing else)."""
+    if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
+        raise OutputFolderError(f"{output_dir} is {'a link' if output_dir.is_symlink() else 'not a folder'}: the export does not replace it; choose another --output_dir.")
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
+        raise OutputFolderError(f"{output_dir} exists and is not empty; choose another --output_dir, or pass --overwrite to replace an earlier export.")
+    refuse_unless_export(output_dir)
+
+
+def refuse_unless_export(folder):
+    problems = export_discrepancies(folder)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise OutputFolderError(
+            f"--overwrite replaces only an unchanged folder written by `lymphus.py export`, and '{folder}' has "
+            f"{problems[0]}{more}: nothing was replaced. Move your files out, or choose another --output_dir."
+        )
+
+
+def read_export_marker(folder):
+    """The marker of an export (a dict listing its files), or None if the folder has none or it is not one of ours."""
+    try:
+        marker = json.loads((Path(folder) / EXPORT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != "lymphus-export" or not isinstance(marker.get("files"), dict):
+        return None
+    return marker
+
+
+def export_discrepancies(folder):
+    """What in `folder` its export marker does not vouch for; [] means the folder is exactly an export we wrote
+    (each file listed, with the same size and SHA-256, and nothing else), so deleting it deletes nothing of a user's."""
+    folder = Path(folder)
+    marker = read_export_marker(folder)
+    if marker is None:
+        return [f"no {EXPORT_MARKER} (it was not written by `lymphus.py export`)"]
+    listed = marker["files"]
+    listed_folders = {parent.as_posix() for name in listed for parent in Path(name).parents}
+    problems = []
+    for directory, subfolders, files in os.walk(folder):
+        for name in sorted(subfolders) + sorted(files):
+            path = Path(directory) / name
+            relative = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                problems.append(f"'{relative}' (a link)")
+            elif name in subfolders:
+                if relative not in listed_folders:
+                    problems.append(f"'{relative}/' (not written by the export)")
+            elif relative == EXPORT_MARKER:
+                continue
+            elif relative not in listed:
+                problems.append(f"'{relative}' (not written by the export)")
+            elif path.stat().st_size != listed[relative]["bytes"] or sha256_of_file(path) != listed[relative]["sha256"]:
+                problems.append(f"'{relative}' (changed since the export)")
+    return problems
+
+
+def write_export_marker(staging):
+    """List every file of the finished export in its marker, then drop the staging marker: now it is an export."""
+    files = {}
+    for path in sorted(staging.rglob("*")):
+        relative = path.relative_to(staging).as_posix()
+        if path.is_file() and relative != STAGING_MARKER:
+            files[relative] = {"bytes": path.stat().st_size, "sha256": sha256_of_file(path)}
+    marker = {"format": "lymphus-export", "lymphus_version": str(LymphUs.VERSION), "files": files}
+    (staging / EXPORT_MARKER).write_text(json.dumps(marker, indent=1) + "\n")
+    (staging / STAGING_MARKER).unlink()
+
+
+def make_staging(output_dir):
+    """A new folder beside output_dir (one file system: the final rename is atomic), marked as ours at once.
+
+    Made by mkdir, not mkdtemp (mode 0700): the export's permissions follow the umask.
+    """
+    while True:
+        staging = output_dir.parent / f".{output_dir.name}.incomplete-{secrets.token_hex(4)}"
+        try:
+            staging.mkdir()
+            break
+        except FileExistsError:
+            continue
+    (staging / STAGING_MARKER).write_text(f"staging folder of `lymphus.py export` into {output_dir.name}\n")
+    return staging
+
+
+def put_in_place(staging, output_dir, overwrite):
+    """Move the finished export to output_dir so that, at every instant, the path holds one complete export.
+
+    No earlier export (or no `overwrite`): one rename, atomic, which fails rather than replace a folder that is no
+    longer empty. An earlier export: on Linux, renameat2(RENAME_EXCHANGE) swaps the two folders in one atomic
+    step; the path holds the old export up to that instant and the new one after it. Where the system cannot
+    exchange, two renames (old aside to `.<name>.previous-*`, then new in place): for the instant between them the
+    path is missing and the complete old export sits beside it, where the next export puts it back if this one
+    is killed just then (clean_leftovers). The earlier export is deleted only after the swap, and only if it
+    still holds nothing but its own files.
+    """
+    if not overwrite or not (output_dir.is_dir() and any(output_dir.iterdir())):
+        try:
+            os.rename(staging, output_dir)
+        except OSError as error:
+            remove_quietly(staging)
+            raise OutputFolderError(
+                f"{output_dir} was created or filled by something else during the export ({error.strerror}): "
+                f"nothing in it was replaced."
+            ) from None
+        return
+    try:
+        refuse_unless_export(output_dir)  # again: something may have been added while the export ran
+        if exchange_paths(staging, output_dir):
+            previous = staging
+        else:
+            previous = output_dir.parent / f".{output_dir.name}.previous-{secrets.token_hex(4)}"
+            os.rename(output_dir, previous)
+            try:
+                os.rename(staging, output_dir)
+            except BaseException:
+                os.rename(previous, output_dir)
+                raise
+    except BaseException:
+        remove_quietly(staging)
+        raise
+    discard_previous_export(previous, output_dir)
+
+
+def exchange_paths(first, second):
+    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:  # glibc before 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(error, os.strerror(error), str(first), None, str(second))
+
+
+def discard_previous_export(previous, output_dir):
+    problems = export_discrepancies(previous)
+    if problems:
+        logger.warning(f"The new export is in '{output_dir}'. The previous one, moved to '{previous}', now has {problems[0]}: it is kept; delete it yourself.")
+        return
+    try:
+        remove_ours(previous)
+    except OSError as error:
+        logger.warning(
+            f"The new export is in '{output_dir}', but the previous one, moved to '{previous}', could not be deleted "
+            f"({error}); the next export into '{output_dir}' tries again, or delete it yourself."
+        )
+
+
+def clean_leftovers(output_dir):
+    """Finish what a killed export left beside output_dir (called under the lock: no other export is running).
+
+    `.<name>.previous-*`: an earlier export set aside during a swap, put back if output_dir is missing, else deleted.
+    `.<name>.incomplete-*`: a staging folder (or, after a swap, the earlier export), deleted. Only folders holding
+    one of our markers are touched; anything else is named and left alone.
+    """
+    prefix = f".{output_dir.name}."
+    for leftover in sorted(output_dir.parent.iterdir()):
+        kind = leftover.name[len(prefix):].partition("-")[0] if leftover.name.startswith(prefix) else None
+        if kind not in ("previous", "incomplete"):
+            continue
+        ours = leftover.is_dir() and not leftover.is_symlink() and ((leftover / EXPORT_MARKER).is_file() or (leftover / STAGING_MARKER).is_file())
+        if not ours:
+            logger.warning(f"'{leftover}' is named like a leftover of an interrupted export but holds no marker of ours: left alone; delete it if it is not yours.")
+        elif kind == "previous" and not (output_dir.exists() or output_dir.is_symlink()):
+            leftover.rename(output_dir)
+            logger.warning(f"Put back the previous export from '{leftover}' to '{output_dir}': an export was interrupted while replacing it.")
+        else:
+            remove_ours(leftover)
+            logger.warning(f"Deleted '{leftover}', left by an interrupted export.")
+
+
+def remove_ours(path):
+    """Delete a folder of ours: its markers last, so that a deletion cut short is still recognised and finished by the
+    next export; read-only subfolders are made writable first (they are ours too)."""
+    path = Path(path)
+    folders = [path] + [Path(d) / s for d, subfolders, _ in os.walk(path) for s in subfolders if not (Path(d) / s).is_symlink()]
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            os.chmod(folder, os.stat(folder).st_mode | 0o700)
+    markers = {path / EXPORT_MARKER, path / STAGING_MARKER}
+    for directory, subfolders, files in os.walk(path, topdown=False):
+        for name in files + subfolders:
+            entry = Path(directory) / name
+            if entry in markers:
+                continue
+            if name in subfolders and not entry.is_symlink():
+                entry.rmdir()
+            else:
+                entry.unlink()
+    for marker in markers:
+        marker.unlink(missing_ok=True)
+    path.rmdir()
+
+
+def remove_quietly(path):
+    """remove_ours after a failure: a second error must not hide the first (the next export finishes the job)."""
+    try:
+        if path.exists():
+            remove_ours(path)
+    except OSError as error:
+        logger.warning(f"Could not delete '{path}' ({error}); the next export into the same folder will.")
+
+
+# Hub
+
+
 def push_export(export_dir, repo_id, private=False, token=None):
-    """Upload an export folder as a dataset repo; `datasets.load_dataset(repo_id, config)` then works."""
-    from huggingface_hub import HfApi
+    """Upload an export folder as a dataset repo; `datasets.load_dataset(repo_id, config)` then works.
+
+    Only a folder written by `export` (its marker) is pushed, and never its dotfiles (the marker itself, an .env)
+    or links. Returns (repo URL, whether the repo is private). The token comes from `token`, else
+    huggingface_hub.get_token() (HF_TOKEN or `hf auth login`), and is never printed.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     export_dir = Path(export_dir)
-    if not (export_dir / "README.md").is_file():
-        raise FileNotFoundError(f"{export_dir}/README.md is missing: is '{export_dir}' a finished `python lymphus.py export` folder?")
+    if not export_dir.is_dir():
+        raise FileNotFoundError(f"{export_dir} is not a folder: give a folder written by `python lymphus.py export`.")
+    if read_export_marker(export_dir) is None:
+        raise ValueError(f"{export_dir} has no {EXPORT_MARKER}: only a folder written by `python lymphus.py export` is pushed.")
+    files = upload_files(export_dir)
+    token = token or get_token()
+    if token is None:
+        raise ValueError("No Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again.")
     api = HfApi(token=token)
     repo_url = api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(export_dir), repo_id=repo_id, repo_type="dataset", commit_message="Upload LymphUs export")
-    return repo_url
+    is_private = bool(api.repo_info(repo_id, repo_type="dataset").private)
+    if private and not is_private:
+        raise ValueError(
+            f"The dataset repo {repo_id} already exists and is public, but --private was given: nothing was uploaded. "
+            f"Make it private in its settings on the Hub, or push without --private."
+        )
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(export_dir / name)) for name in files]
+    api.create_commit(repo_id, operations, repo_type="dataset", commit_message="Upload LymphUs export")
+    return repo_url, is_private
+
+
+def upload_files(export_dir):
+    """The export's files to upload: every file but dotfiles (and what is inside dot-folders); a link is refused."""
+    files = []
+    for directory, subfolders, names in os.walk(export_dir):
+        subfolders[:] = sorted(s for s in subfolders if not s.startswith("."))
+        for name in sorted(names) + subfolders:
+            path = Path(directory) / name
+            if path.is_symlink():
+                raise ValueError(f"{path} is a link: `push` uploads no links (an export holds none); remove it and push again.")
+            if name in names and not name.startswith("."):
+                files.append(path.relative_to(export_dir).as_posix())
+    return files
 
 
 # Command line
@@ -906,29 +1536,39 @@ class ExportArguments:
         default="all_checks",
         metadata={"help": "all_checks: refuse archives whose SHA-256 is not the official one. basic_checks: accept them (re-zipped copies, synthetic archives). Content checks always run.", "choices": ["all_checks", "basic_checks"]},
     )
-    overwrite: bool = field(default=False, metadata={"help": "Replace a non-empty output_dir."})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "Replace output_dir if it is an earlier, unchanged export (its .lymphus-export.json); any other non-empty folder is refused."},
+    )
 
 
 @dataclass
 class PushArguments:
     export_dir: str = field(metadata={"help": "A folder written by `python lymphus.py export` (also accepted as the first positional argument)."})
     repo_id: str = field(metadata={"help": "Dataset repo on the Hub, e.g. 'your-name/lymphus'."})
-    private: bool = field(default=False, metadata={"help": "Create the repo as private."})
+    private: bool = field(
+        default=False,
+        metadata={"help": "Create the repo as private (an existing public repo is then refused). Without it a new repo is public."},
+    )
 
 
 COMMANDS = {"synth": SynthArguments, "export": ExportArguments, "push": PushArguments}
+USAGE = "usage: python lymphus.py {synth,export,push} [options]   (python lymphus.py <command> --help for the options)"
 
 
 def main(argv=None):
-    from transformers import HfArgumentParser
+    from lymphus_ml.cli import DEBUG_FLAG, parse_arguments
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        raise SystemExit(f"usage: python lymphus.py {{{','.join(COMMANDS)}}} --help")
+    argv = [argument for argument in (sys.argv[1:] if argv is None else argv) if argument != DEBUG_FLAG]
+    if argv in ([], ["-h"], ["--help"]):
+        print(USAGE)
+        return
+    if argv[0] not in COMMANDS:
+        raise ValueError(f"unknown command {argv[0]!r}. {USAGE}")
     command, argv = argv[0], argv[1:]
     if command == "push" and argv and not argv[0].startswith("-"):
         argv = ["--export_dir", *argv]  # `push OUT --repo_id ID`
-    (args,) = HfArgumentParser(COMMANDS[command]).parse_args_into_dataclasses(args=argv)
+    (args,) = parse_arguments([COMMANDS[command]], argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if command == "synth":
         paths = write_synthetic_archives(args.output_dir, cases_per_group=args.cases_per_group, scale=args.scale, seed=args.seed)
@@ -937,9 +1577,17 @@ def main(argv=None):
         output_dir = export_dataset(args.data_dir, args.output_dir, args.verification_mode, args.overwrite)
         print(f"Exported to {output_dir}: datasets.load_dataset({str(output_dir)!r}, 'center1')")
     else:
-        url = push_export(args.export_dir, args.repo_id, private=args.private)
-        print(f"Pushed {args.export_dir} to {url}: datasets.load_dataset({args.repo_id!r}, 'center1')")
+        url, private = push_export(args.export_dir, args.repo_id, private=args.private)
+        visibility = "a PRIVATE repo: only you (and your organisation) can read it" if private else "a PUBLIC repo: anyone can download it"
+        print(f"Pushed {args.export_dir} to {url}, {visibility}. datasets.load_dataset({args.repo_id!r}, 'center1')")
+
+
+def _stop_on_sigterm(signum, frame):
+    sys.exit(128 + signum)  # unwinds like Ctrl-C: the staging folder is deleted and the workers stopped
 
 
 if __name__ == "__main__":
-    main()
+    from lymphus_ml.cli import run
+
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    run(main)

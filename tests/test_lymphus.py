@@ -2,7 +2,13 @@
 
 import hashlib
 import io
+import json
 import logging
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -15,6 +21,8 @@ from datasets.exceptions import NonMatchingChecksumError
 from PIL import Image
 
 import lymphus
+
+LYMPHUS_PY = Path(lymphus.__file__)
 
 OFFICIAL_COUNTS = {"center1": {"benign": 99, "malignant": 81}, "center2": {"benign": 76, "malignant": 82}}
 
@@ -235,7 +243,7 @@ def test_unofficial_archive_is_refused_naming_both_hashes(small_archives, tmp_pa
     actual = hashlib.sha256((small_archives / "Center-1.zip").read_bytes()).hexdigest()
     assert "Center-1.zip" in str(error.value) and actual in str(error.value)
     assert lymphus._ARCHIVES["center1"]["sha256"] in str(error.value) and "basic_checks" in str(error.value)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.incomplete-*"))
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))  # no staging folder, no lock file
 
 
 def test_unofficial_extracted_member_is_refused(small_archives, tmp_path):
@@ -257,7 +265,7 @@ def assert_export_fails(archives, tmp_path, match, exception=lymphus.LymphUsForm
     with pytest.raises(exception, match=match):
         lymphus.export_dataset(archives, tmp_path / "out", "basic_checks")
     assert not (tmp_path / "out" / "README.md").exists()
-    assert not list(tmp_path.glob(".out.incomplete-*"))
+    assert not list(tmp_path.glob(".out.*"))
 
 
 def test_row_without_image(small_archives, tmp_path):
@@ -376,7 +384,9 @@ def test_command_line_synth_and_export(tmp_path):
     lymphus.main(["synth", "--output_dir", str(tmp_path / "a"), "--cases_per_group", "3", "--scale", "0.1"])
     lymphus.main(["export", "--data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"])
     assert len(datasets.load_dataset(str(tmp_path / "out"), "center2")["train"]) == 2
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["README.md", "data"]  # no build leftovers
+    # No build leftovers; the marker that makes it ours; the mask classes for segmentation tools.
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [lymphus.EXPORT_MARKER, "README.md", "data", "id2label.json"]
+    assert json.loads((tmp_path / "out" / "id2label.json").read_text()) == {"0": "background", "1": "lymph_node"}
 
 
 # Hub
@@ -392,7 +402,8 @@ def test_push_then_load_dataset_from_the_hub(small_archives, tmp_path, local_hub
     repo_id = f"{local_hub.user}/lymphus-{tmp_path.name}"
     monkeypatch.setenv("HF_TOKEN", local_hub.token)
     lymphus.main(["push", str(export), "--repo_id", repo_id, "--private"])
-    assert local_hub.token not in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert local_hub.token not in output and "PRIVATE repo" in output
     for config in ("center1", "all", "center1_to_center2"):
         remote = datasets.load_dataset(repo_id, config)
         local = datasets.load_dataset(str(export), config)
@@ -404,9 +415,36 @@ def test_push_then_load_dataset_from_the_hub(small_archives, tmp_path, local_hub
     assert HfApi(token=local_hub.token).repo_info(repo_id, repo_type="dataset").private
 
 
-def test_push_refuses_a_folder_that_is_not_an_export(tmp_path):
-    with pytest.raises(FileNotFoundError, match="README.md is missing"):
-        lymphus.push_export(tmp_path, "someone/lymphus")
+def test_push_refuses_a_folder_that_is_not_an_export(tmp_path, local_hub):
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n")
+    (tmp_path / ".env").write_text("HF_TOKEN=hf_secret")
+    with pytest.raises(ValueError, match=f"has no {re.escape(lymphus.EXPORT_MARKER)}: only a folder written by `python lymphus.py export`"):
+        lymphus.push_export(tmp_path, f"{local_hub.user}/not-an-export", token=local_hub.token)
+    assert not [r for r in local_hub.find_requests("POST", "/api/repos/create") if (r["json"] or {}).get("name") == "not-an-export"]
+
+
+def test_push_uploads_no_dotfiles_and_says_whether_the_repo_is_public(small_archives, tmp_path, local_hub, monkeypatch, capsys):
+    export = lymphus.export_dataset(small_archives, tmp_path / "export", "basic_checks")
+    (export / ".env").write_text("HF_TOKEN=hf_secret")
+    (export / "data" / ".credentials").write_text("secret")
+    (export / ".cache").mkdir()
+    (export / ".cache" / "token").write_text("secret")
+    repo_id = f"{local_hub.user}/lymphus-public-{tmp_path.name}"
+    monkeypatch.setenv("HF_TOKEN", local_hub.token)
+    lymphus.main(["push", str(export), "--repo_id", repo_id])
+    assert "PUBLIC repo" in capsys.readouterr().out
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=local_hub.token)
+    uploaded = set(api.list_repo_files(repo_id, repo_type="dataset"))
+    expected = {path.relative_to(export).as_posix() for path in export.rglob("*") if path.is_file() and not any(part.startswith(".") for part in path.relative_to(export).parts)}
+    assert uploaded - {".gitattributes"} == expected and "id2label.json" in expected
+    assert not api.repo_info(repo_id, repo_type="dataset").private
+    # Asking for a private repo that exists and is public uploads nothing.
+    commits = len(local_hub.commits(repo_id, "dataset"))
+    with pytest.raises(ValueError, match=f"{repo_id} already exists and is public, but --private was given: nothing was uploaded"):
+        lymphus.main(["push", str(export), "--repo_id", repo_id, "--private"])
+    assert len(local_hub.commits(repo_id, "dataset")) == commits
 
 
 # The download path (no data_dir): the official URLs, served here from a local HTTP server
@@ -458,3 +496,425 @@ def test_lesion_check_on_an_extracted_folder(small_archives, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="lymphus"):
         build(tmp_path / "extracted", cache_dir=tmp_path / "cache")
     assert "center1-malignant-3" in caplog.text and "center1-malignant-2" not in caplog.text
+
+
+# Silent substitution: every member named exactly as released and present once, every cell as shown, sizes bounded
+
+
+def test_a_member_named_twice_is_refused(small_archives, tmp_path):
+    archive = small_archives / "Center-1.zip"
+    with zipfile.ZipFile(archive) as z:
+        other_image = z.read("Center 1/Benign/2 Benign Image.bmp")
+        sheet = z.read(lymphus._ARCHIVES["center1"]["spreadsheet"])
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(archive, "a") as z:
+        z.writestr("Center 1/Benign/1 Benign Image.bmp", other_image)  # zipfile.read() would return this one
+    assert_export_fails(small_archives, tmp_path, "member 'Center 1/Benign/1 Benign Image.bmp': appears twice in the archive")
+    lymphus.write_synthetic_archives(small_archives, cases_per_group=3, scale=0.1)
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(archive, "a") as z:
+        z.writestr(lymphus._ARCHIVES["center1"]["spreadsheet"], sheet)
+    assert_export_fails(small_archives, tmp_path, "member 'Center 1/Lymphnode US features Database 1.xlsx': appears twice")
+
+
+@pytest.mark.parametrize("name", [
+    "Center 1/Benign/\u0661 Benign Image.bmp", "Center 1/Benign/\uff11 Benign Image.bmp", "Center 1/Benign/01 Benign Image.bmp",
+    "Center 1/Benign/1 Benign Image.bmp\n",
+], ids=["arabic-indic", "fullwidth", "leading-zero", "trailing-newline"])
+def test_a_look_alike_case_number_is_refused(small_archives, tmp_path, name):
+    archive = small_archives / "Center-1.zip"
+    with zipfile.ZipFile(archive) as z:
+        other_image = z.read("Center 1/Benign/2 Benign Image.bmp")
+    rewrite_archive(archive, add={name: other_image})
+    assert_export_fails(small_archives, tmp_path, f"member '{re.escape(name)}': unexpected member")
+
+
+def test_a_look_alike_number_in_the_spreadsheet_is_refused(small_archives, tmp_path):
+    edit_spreadsheet(small_archives / "Center-1.zip", "center1", lambda sheet: setattr(sheet.cell(find_row(sheet, "Benign", 2), 14), "value", "\u0661"))
+    assert_export_fails(small_archives, tmp_path, "row \\d+ column 'Necrosis': value '\u0661' is not a number")
+
+
+def test_a_formula_saved_without_its_value_is_refused_naming_the_cell(small_archives, tmp_path):
+    # openpyxl (like most scripts) saves formulas without a computed value: no program has shown it to anyone.
+    edit_spreadsheet(small_archives / "Center-1.zip", "center1", lambda sheet: setattr(sheet.cell(find_row(sheet, "Benign", 2), 5), "value", "=C5/D5"))
+    assert_export_fails(small_archives, tmp_path, r"Database 1.xlsx' row \d+ column 'Aspect ratio': the formula =C5/D5 has no computed value saved")
+
+
+def test_a_formula_with_its_saved_value_reads_as_that_value(small_archives, tmp_path):
+    # The XML a spreadsheet program writes: the formula and the value it computed and shows.
+    member = lymphus._ARCHIVES["center1"]["spreadsheet"]
+    with zipfile.ZipFile(small_archives / "Center-1.zip") as archive:
+        workbook = openpyxl.load_workbook(io.BytesIO(archive.read(member)))
+    row = find_row(workbook.active, "Benign", 2)
+    workbook.active.cell(row, 5).value = "=7/2"
+    buffer = io.BytesIO()
+    workbook.save(buffer)
+    with zipfile.ZipFile(buffer) as source, zipfile.ZipFile(patched := io.BytesIO(), "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                data, count = re.subn(rb"<f>7/2</f><v>\s*</v>|<f>7/2</f><v/>|<f>7/2</f>", b"<f>7/2</f><v>3.5</v>", data)
+                assert count == 1
+            target.writestr(info, data)
+    rewrite_archive(small_archives / "Center-1.zip", replace={member: patched.getvalue()})
+    dataset = datasets.concatenate_datasets(list(build(small_archives, cache_dir=tmp_path / "cache").values()))
+    assert dataset[list(dataset["case_id"]).index("center1-benign-2")]["aspect_ratio"] == 3.5
+
+
+def test_cells_are_read_as_shown(small_archives, tmp_path):
+    def edit(sheet):
+        row = find_row(sheet, "Benign", 1)
+        sheet.cell(row, 3).value, sheet.cell(row, 3).number_format = 12.345, "0.0"        # shown as 12.3
+        sheet.cell(row, 4).value, sheet.cell(row, 4).number_format = 2.675, '0.00" mm"'  # shown as 2.68 mm
+        sheet.cell(row, 14).value, sheet.cell(row, 14).number_format = 1.0000001, "0"     # shown as 1
+
+    edit_spreadsheet(small_archives / "Center-1.zip", "center1", edit)
+    dataset = datasets.concatenate_datasets(list(build(small_archives, cache_dir=tmp_path / "cache").values()))
+    case = dataset[list(dataset["case_id"]).index("center1-benign-1")]
+    assert (case["maximum_diameter"], case["minimum_diameter"], case["necrosis"]) == (12.3, 2.68, 1)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda sheet, row: (setattr(sheet.cell(row, 3), "value", 0.5), setattr(sheet.cell(row, 3), "number_format", "0%")),
+     r"row \d+ column 'Maximum diameter': the number 0.5 is shown through the format '0%'"),
+    (lambda sheet, row: (setattr(sheet.cell(row, 3), "value", 7.5), setattr(sheet.cell(row, 3), "number_format", ";;;")),
+     r"row \d+ column 'Maximum diameter': the number 7.5 is shown through the format ';;;'"),
+    (lambda sheet, row: (setattr(sheet.cell(row, 6), "value", 1), sheet.merge_cells(start_row=row, start_column=6, end_row=row + 1, end_column=6)),
+     r"Database 1.xlsx' cells F\d+:F\d+: merged, so 1 shows in each of them but is stored in F\d+ only"),
+    (lambda sheet, row: setattr(sheet.cell(row, 20), "value", "see notes"),
+     r"row \d+ cell T\d+: value 'see notes' is outside the 18 official columns"),
+], ids=["percent", "hidden", "merged", "outside-the-columns"])
+def test_a_cell_that_does_not_read_as_shown_is_refused(small_archives, tmp_path, edit, match):
+    edit_spreadsheet(small_archives / "Center-1.zip", "center1", lambda sheet: edit(sheet, find_row(sheet, "Benign", 1)))
+    assert_export_fails(small_archives, tmp_path, match)
+
+
+def test_a_member_larger_than_the_inventory_allows_is_refused_before_inflating(small_archives, tmp_path, monkeypatch):
+    archive = small_archives / "Center-1.zip"
+    member = "Center 1/Benign/1 Benign Image.bmp"
+    with zipfile.ZipFile(archive) as z:
+        members = {name: z.read(name) for name in z.namelist() if name != member}
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        with z.open(member, "w") as bomb:  # 8 MiB of zeros: a few kB compressed
+            for _ in range(8):
+                bomb.write(bytes(2**20))
+    assert archive.stat().st_size < 200_000
+    inflated = []
+    real_open = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: (inflated.append(getattr(name, "filename", name)), real_open(self, name, *a, **k))[1])
+    limit = lymphus.MEMBER_SIZE_FACTOR * int(next(r for r in lymphus.read_official_cases() if r["centre"] == "1" and r["group"] == "Benign" and r["index_within_group"] == "1")["image_bytes"])
+    with pytest.raises(lymphus.LymphUsFormatError, match=f"member '{member}': inflates to 8,388,608 bytes, more than the {limit:,} the official member's size allows"):
+        build(small_archives, cache_dir=tmp_path / "cache")
+    assert member not in inflated
+
+
+def test_a_spreadsheet_that_inflates_past_the_cap_is_refused(small_archives, tmp_path):
+    member = lymphus._ARCHIVES["center1"]["spreadsheet"]
+    with zipfile.ZipFile(small_archives / "Center-1.zip") as archive:
+        xlsx = archive.read(member)
+    bloated = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(xlsx)) as source, zipfile.ZipFile(bloated, "w", zipfile.ZIP_DEFLATED) as target:
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info))
+        with target.open("xl/media/padding.bin", "w") as padding:
+            for _ in range(17):
+                padding.write(bytes(2**20))
+    rewrite_archive(small_archives / "Center-1.zip", replace={member: bloated.getvalue()})
+    assert_export_fails(small_archives, tmp_path, f"Database 1.xlsx': the workbook inflates to [0-9,]+ bytes, more than the cap of {lymphus.MEMBER_SIZE_CAP:,}")
+
+
+def test_a_link_out_of_the_unzipped_folder_is_refused(small_archives, tmp_path):
+    with zipfile.ZipFile(small_archives / "Center-1.zip") as archive:
+        archive.extractall(tmp_path / "extracted")
+    image = tmp_path / "extracted" / "Center 1" / "Benign" / "1 Benign Image.bmp"
+    outside = tmp_path / "elsewhere.bmp"
+    outside.write_bytes(image.read_bytes())
+    image.unlink()
+    image.symlink_to(outside)
+    with pytest.raises(lymphus.LymphUsFormatError, match=f"member 'Center 1/Benign/1 Benign Image.bmp': a link to '{re.escape(str(outside))}', outside"):
+        build(tmp_path / "extracted", cache_dir=tmp_path / "cache")
+
+
+def test_zip_and_folder_both_present_says_which_is_used(small_archives, tmp_path, caplog):
+    with zipfile.ZipFile(small_archives / "Center-1.zip") as archive:
+        archive.extractall(small_archives)
+    with caplog.at_level(logging.WARNING, logger="lymphus"):
+        build(small_archives, cache_dir=tmp_path / "cache")
+    assert f"holds both '{small_archives / 'Center-1.zip'}' and the folder '{small_archives / 'Center 1'}': using the zip" in caplog.text
+
+
+def test_synth_never_replaces_an_archive_that_is_not_synthetic(tmp_path):
+    (tmp_path / "Center-2.zip").write_bytes(b"the official download")
+    with pytest.raises(FileExistsError, match="Center-2.zip exists and is not a synthetic archive"):
+        lymphus.write_synthetic_archives(tmp_path, cases_per_group=3, scale=0.1)
+    assert (tmp_path / "Center-2.zip").read_bytes() == b"the official download"
+    assert not (tmp_path / "Center-1.zip").exists()  # refused before writing anything
+    lymphus.write_synthetic_archives(tmp_path / "again", cases_per_group=3, scale=0.1)
+    lymphus.write_synthetic_archives(tmp_path / "again", cases_per_group=3, scale=0.1)  # its own archives: replaced
+
+
+# The export folder: ours alone, one export at a time, the old or the new export complete at every instant
+
+
+def export(archives, output_dir, **kwargs):
+    return lymphus.export_dataset(archives, output_dir, "basic_checks", **kwargs)
+
+
+def is_complete_export(path):
+    return lymphus.export_discrepancies(path) == [] and len(datasets.load_dataset(str(path), "all")["train"]) > 0
+
+
+def test_overwrite_never_touches_the_data_folder_or_a_folder_holding_it(small_archives, tmp_path):
+    before = sorted((p.name, p.read_bytes()) for p in small_archives.iterdir())
+    for output_dir, word in ((small_archives, "is"), (tmp_path, "holds")):
+        with pytest.raises(lymphus.OutputFolderError, match=f"--output_dir '{re.escape(str(output_dir))}' {word} the data folder"):
+            export(small_archives, output_dir, overwrite=True)
+    assert sorted((p.name, p.read_bytes()) for p in small_archives.iterdir()) == before
+
+
+@pytest.mark.parametrize("change, culprit", [
+    (lambda out: (out / "notes.txt").write_text("mine"), "'notes.txt' (not written by the export)"),
+    (lambda out: (out / "README.md").write_text("my edited card"), "'README.md' (changed since the export)"),
+    (lambda out: (out / lymphus.EXPORT_MARKER).unlink(), "no .lymphus-export.json"),
+], ids=["added", "changed", "no-marker"])
+def test_overwrite_replaces_only_an_unchanged_export(small_archives, tmp_path, change, culprit):
+    out = export(small_archives, tmp_path / "out")
+    change(out)
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file())
+    with pytest.raises(lymphus.OutputFolderError, match=re.escape(culprit) + ".*nothing was replaced"):
+        export(small_archives, out, overwrite=True)
+    assert sorted((p.relative_to(out), p.read_bytes()) for p in out.rglob("*") if p.is_file()) == before
+
+
+def test_overwrite_replaces_an_earlier_export(tmp_path):
+    lymphus.write_synthetic_archives(tmp_path / "a", cases_per_group=3, scale=0.1, seed=1)
+    lymphus.write_synthetic_archives(tmp_path / "b", cases_per_group=4, scale=0.1, seed=2)
+    out = export(tmp_path / "a", tmp_path / "out")
+    export(tmp_path / "b", out, overwrite=True)
+    assert is_complete_export(out)
+    assert sum(len(split) for split in datasets.load_dataset(str(out), "all").values()) == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]  # no staging, previous export or lock left
+
+
+def test_a_file_created_in_the_output_folder_during_the_export_is_kept(small_archives, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()  # empty: an export may go there
+    real_render_card = lymphus.render_card
+
+    def render_card_while_someone_writes(built):
+        (out / "mine.txt").write_text("written while the export ran")
+        return real_render_card(built)
+
+    monkeypatch.setattr(lymphus, "render_card", render_card_while_someone_writes)
+    with pytest.raises(lymphus.OutputFolderError, match="out was created or filled by something else during the export"):
+        export(small_archives, out)
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "written while the export ran"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archives", "out"]
+
+
+def test_one_export_per_output_folder_at_a_time(small_archives, tmp_path):
+    out = tmp_path / "out"
+    with lymphus.export_lock(out):
+        with pytest.raises(lymphus.OutputFolderError, match=f"another export into '{re.escape(str(out))}' is running \\(process {os.getpid()}"):
+            export(small_archives, out)
+        assert not out.exists()
+    export(small_archives, out)
+    assert is_complete_export(out) and not (tmp_path / ".out.lock").exists()
+
+
+def test_a_kill_right_after_the_swap_leaves_the_new_export_in_place(tmp_path, monkeypatch, caplog):
+    lymphus.write_synthetic_archives(tmp_path / "a", cases_per_group=3, scale=0.1, seed=1)
+    lymphus.write_synthetic_archives(tmp_path / "b", cases_per_group=4, scale=0.1, seed=2)
+    out = export(tmp_path / "a", tmp_path / "out")
+
+    def killed(previous, output_dir):
+        assert is_complete_export(output_dir) and is_complete_export(previous)  # both complete, the new one in place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lymphus, "discard_previous_export", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export(tmp_path / "b", out, overwrite=True)
+    assert is_complete_export(out) and sum(len(s) for s in datasets.load_dataset(str(out), "all").values()) == 16
+    (leftover,) = tmp_path.glob(".out.incomplete-*")
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="lymphus"):
+        export(tmp_path / "a", out, overwrite=True)  # the next export deletes the leftover, naming it
+    assert f"Deleted '{leftover}', left by an interrupted export" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
+
+
+def test_an_old_export_that_cannot_be_deleted_leaves_the_new_one_in_place(small_archives, tmp_path, monkeypatch, caplog):
+    out = export(small_archives, tmp_path / "out")
+
+    real_remove_ours = lymphus.remove_ours
+
+    def read_only(path):  # the previous export (it has the marker) cannot be deleted, as with a read-only folder
+        if (Path(path) / lymphus.EXPORT_MARKER).exists():
+            raise PermissionError(13, "Permission denied", str(Path(path) / "data"))
+        real_remove_ours(path)
+
+    monkeypatch.setattr(lymphus, "remove_ours", read_only)
+    with caplog.at_level(logging.WARNING, logger="lymphus"):
+        export(small_archives, out, overwrite=True)
+    assert is_complete_export(out)
+    (leftover,) = tmp_path.glob(".out.incomplete-*")
+    assert f"The new export is in '{out}', but the previous one, moved to '{leftover}', could not be deleted" in caplog.text
+    monkeypatch.undo()
+    export(small_archives, out, overwrite=True)
+    assert not list(tmp_path.glob(".out.*"))
+
+
+def test_without_an_atomic_exchange_a_swap_cut_short_is_put_back(small_archives, tmp_path, monkeypatch, caplog):
+    out = export(small_archives, tmp_path / "out")
+    monkeypatch.setattr(lymphus, "exchange_paths", lambda first, second: False)  # systems without renameat2
+    export(small_archives, out, overwrite=True)
+    assert is_complete_export(out) and sorted(p.name for p in tmp_path.iterdir()) == ["archives", "out"]
+    # Killed between the two renames: the old export is complete beside the path; the next export puts it back.
+    previous = tmp_path / ".out.previous-0123abcd"
+    out.rename(previous)
+    with caplog.at_level(logging.WARNING, logger="lymphus"):
+        lymphus.clean_leftovers(out)
+    assert is_complete_export(out) and not previous.exists()
+    assert f"Put back the previous export from '{previous}'" in caplog.text
+
+
+def test_a_leftover_without_our_marker_is_named_and_kept(small_archives, tmp_path, caplog):
+    stranger = tmp_path / ".out.incomplete-mine"
+    stranger.mkdir()
+    (stranger / "thesis.tex").write_text("mine")
+    with caplog.at_level(logging.WARNING, logger="lymphus"):
+        export(small_archives, tmp_path / "out")
+    assert (stranger / "thesis.tex").read_text() == "mine"
+    assert f"'{stranger}' is named like a leftover of an interrupted export but holds no marker of ours: left alone" in caplog.text
+
+
+def test_export_permissions_follow_the_umask(small_archives, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        out = export(small_archives, tmp_path / "out")
+    finally:
+        os.umask(previous)
+    assert {oct(p.stat().st_mode & 0o777) for p in [out, *out.rglob("*")] if p.is_dir()} == {oct(0o750)}
+    assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_file()} == {oct(0o640)}
+
+
+def processes(parent):
+    """The live children of `parent` (zombies are dead: they hold no memory)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == parent and state != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_export_leaves_no_process_and_the_next_run_cleans_up(tmp_path, signal_number):
+    lymphus.write_synthetic_archives(tmp_path / "archives", cases_per_group=10, scale=0.25)
+    out = tmp_path / "out"
+    command = [sys.executable, str(LYMPHUS_PY), "export", "--data_dir", str(tmp_path / "archives"), "--output_dir", str(out), "--verification_mode", "basic_checks"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (workers := processes(process.pid)) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert workers, "the export ended before its workers were seen"
+    process.send_signal(signal_number)
+    _, stderr = process.communicate(timeout=60)
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers), f"workers {workers} outlived the export"
+    assert not out.exists(), (process.returncode, stderr[-3000:])
+    if signal_number == signal.SIGTERM:  # stopped cleanly: nothing left, no traceback
+        assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+        assert not list(tmp_path.glob(".out.*"))
+    else:
+        assert list(tmp_path.glob(".out.incomplete-*"))
+    export(tmp_path / "archives", out)
+    assert is_complete_export(out) and sorted(p.name for p in tmp_path.iterdir()) == ["archives", "out"]
+
+
+# Errors on the command line: one message naming the culprit, a non-zero exit, no traceback
+
+
+def run_lymphus(*arguments, env=None):
+    return subprocess.run([sys.executable, str(LYMPHUS_PY), *arguments], capture_output=True, text=True, timeout=300, env=env)
+
+
+def assert_one_message(result, *culprits):
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    (message,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    for culprit in culprits:
+        assert culprit in message, result.stderr
+
+
+def test_command_line_errors_are_one_message(small_archives, tmp_path, local_hub):
+    base = ["export", "--data_dir", str(small_archives), "--output_dir", str(tmp_path / "out")]
+    # Checksum mismatch, missing files, a mistyped option.
+    assert_one_message(run_lymphus(*base), "Center-", "is not the official", "basic_checks")
+    (tmp_path / "empty").mkdir()
+    assert_one_message(run_lymphus("export", "--data_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"), "neither", ".zip' nor the extracted folder")
+    assert_one_message(run_lymphus(*base, "--verification_mod", "basic_checks"), "--verification_mod", "spelt in full")
+    assert_one_message(run_lymphus("exprot"), "unknown command 'exprot'")
+    # A format error found by a worker process: the worker's traceback is not shown either.
+    rewrite_archive(small_archives / "Center-2.zip", replace={"Center 2/Malignant/2 Malignant Image.bmp": b"BM not really"})
+    failed = run_lymphus(*base, "--verification_mode", "basic_checks")
+    assert_one_message(failed, "Center 2/Malignant/2 Malignant Image.bmp", "cannot be decoded as an image")
+    assert "Traceback" in run_lymphus(*base, "--verification_mode", "basic_checks", "--debug").stderr
+    assert not list(tmp_path.glob(".out.*")) and not (tmp_path / "out").exists()
+    # Another export running into the same folder.
+    with lymphus.export_lock(tmp_path / "out"):
+        assert_one_message(run_lymphus(*base, "--verification_mode", "basic_checks"), "another export into", "is running")
+    # The Hub refusing the token.
+    lymphus.write_synthetic_archives(tmp_path / "good", cases_per_group=3, scale=0.1)
+    export(tmp_path / "good", tmp_path / "export")
+    refused = run_lymphus("push", str(tmp_path / "export"), "--repo_id", f"{local_hub.user}/refused", env={**os.environ, "HF_TOKEN": "hf_not_a_valid_token"})
+    assert_one_message(refused, "401")
+    assert "hf_not_a_valid_token" not in refused.stdout + refused.stderr
+
+
+# The dataset card: every number from the data exported
+
+
+def test_the_card_states_the_numbers_of_the_data_exported(tmp_path):
+    archives = tmp_path / "archives"
+    lymphus.write_synthetic_archives(archives, cases_per_group=10, scale=0.25)
+    out = export(archives, tmp_path / "out")
+    card = (out / "README.md").read_text()
+    prose = card.split("\n---\n", 1)[1]
+    # An independent reading of the archives: members per group, image sizes from PIL.
+    counts, sizes = {}, {}
+    for centre in lymphus.CENTRES:
+        with zipfile.ZipFile(archives / lymphus._ARCHIVES[centre]["file"]) as archive:
+            images = [name for name in archive.namelist() if name.endswith("Image.bmp")]
+            counts[centre] = [sum(f"/{group}/" in name for name in images) for group in ("Benign", "Malignant")]
+            sizes[centre] = [Image.open(io.BytesIO(archive.read(name))).size for name in images]
+    total = sum(map(sum, counts.values()))
+    widths = [w for centre in sizes for w, _ in sizes[centre]]
+    heights = [h for centre in sizes for _, h in sizes[centre]]
+    assert f"This export holds {total} cases" in prose
+    for centre, (benign, malignant) in counts.items():
+        assert f"{centre}: {benign} benign + {malignant} malignant" in prose
+    assert f"widths {min(widths)}–{max(widths)} and heights {min(heights)}–{max(heights)} px" in prose
+    ranges = {}
+    for centre, centre_sizes in sizes.items():
+        ranges[centre] = [f(dimension) for dimension in zip(*centre_sizes) for f in (min, max)]  # width, then height
+        assert "{}: {}–{} × {}–{}".format(centre, *ranges[centre]) in prose
+    assert f"({round(100 * sum(c[1] for c in counts.values()) / total)} % malignant" in prose
+    assert "size_categories:\n- n<1K" in card
+    # No number that only the official release has (counts, size ranges) is stated.
+    synthetic_numbers = {total, *[n for c in counts.values() for n in c], *map(sum, counts.values()), min(widths), max(widths), min(heights), max(heights), *[n for r in ranges.values() for n in r]}
+    official_numbers = {338, 180, 158, 99, 81, 76, 82, 248, 826, 226, 724, 570, 290} - synthetic_numbers
+    assert len(official_numbers) >= 10
+    stated = {int(n) for n in re.findall(r"(?<![\w.-])\d+(?![\w.])", prose)}
+    assert not stated & official_numbers, sorted(stated & official_numbers)
