@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from lymphus_ml.cli import parse_arguments, run
+from lymphus_ml.images import read_grayscale_image
 from lymphus_ml.inference import (
     classifier_settings,
     load_classifier,
@@ -84,17 +85,25 @@ def list_images(path) -> list[Path]:
 
 
 def read_image(path) -> Image.Image:
-    """The image at `path` as grayscale (mode L); another mode is converted with a note. Unreadable: ValueError naming it."""
-    try:
-        with Image.open(path) as opened:
-            image = opened.copy()
-            image.load()
-    except Exception as error:
-        raise ValueError(f"Cannot read image {path}: {error}. Remove it from the input or convert it to PNG.") from None
-    if image.mode != "L":
-        logger.warning(f"Note: {path} is {image.mode}, not grayscale; converted to L (LymphUs models were trained on grayscale).")
-        image = image.convert("L")
+    """The image at `path` as 8-bit grayscale (mode L), any mode or bit depth mapped as `to_8bit_grayscale` says,
+    with a note when it was changed. Unreadable: ValueError naming it."""
+    image, note = read_grayscale_image(path)
+    if note:
+        logger.warning(f"Note: {path}: {note} (LymphUs models were trained on 8-bit grayscale).")
     return image
+
+
+def read_images(paths) -> tuple[list, list[str]]:
+    """(images, errors) in the order of `paths`: an unreadable file gives None and its reason, the others go on."""
+    images, errors = [], []
+    for path in paths:
+        try:
+            images.append(read_image(path))
+            errors.append("")
+        except ValueError as error:
+            images.append(None)
+            errors.append(str(error))
+    return images, errors
 
 
 def output_names(paths) -> list[str]:
@@ -104,12 +113,55 @@ def output_names(paths) -> list[str]:
 
 
 def write_predictions_csv(path, rows, positive_label="malignant") -> Path:
-    fieldnames = ["file", f"probability_{positive_label}", "label_at_threshold", "threshold", "mask_path", "node_pixels", "roi"]
+    """One row per input file: its prediction, or `status` "failed: <why>" with the prediction columns empty."""
+    fieldnames = ["file", "status", f"probability_{positive_label}", "label_at_threshold", "threshold", "mask_path",
+                  "node_pixels", "roi"]
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fieldnames)
         writer.writeheader()
         writer.writerows(rows)
     return Path(path)
+
+
+def predict_batch(images, paths, classifier, classifier_processor, settings, segmenter, segmenter_processor, batch_size):
+    """[(probability, predicted mask or None, roi used)] for readable images: segment, crop as in training, classify."""
+    if not images:
+        return []
+    if segmenter is not None:
+        masks = predict_masks(segmenter, segmenter_processor, images, batch_size)
+    else:
+        masks = [None] * len(images)
+    views, rois = [], []
+    for image, mask, path in zip(images, masks, paths):
+        if mask is None:
+            view, roi = image, "full"
+        else:
+            view, roi = roi_from_predicted_mask(image, mask, settings["roi_mode"], settings["roi_margin"], str(path))
+        views.append(view)
+        rois.append(roi)
+    probabilities = predict_probabilities(classifier, classifier_processor, views, settings["positive_index"], batch_size)
+    return list(zip(probabilities, masks, rois))
+
+
+def prediction_row(path, name, image, probability, mask, roi, threshold, settings, output_dir, save_overlays) -> dict:
+    """The CSV row of one predicted file; its mask (and overlay) written beside."""
+    mask_path = ""
+    if mask is not None:
+        mask_path = f"masks/{name}.png"
+        Image.fromarray(mask).save(output_dir / mask_path)
+        if save_overlays:
+            Image.fromarray(overlay_contours(image, (mask, PREDICTED_COLOR))).save(output_dir / "overlays" / f"{name}.png")
+    positive = settings["positive_label"]
+    return {
+        "file": str(path),
+        "status": "ok",
+        f"probability_{positive}": float(probability),
+        "label_at_threshold": positive if probability >= threshold else settings["negative_label"],
+        "threshold": threshold,
+        "mask_path": mask_path,
+        "node_pixels": int(mask.sum()) if mask is not None else "",
+        "roi": roi,
+    }
 
 
 def main(args=None):
@@ -140,44 +192,37 @@ def main(args=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     logger.info(f"{len(paths)} image(s); classifier ROI {roi_mode} (margin {margin}), threshold {threshold:.4f}")
 
-    # Segment, crop with the predicted mask, classify: a batch of files at a time
+    # Segment, crop with the predicted mask, classify: a batch of files at a time; a file that fails is reported
     rows, names, batch_size = [], output_names(paths), predict_args.batch_size
     for start in range(0, len(paths), batch_size):
         batch_paths, batch_names = paths[start : start + batch_size], names[start : start + batch_size]
-        images = [read_image(path) for path in batch_paths]
-        if segmenter is not None:
-            masks = predict_masks(segmenter, segmenter_processor, images, batch_size)
-        else:
-            masks = [None] * len(images)
-        views, rois = [], []
-        for image, mask, path in zip(images, masks, batch_paths):
-            view, roi = (image, "full") if mask is None else roi_from_predicted_mask(image, mask, roi_mode, margin, str(path))
-            views.append(view)
-            rois.append(roi)
-        probabilities = predict_probabilities(classifier, classifier_processor, views, settings["positive_index"], batch_size)
-        for path, name, image, mask, probability, roi in zip(batch_paths, batch_names, images, masks, probabilities, rois):
-            mask_path = ""
-            if mask is not None:
-                mask_path = f"masks/{name}.png"
-                Image.fromarray(mask).save(output_dir / mask_path)
-                if predict_args.save_overlays:
-                    overlay = overlay_contours(image, (mask, PREDICTED_COLOR))
-                    Image.fromarray(overlay).save(output_dir / "overlays" / f"{name}.png")
+        images, errors = read_images(batch_paths)
+        good = [index for index, image in enumerate(images) if image is not None]
+        predictions = predict_batch(
+            [images[i] for i in good], [batch_paths[i] for i in good], classifier, classifier_processor, settings,
+            segmenter, segmenter_processor, batch_size,
+        )
+        by_index = dict(zip(good, predictions))
+        for index, (path, name) in enumerate(zip(batch_paths, batch_names)):
+            if index not in by_index:
+                rows.append({"file": str(path), "status": f"failed: {errors[index]}"})
+                logger.warning(f"{path}: not predicted: {errors[index]}")
+                continue
+            probability, mask, roi = by_index[index]
             rows.append(
-                {
-                    "file": str(path),
-                    f"probability_{positive}": float(probability),
-                    "label_at_threshold": positive if probability >= threshold else settings["negative_label"],
-                    "threshold": threshold,
-                    "mask_path": mask_path,
-                    "node_pixels": int(mask.sum()) if mask is not None else "",
-                    "roi": roi,
-                }
+                prediction_row(path, name, images[index], probability, mask, roi, threshold, settings, output_dir,
+                               predict_args.save_overlays)
             )
 
-    # Outputs
+    # Outputs: every file has its row; the exit status says whether any failed
     write_predictions_csv(output_dir / "predictions.csv", rows, positive)
-    logger.info(f"Predictions for {len(rows)} image(s) in {(output_dir / 'predictions.csv').resolve()}")
+    failed = [row for row in rows if row["status"] != "ok"]
+    logger.info(f"Predictions for {len(rows) - len(failed)} of {len(rows)} image(s) in {(output_dir / 'predictions.csv').resolve()}")
+    if failed:
+        raise ValueError(
+            f"{len(failed)} of {len(rows)} image(s) could not be predicted (status column of "
+            f"{output_dir / 'predictions.csv'}), e.g. {failed[0]['file']}: {failed[0]['status']}"
+        )
     return rows
 
 if __name__ == "__main__":

@@ -60,11 +60,11 @@ from pathlib import Path
 import transformers
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, SegformerImageProcessor
 
-from lymphus_ml.cards import segmenter_card
+from lymphus_ml.cards import base_model_license, card_license, segmenter_card
 from lymphus_ml.cli import run
-from lymphus_ml.data import dataset_is_synthetic, load_evaluation_sets, write_synthetic_export
+from lymphus_ml.data import dataset_is_synthetic, dataset_revision, load_evaluation_sets, write_synthetic_export
 from lymphus_ml.evaluation import SEGMENTATION_METRIC_PATH, format_metric, load_metric
-from lymphus_ml.hub import HubJobArguments, push_folder_to_hub, submit_script_job
+from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
 from lymphus_ml.images import collate_fn, model_input_size
 from lymphus_ml.plots import plot_overlay_grid
 from lymphus_ml.segmentation import (
@@ -335,11 +335,8 @@ def main(args=None):
     )
 
     # Model card
-    repo_id = training_args.hub_model_id or output_dir.resolve().name
-    if push_to_hub and "/" not in repo_id:
-        from huggingface_hub import HfApi
-
-        repo_id = f"{HfApi(token=hub_token).whoami()['name']}/{repo_id}"
+    repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else None
+    repo_id = repo_id or training_args.hub_model_id or output_dir.resolve().name
     split_sizes = {"train": len(dataset["train"])} if training_args.do_train else {}
     split_sizes.update({split: len(split_dataset) for split, split_dataset in evaluation_sets.items()})
     card = segmenter_card(
@@ -356,12 +353,16 @@ def main(args=None):
         hyperparameters=hyperparameters_of(data_args, training_args, image_processor),
         confidence_level=data_args.confidence_level,
         repo_id=repo_id if push_to_hub else training_args.hub_model_id,
+        license_fields=card_license(model_args.license, base_model_license(base_model, model_args.model_revision)),
+        dataset_revision=dataset_revision(data_args.dataset_name),
     )
     card.save(output_dir / "README.md")
 
     # Push
     if push_to_hub:
-        url = push_folder_to_hub(output_dir, repo_id, hub_token, commit_message="LymphUs node segmenter")
+        url = push_folder_to_hub(
+            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs node segmenter"
+        )
         logger.info(f"Pushed to {url}")
     logger.info(f"Results in {output_dir.resolve()}: README.md, metrics_*.json, segmentation_cases.csv, overlays_*.png")
     return split_metrics

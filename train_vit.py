@@ -61,9 +61,16 @@ import transformers
 from datasets import ClassLabel
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
-from lymphus_ml.cards import classifier_card
+from lymphus_ml.cards import base_model_license, card_license, classifier_card
 from lymphus_ml.cli import run
-from lymphus_ml.data import dataset_is_synthetic, load_evaluation_sets, split_sizes, write_synthetic_export
+from lymphus_ml.data import (
+    dataset_is_synthetic,
+    dataset_revision,
+    empty_mask_cases,
+    load_evaluation_sets,
+    split_sizes,
+    write_synthetic_export,
+)
 from lymphus_ml.evaluation import (
     CLINICAL_METRIC_PATH,
     PREDICTION_COLUMNS,
@@ -76,7 +83,7 @@ from lymphus_ml.evaluation import (
     write_predictions_csv,
     youden_threshold,
 )
-from lymphus_ml.hub import HubJobArguments, push_folder_to_hub, submit_script_job
+from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
 from lymphus_ml.images import ROI_MODES, BatchTransform, ClassificationTransform, collate_fn, model_input_size, processor_mean_std
 from lymphus_ml.plots import plot_confusion_matrix, plot_roc
 from lymphus_ml.training import (
@@ -199,7 +206,22 @@ def load_data(data_args, model_args, training_args):
         external_names = evaluation_sets["external"].features[data_args.label_column_name].names
         if external_names != class_names:
             raise ValueError(f"External subset classes {external_names} differ from the training classes {class_names}.")
+    if data_args.roi != "full":
+        check_masks_mark_a_node(dataset, evaluation_sets, data_args, training_args.do_train)
     return dataset, evaluation_sets, class_names, class_names.index(data_args.positive_label)
+
+
+def check_masks_mark_a_node(dataset, evaluation_sets, data_args, do_train):
+    """--roi crop/masked needs a node in every mask: an empty one would give the whole image (crop) or a black one
+    (masked) under the case's label."""
+    splits = ({"train": dataset["train"]} if do_train else {}) | evaluation_sets
+    for split, split_dataset in splits.items():
+        empty = empty_mask_cases(split_dataset, data_args.mask_column_name, data_args.case_id_column_name)
+        if empty:
+            raise ValueError(
+                f"--roi {data_args.roi}: {len(empty)} case(s) of {split} have an empty {data_args.mask_column_name!r} "
+                f"(e.g. {empty[:5]}), so their {data_args.roi} view would not show a node. Fix the masks or use --roi full."
+            )
 
 
 def load_model(model_args, data_args, class_names, do_train):
@@ -229,13 +251,16 @@ def load_model(model_args, data_args, class_names, do_train):
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
     )
-    model = AutoModelForImageClassification.from_pretrained(
+    model, loading_info = AutoModelForImageClassification.from_pretrained(
         model_args.model_name_or_path,
         config=config,
         cache_dir=model_args.cache_dir,
         revision=model_args.model_revision,
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        output_loading_info=True,
     )
+    if not do_train:
+        check_trained_head(model_args, loading_info, class_names)
     image_processor = AutoImageProcessor.from_pretrained(
         model_args.image_processor_name or model_args.model_name_or_path,
         cache_dir=model_args.cache_dir,
@@ -247,6 +272,23 @@ def load_model(model_args, data_args, class_names, do_train):
     if trained_roi is not None and trained_roi != data_args.roi:
         logger.warning(f"{model_args.model_name_or_path} was trained with --roi {trained_roi}, used here with --roi {data_args.roi}.")
     return model, image_processor, base_model, f"{verb} `{model_args.model_name_or_path}` ({config.model_type})."
+
+
+def check_trained_head(model_args, loading_info, class_names):
+    """Evaluation only (--do_train False) must evaluate trained weights: refuse a checkpoint whose head was replaced
+    or left out (other classes, or weights missing), which would be a random classifier under this card."""
+    original = AutoConfig.from_pretrained(
+        model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision
+    )
+    labels = [original.id2label[index] for index in sorted(original.id2label)]
+    replaced = list(loading_info.get("missing_keys", [])) + [str(key) for key in loading_info.get("mismatched_keys", [])]
+    if labels != list(class_names) or replaced:
+        raise ValueError(
+            f"--do_train False evaluates {model_args.model_name_or_path} as it is, but its head does not fit LymphUs: "
+            f"its classes are {labels} (expected {list(class_names)})"
+            + (f" and {len(replaced)} weight(s) would be newly initialised (e.g. {replaced[:3]})" if replaced else "")
+            + ". Fine-tune it (--do_train True) or pass a classifier written by train_vit.py."
+        )
 
 
 def model_view(split_dataset, data_args, image_processor, num_channels, train=False):
@@ -384,8 +426,8 @@ def save_inference_settings(trainer, youden, data_args, output_dir):
     trainer.save_model()
 
 
-def card_fields(data_args, training_args, dataset, evaluation_sets, class_names, image_processor, base_model,
-                model_description, split_metrics, plots, youden, output_dir) -> dict:
+def card_fields(data_args, model_args, training_args, dataset, evaluation_sets, class_names, image_processor,
+                base_model, model_description, split_metrics, plots, youden, output_dir) -> dict:
     """The keyword arguments of `classifier_card` for this run."""
     sizes = {}
     if training_args.do_train:
@@ -421,18 +463,9 @@ def card_fields(data_args, training_args, dataset, evaluation_sets, class_names,
         synthetic=dataset_is_synthetic(data_args.dataset_name),
         hyperparameters=hyperparameters,
         confidence_level=data_args.confidence_level,
+        license_fields=card_license(model_args.license, base_model_license(base_model, model_args.model_revision)),
+        dataset_revision=dataset_revision(data_args.dataset_name),
     )
-
-
-def push_results(trainer, fields, output_dir, hub_token):
-    """Trainer's push uploads model, processor, metrics and plots but regenerates a generic README.md: the
-    clinical card (now naming the repo in its inference example) replaces it in a second commit."""
-    trainer.push_to_hub(token=hub_token, commit_message="End of training")
-    classifier_card(**fields, repo_id=trainer.hub_model_id).save(output_dir / "README.md")
-    url = push_folder_to_hub(
-        output_dir, trainer.hub_model_id, hub_token, allow_patterns=["README.md"], commit_message="Clinical model card"
-    )
-    logger.info(f"Pushed to {url}")
 
 
 def main(args=None):
@@ -483,14 +516,18 @@ def main(args=None):
 
     # Model card
     fields = card_fields(
-        data_args, training_args, dataset, evaluation_sets, class_names, image_processor, base_model,
+        data_args, model_args, training_args, dataset, evaluation_sets, class_names, image_processor, base_model,
         model_description, split_metrics, plots, youden, output_dir,
     )
-    classifier_card(**fields, repo_id=training_args.hub_model_id).save(output_dir / "README.md")
+    repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
+    classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
 
-    # Push
+    # Push: one commit with the final card
     if push_to_hub:
-        push_results(trainer, fields, output_dir, hub_token)
+        url = push_folder_to_hub(
+            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier"
+        )
+        logger.info(f"Pushed to {url}")
     logger.info(
         f"Results in {output_dir.resolve()}: README.md (model card), metrics_<split>.json, predictions.csv, "
         "roc_<split>.png, confusion_matrix_<split>.png, threshold.json"

@@ -15,6 +15,64 @@ CLASSIFIER_CARD_TEMPLATE = PROJECT_ROOT / "model_card.md"
 SEGMENTER_CARD_TEMPLATE = PROJECT_ROOT / "segmentation_card.md"
 SHIPPED_FILES = ("model_card.md", "segmentation_card.md")
 CARD_TAGS = ["medical-imaging", "ultrasound", "lymph-node", "lymphus"]
+# The metric ids of the Hub's model-index where one exists (sensitivity is recall, PPV is precision).
+HUB_METRIC_TYPES = {"roc_auc": "roc_auc", "accuracy": "accuracy", "sensitivity": "recall", "ppv": "precision", "f1": "f1"}
+# Held-out sets first; validation (which chose the epoch and the threshold) last.
+REPORTING_ORDER = ("external", "external_predicted_roi", "test", "test_predicted_roi", "validation")
+# The terms of the data the weights were trained on, when neither the base model's nor the user's licence is known.
+LYMPHUS_DATA_LICENSE = {
+    "license": "other",
+    "license_name": "lymphus-data-terms",
+    "license_link": "https://qamebi.com/cervical-lymph-node/",
+}
+
+
+def card_license(license_id: str | None, base_model_license: str | None) -> dict:
+    """ModelCardData licence fields: the user's --license, else the base model's, else `other` naming the LymphUs
+    data terms the weights were trained under."""
+    if license_id:
+        return {"license": license_id}
+    if base_model_license:
+        return {"license": base_model_license}
+    return dict(LYMPHUS_DATA_LICENSE)
+
+
+def base_model_license(base_model: str | None, revision: str | None = None) -> str | None:
+    """The `license` of a Hub base model's card, or None (no base model, no card, no licence, not reachable)."""
+    if not base_model:
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(base_model, revision=revision).data.get("license")
+    except Exception:  # offline, gated, no README: the card then says `other` under the data terms
+        return None
+
+
+def license_text(fields: dict) -> str:
+    if fields.get("license") != "other":
+        return f"`{fields['license']}`"
+    return (
+        f"`other` ({fields.get('license_name')}): the weights were trained on LymphUs, whose terms "
+        f"({fields.get('license_link')}) apply to them; no other licence was given."
+    )
+
+
+def reporting_order(splits) -> list[str]:
+    """Splits in the order a reader should weigh them: external, test, ..., validation last."""
+    return sorted(splits, key=lambda split: REPORTING_ORDER.index(split) if split in REPORTING_ORDER else len(REPORTING_ORDER))
+
+
+def auc_text(values, level: int) -> str:
+    """ROC-AUC with its bootstrap and DeLong intervals, or why there is none."""
+    if values.get("roc_auc") is None:
+        return "n/a (one class only)"
+    if values.get("perfect_separation"):
+        return f"{values['roc_auc']:.3f}: the classes are perfectly separated in this set, so no interval can be estimated"
+    text = format_metric(values, "roc_auc")
+    if values.get("roc_auc_delong_ci_low") is not None:
+        text += f"; DeLong {level}% CI {values['roc_auc_delong_ci_low']:.3f}-{values['roc_auc_delong_ci_high']:.3f}"
+    return text
 
 
 def dataset_reference(dataset_name) -> tuple[bool, str]:
@@ -36,14 +94,19 @@ def split_sources(dataset_config, external_config) -> dict:
     }
 
 
-def classification_eval_results(split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95):
-    """`EvalResult`s for model-index: ROC-AUC, then each threshold metric at the Youden threshold and at 0.5."""
+def classification_eval_results(
+    split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95, dataset_revision=None
+):
+    """`EvalResult`s for model-index, held-out sets first: ROC-AUC, then each threshold metric at the Youden threshold
+    and at 0.5. Hub metric ids where one exists; the threshold in `metric_args` (an argument of the computation);
+    the confidence interval in the metric's display name, where model-index keeps extra information."""
     from huggingface_hub import EvalResult
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
     level = int(round(confidence_level * 100))
     eval_results = []
-    for split, metrics in split_metrics.items():
+    for split in reporting_order(split_metrics):
+        metrics = split_metrics[split]
         base_split = split.removesuffix("_predicted_roi")
         config = external_config if base_split == "external" else dataset_config
         common = dict(
@@ -52,6 +115,7 @@ def classification_eval_results(split_metrics, dataset_name, dataset_config, ext
             dataset_name=f"LymphUs {config or ''} {split}".replace("  ", " "),
             dataset_config=config,
             dataset_split="all" if base_split == "external" else base_split,
+            dataset_revision=dataset_revision if is_hub_dataset else None,
         )
         entries = [("roc_auc", metrics["at_0.5"], None)]
         entries += [(name, metrics["at_youden"], "youden") for name in THRESHOLD_METRICS]
@@ -60,21 +124,22 @@ def classification_eval_results(split_metrics, dataset_name, dataset_config, ext
             if values.get(name) is None:
                 continue
             label = METRIC_DISPLAY_NAMES[name]
+            if split == "validation":
+                label = f"{label} [model-selection set, optimistic]"
             if config_name is not None:
                 label += f" @ {'Youden ' if config_name == 'youden' else ''}threshold {values['threshold']:.3f}"
-            args = {"confidence_level": confidence_level}
-            if values.get(f"{name}_ci_low") is not None:
-                label += f" ({level}% CI {values[f'{name}_ci_low']:.3f}-{values[f'{name}_ci_high']:.3f})"
-                args.update(ci_low=values[f"{name}_ci_low"], ci_high=values[f"{name}_ci_high"])
-            if config_name is not None:
-                args["threshold"] = values["threshold"]
+            if name == "roc_auc" and values.get("perfect_separation"):
+                label += " (perfectly separated: no interval)"
+            elif values.get(f"{name}_ci_low") is not None:
+                method = values.get(f"{name}_ci_method", "").replace("-", " ")
+                label += f" ({level}% CI {values[f'{name}_ci_low']:.3f}-{values[f'{name}_ci_high']:.3f}{', ' + method if method else ''})"
             eval_results.append(
                 EvalResult(
-                    metric_type=name,
+                    metric_type=HUB_METRIC_TYPES.get(name, name),
                     metric_value=float(values[name]),
                     metric_name=label,
                     metric_config=config_name,
-                    metric_args=args,
+                    metric_args={"threshold": values["threshold"]} if config_name is not None else None,
                     **common,
                 )
             )
@@ -89,17 +154,32 @@ def roi_description(roi_mode, roi_margin) -> str:
     }[roi_mode]
 
 
-def classification_results(split_metrics, sources, plots) -> list[dict]:
-    """One entry per evaluated split for the card's Results section: formatted values, confusion counts, plots."""
+def split_note(split, values) -> str:
+    """What a reader must know before reading a split's numbers."""
+    notes = []
+    if split == "validation":
+        notes.append("Model-selection set: it chose the epoch and the threshold, so these numbers are optimistic.")
+    if values.get("small_sample"):
+        notes.append(
+            f"Fewer than 30 cases of a class ({values.get('n_positive')} positive, {values.get('n_negative')} negative): "
+            "the intervals are wide and a difference between models here proves little."
+        )
+    return " ".join(notes)
+
+
+def classification_results(split_metrics, sources, plots, level=95) -> list[dict]:
+    """One entry per evaluated split, held-out first, for the card's Results section."""
     results = []
-    for split, metrics in split_metrics.items():
-        at_youden, at_half = metrics["at_youden"], metrics["at_0.5"]
+    for split in reporting_order(split_metrics):
+        at_youden, at_half = split_metrics[split]["at_youden"], split_metrics[split]["at_0.5"]
         results.append(
             {
                 "split": split,
+                "title": "validation (model-selection set, optimistic)" if split == "validation" else split,
+                "note": split_note(split, at_half),
                 "source": sources.get(split, split),
                 "n": at_half.get("n"),
-                "roc_auc": format_metric(at_half, "roc_auc"),
+                "roc_auc": auc_text(at_half, level),
                 "youden_threshold": at_youden["threshold"],
                 "rows": [
                     (METRIC_DISPLAY_NAMES[name], format_metric(at_youden, name), format_metric(at_half, name))
@@ -136,8 +216,13 @@ def classifier_card(
     hyperparameters: dict | None = None,
     confidence_level: float = 0.95,
     repo_id: str | None = None,
+    license_fields: dict | None = None,
+    dataset_revision: str | None = None,
 ):
     """The `ModelCard` of a LymphUs classifier (model_card.md), with `model-index` results.
+
+    A classifier of node crops (`roi_mode` crop or masked) gets `inference: false`: the widget would feed it whole
+    images. license_fields: from `card_license`.
 
     split_sizes: {split: {"n": int, "<class name>": int, ...}}; split_metrics: {split: {"at_0.5": {...},
     "at_youden": {...}}} as in metrics_<split>.json; plots: {split: {"roc": "roc_test.png", "confusion_matrix": ...}}.
@@ -146,6 +231,10 @@ def classifier_card(
 
     is_hub_dataset, dataset_label = dataset_reference(dataset_name)
     sources = split_sources(dataset_config, external_config)
+    license_fields = license_fields or dict(LYMPHUS_DATA_LICENSE)
+    eval_results = classification_eval_results(
+        split_metrics, dataset_name, dataset_config, external_config, confidence_level, dataset_revision
+    )
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
@@ -153,9 +242,10 @@ def classifier_card(
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["image-classification"] + CARD_TAGS + (["synthetic-data"] if synthetic else []),
-        metrics=["roc_auc", "sensitivity", "specificity"],
-        eval_results=classification_eval_results(split_metrics, dataset_name, dataset_config, external_config, confidence_level)
-        or None,
+        metrics=["roc_auc", "recall", "specificity"],
+        eval_results=eval_results or None,
+        **license_fields,
+        **({"inference": False} if roi_mode != "full" else {}),
     )
     data_rows = [
         {"split": split, "source": sources.get(split, split), "n": sizes["n"], "counts": [sizes.get(c, 0) for c in class_names]}
@@ -175,33 +265,39 @@ def classifier_card(
         roi_margin=roi_margin,
         roi_text=roi_description(roi_mode, roi_margin),
         positive_label=positive_label,
+        negative_label=next((name for name in class_names if name != positive_label), f"not {positive_label}"),
         youden=youden,
         class_names=list(class_names),
         data_rows=data_rows,
         level=int(round(confidence_level * 100)),
-        results=classification_results(split_metrics, sources, plots or {}),
+        results=classification_results(split_metrics, sources, plots or {}, int(round(confidence_level * 100))),
+        license_text=license_text(license_fields),
+        dataset_revision=dataset_revision if is_hub_dataset else None,
         hyperparameters=hyperparameters,
         model_ref=repo_id or "path/to/this/model",
     )
 
 
-def segmentation_eval_results(split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95):
-    """`EvalResult`s for model-index: mean Dice, IoU and HD95 over images, per evaluated split."""
+def segmentation_eval_results(
+    split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95, dataset_revision=None
+):
+    """`EvalResult`s for model-index: mean Dice, IoU and HD95 over images, per evaluated split, held-out first."""
     from huggingface_hub import EvalResult
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
     level = int(round(confidence_level * 100))
     eval_results = []
-    for split, metrics in split_metrics.items():
+    for split in reporting_order(split_metrics):
+        metrics = split_metrics[split]
         config = external_config if split == "external" else dataset_config
         for name in SEGMENTATION_METRICS:
             if metrics.get(name) is None:
                 continue
             label = f"{SEGMENTATION_DISPLAY_NAMES[name]}, mean over images"
-            args = {"confidence_level": confidence_level}
+            if split == "validation":
+                label += " [model-selection set, optimistic]"
             if metrics.get(f"{name}_ci_low") is not None:
                 label += f" ({level}% CI {metrics[f'{name}_ci_low']:.3f}-{metrics[f'{name}_ci_high']:.3f})"
-                args.update(ci_low=metrics[f"{name}_ci_low"], ci_high=metrics[f"{name}_ci_high"])
             eval_results.append(
                 EvalResult(
                     task_type="image-segmentation",
@@ -209,10 +305,10 @@ def segmentation_eval_results(split_metrics, dataset_name, dataset_config, exter
                     dataset_name=f"LymphUs {config or ''} {split}".replace("  ", " "),
                     dataset_config=config,
                     dataset_split="all" if split == "external" else split,
+                    dataset_revision=dataset_revision if is_hub_dataset else None,
                     metric_type=name,
                     metric_value=float(metrics[name]),
                     metric_name=label,
-                    metric_args=args,
                 )
             )
     return eval_results
@@ -221,16 +317,26 @@ def segmentation_eval_results(split_metrics, dataset_name, dataset_config, exter
 def segmentation_result_rows(split_metrics, sources) -> list[list[str]]:
     """Rows of the card's results table: per split, then per centre when the split mixes centres."""
     rows = []
-    for split, metrics in split_metrics.items():
+    for split in reporting_order(split_metrics):
+        metrics = split_metrics[split]
         values = [format_metric(metrics, name) for name in SEGMENTATION_METRICS]
         values[-1] += f" (n={metrics.get('n_hd95_defined')})"
-        rows.append([f"{split} ({sources.get(split, split)})", str(metrics.get("n_images"))] + values)
+        title = "validation (model selection, optimistic)" if split == "validation" else split
+        rows.append([f"{title} ({sources.get(split, split)})", str(metrics.get("n_images"))] + values + [missed_text(metrics)])
         for centre, by_centre in (metrics.get("by_centre") or {}).items():
             rows.append(
                 [f"{split}, {centre} only", str(by_centre.get("n_images"))]
                 + [format_metric(by_centre, name) for name in SEGMENTATION_METRICS]
+                + [missed_text(by_centre)]
             )
     return rows
+
+
+def missed_text(metrics) -> str:
+    missed, spurious = metrics.get("n_missed"), metrics.get("n_spurious")
+    if missed is None:
+        return "n/a"
+    return f"{missed}" + (f" (+{spurious} spurious)" if spurious else "")
 
 
 def segmenter_card(
@@ -248,6 +354,8 @@ def segmenter_card(
     hyperparameters: dict | None = None,
     confidence_level: float = 0.95,
     repo_id: str | None = None,
+    license_fields: dict | None = None,
+    dataset_revision: str | None = None,
 ):
     """The `ModelCard` of a LymphUs node segmenter (segmentation_card.md), with Dice/IoU/HD95 in `model-index`.
 
@@ -258,6 +366,7 @@ def segmenter_card(
 
     is_hub_dataset, dataset_label = dataset_reference(dataset_name)
     sources = split_sources(dataset_config, external_config)
+    license_fields = license_fields or dict(LYMPHUS_DATA_LICENSE)
     card_data = ModelCardData(
         model_name=model_name,
         base_model=base_model,
@@ -266,8 +375,11 @@ def segmenter_card(
         pipeline_tag="image-segmentation",
         tags=["image-segmentation", "semantic-segmentation"] + CARD_TAGS + (["synthetic-data"] if synthetic else []),
         metrics=["dice", "iou", "hd95"],
-        eval_results=segmentation_eval_results(split_metrics, dataset_name, dataset_config, external_config, confidence_level)
+        eval_results=segmentation_eval_results(
+            split_metrics, dataset_name, dataset_config, external_config, confidence_level, dataset_revision
+        )
         or None,
+        **license_fields,
     )
     return ModelCard.from_template(
         card_data,
@@ -280,6 +392,8 @@ def segmenter_card(
         dataset_config=dataset_config,
         external_config=external_config,
         data_rows=[(split, sources.get(split, split), n) for split, n in split_sizes.items()],
+        license_text=license_text(license_fields),
+        dataset_revision=dataset_revision if is_hub_dataset else None,
         level=int(round(confidence_level * 100)),
         result_rows=segmentation_result_rows(split_metrics, sources),
         grids=grids or {},

@@ -81,3 +81,28 @@ def dataset_is_synthetic(dataset_name) -> bool:
         return False
     tags = [str(tag).lower() for tag in (card.data.get("tags") or [])]
     return any("synthetic" in tag for tag in tags) or "**SYNTHETIC DATA.**" in card.text
+
+
+def dataset_revision(dataset_name) -> str | None:
+    """The commit of a Hub dataset (what `load_dataset` resolved), for the card; None for a local export."""
+    if Path(dataset_name).exists():
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(dataset_name).sha
+    except Exception:  # offline with a cached copy: the card then names the dataset without a revision
+        return None
+
+
+def empty_mask_cases(split_dataset, mask_column="mask", case_id_column="case_id") -> list[str]:
+    """Case ids whose node mask has no node pixel: their crop would be the whole image, their `masked` view black."""
+    from PIL import Image as PILImage
+
+    masks = split_dataset.select_columns([mask_column, case_id_column])
+    empty = []
+    for row in masks:
+        mask = row[mask_column]
+        if (mask.getbbox() if isinstance(mask, PILImage.Image) else np.asarray(mask).any() or None) is None:
+            empty.append(row[case_id_column])
+    return empty

@@ -8,7 +8,7 @@ token travels only as the `HF_TOKEN` secret: never in the command, the environme
 """
 
 import ast
-import os
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +18,8 @@ from secrets import token_hex
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOB_MOUNT_PATH = "/data"
 # Options that only make sense where the run is launched; the token travels as a secret.
-LOCAL_ONLY_OPTIONS = ("--launch_on_hub", "--job_timeout", "--job_namespace", "--job_script", "--hub_token", "--debug")
+LOCAL_ONLY_OPTIONS = ("--launch_on_hub", "--job_timeout", "--job_namespace", "--hub_token")
+LOCAL_ONLY_FLAGS = ("--debug",)
 
 
 @dataclass
@@ -34,12 +35,32 @@ class HubJobArguments:
 
 
 def resolve_hub_token(hub_token: str | None = None) -> str | None:
-    """--hub_token, else $HF_TOKEN, else the locally saved login. Never logged or written anywhere."""
+    """--hub_token (or "hub_token" in a JSON arguments file), else huggingface_hub's own lookup (HF_TOKEN, then the
+    saved login). Never logged or written anywhere."""
     if hub_token:
         return hub_token
     from huggingface_hub import get_token
 
-    return os.environ.get("HF_TOKEN") or get_token()
+    return get_token()
+
+
+# The one rule for what a results folder uploads: the model, its processor, the card, metrics, predictions and
+# plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles (training_args.bin) or
+# dotfiles (an .env holding a token, say).
+UPLOAD_IGNORE_PATTERNS = [
+    "checkpoint-*", "checkpoint-*/**", "synthetic-lymphus/**", "runs/**", "_*", "*.bin", "*.pkl", ".*", "**/.*",
+]
+
+
+def hub_repo_id(hub_model_id: str | None, output_dir, token) -> str:
+    """`user/name` to push to: --hub_model_id, with the token's user when it has no namespace; else the output
+    folder's name under that user (what Trainer.push_to_hub does)."""
+    name = hub_model_id or Path(output_dir).resolve().name
+    if "/" in name:
+        return name
+    from huggingface_hub import HfApi
+
+    return f"{HfApi(token=token).whoami()['name']}/{name}"
 
 
 def push_folder_to_hub(
@@ -47,11 +68,11 @@ def push_folder_to_hub(
     repo_id: str,
     token: str | None = None,
     *,
-    allow_patterns=None,
     private: bool | None = None,
     commit_message: str = "Upload LymphUs results",
 ) -> str:
-    """Create `repo_id` if needed and upload `output_dir` (checkpoints excluded); returns the commit URL."""
+    """Create `repo_id` if needed and upload `output_dir` as ONE commit under UPLOAD_IGNORE_PATTERNS; returns the
+    commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
@@ -59,22 +80,43 @@ def push_folder_to_hub(
     commit = api.upload_folder(
         repo_id=repo_id,
         folder_path=str(output_dir),
-        allow_patterns=allow_patterns,
-        ignore_patterns=["checkpoint-*", "_*", "runs/*", "*.bin"],
+        ignore_patterns=UPLOAD_IGNORE_PATTERNS,
         commit_message=commit_message,
     )
     return commit.commit_url
 
 
+def option_name(argument: str) -> str:
+    """`--hub-token=x` -> `--hub_token`: HfArgumentParser accepts dashes for underscores, so compare both alike."""
+    return "--" + argument.split("=", 1)[0].lstrip("-").replace("-", "_")
+
+
+def json_file_arguments(path) -> list[str]:
+    """A JSON arguments file (what HfArgumentParser.parse_json_file reads) as command-line arguments."""
+    arguments = []
+    for key, value in json.loads(Path(path).read_text()).items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        arguments += [f"--{key}", *(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in values)]
+    return arguments
+
+
 def job_script_args(argv: list[str], drop=LOCAL_ONLY_OPTIONS) -> list[str]:
-    """argv with the options that only make sense locally removed (and the token, which travels as a secret)."""
+    """argv with the options that only make sense locally removed, the token above all (it travels as a secret).
+
+    A single .json arguments file is expanded first: the file itself is never shipped (it may hold the token).
+    """
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        argv = json_file_arguments(argv[0])
     forwarded, skip = [], False
     for argument in argv:
         if skip:
             skip = False
             continue
-        name = argument.split("=", 1)[0]
-        if name in drop:
+        if argument.startswith("--") and option_name(argument) in LOCAL_ONLY_FLAGS:
+            continue
+        if argument.startswith("--") and option_name(argument) in drop:
             skip = "=" not in argument
             continue
         forwarded.append(argument)

@@ -82,6 +82,14 @@ class CheckpointArguments:
         default=True,
         metadata={"help": "Replace a checkpoint's head of another size (e.g. ImageNet's 1000 classes, ADE20k's 150)."},
     )
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "Licence of the fine-tuned weights, for the model card (a Hub licence id, e.g. apache-2.0). "
+            "Default: the base model's, read from its Hub card; where neither is known, `other` naming the LymphUs "
+            "data terms the weights were trained under."
+        },
+    )
 
 
 def parse_training_arguments(dataclass_types, args=None):

@@ -286,7 +286,7 @@ def test_model_card_is_honest_and_complete(trained):
     card = ModelCard.load(trained / "README.md")
     text = card.text
     assert "Not for clinical use" in text and "synthetic data" in text
-    assert "ROI mode `crop`" in text and "roi_image" in text
+    assert "ROI mode `crop`" in text and "roi_image" in text and "predict.py" in text
     for split in ("validation", "test", "external"):
         assert f"](roc_{split}.png)" in text and f"](confusion_matrix_{split}.png)" in text
     assert "| train | center1 / train | 14 |" in text
@@ -348,7 +348,7 @@ def test_push_to_hub_uploads_everything_without_the_token(local_hub, export_dir,
             files[name] = local_hub.read_file(repo_id, name)
     card = files["README.md"].decode()
     assert "model-index" in card and "roc_auc" in card and "Not for clinical use" in card and "](roc_test.png)" in card
-    assert f'model="{repo_id}"' in card  # the inference example names the pushed repo
+    assert f"--classifier {repo_id}" in card  # the inference example names the pushed repo
     assert files["model.safetensors"][:8] != b"version "  # stored content, not an LFS pointer
 
     from huggingface_hub import HfApi
