@@ -88,6 +88,8 @@ DEMO_VIT_ARGS = [
     "--disable_tqdm", "True",
 ]
 TRAIN_VIT_SCRIPT = Path(__file__).resolve().parent / "train_vit.py"
+# A test set with fewer cases than this in a class is flagged in the report.
+SMALL_SET = 30
 STUDY_REFERENCE = (
     "Abbasian Ardakani A, Mohammadi A, Mirza-Aghazadeh-Attari M, Faeghi F, Vogl TJ, Acharya UR. Diagnosis of "
     "Metastatic Lymph Nodes in Patients With Papillary Thyroid Cancer: A Comparative Multi-Center Study of Semantic "
@@ -237,11 +239,12 @@ def paired_predictions(reference: CasePredictions, other: CasePredictions, refer
     return reference.labels, reference.probabilities, other.probabilities[order]
 
 
-def delong_versus_reference(reference: CasePredictions, other: CasePredictions, delong_test, reference_name=REFERENCE_MODEL, other_name="model", test_set="the test set") -> dict:
-    """Paired two-sided DeLong test of AUC(other) == AUC(reference); auc_difference = other - reference."""
+def delong_versus_reference(reference: CasePredictions, other: CasePredictions, delong_test, reference_name=REFERENCE_MODEL, other_name="model", test_set="the test set", delong_difference_ci=None, confidence_level=0.95) -> dict:
+    """Paired two-sided DeLong test of AUC(other) == AUC(reference); auc_difference = other - reference, with its
+    DeLong confidence interval when `delong_difference_ci` (the metric module's) is given."""
     labels, reference_probabilities, other_probabilities = paired_predictions(reference, other, reference_name, other_name, test_set)
     result = delong_test(labels, other_probabilities, reference_probabilities)
-    return {
+    record = {
         "reference_model": reference_name,
         "auc": result["auc_a"],
         "auc_reference": result["auc_b"],
@@ -250,6 +253,19 @@ def delong_versus_reference(reference: CasePredictions, other: CasePredictions, 
         "p_value": result["p_value"],
         "n": int(len(labels)),
     }
+    if delong_difference_ci is not None:
+        interval = delong_difference_ci(labels, other_probabilities, reference_probabilities, confidence_level)
+        record.update(auc_difference_ci_low=interval["ci_low"], auc_difference_ci_high=interval["ci_high"])
+    return record
+
+
+def adjust_p_values(rows, holm_adjust):
+    """Holm-adjusted DeLong p-values over every comparison in the report (one family), beside the raw ones."""
+    compared = [row for row in rows if row.get("delong")]
+    adjusted = holm_adjust([row["delong"]["p_value"] if row["delong"]["p_value"] is not None else float("nan") for row in compared])
+    for row, p_value in zip(compared, adjusted):
+        row["delong"]["p_value_holm"] = p_value
+    return rows
 
 
 # Semantic features: the tabular models
@@ -527,7 +543,7 @@ def n_calibration_bins(n_cases: int, max_bins: int = 10) -> int:
     return int(max(2, min(max_bins, n_cases // 10)))
 
 
-def calibration(references, probabilities, max_bins=10) -> dict:
+def calibration(references, probabilities, max_bins=10, brier_score_ci=None, n_bootstrap=1000, confidence_level=0.95, seed=0) -> dict:
     """Brier score and a quantile-binned reliability curve (mean predicted probability vs observed frequency)."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import brier_score_loss
@@ -536,8 +552,12 @@ def calibration(references, probabilities, max_bins=10) -> dict:
     probabilities = np.asarray(probabilities, dtype=float)
     n_bins = n_calibration_bins(len(references), max_bins)
     observed, predicted = calibration_curve(references, probabilities, n_bins=n_bins, strategy="quantile")
+    brier = {"brier_score": float(brier_score_loss(references, probabilities, pos_label=1))}
+    if brier_score_ci is not None:
+        interval = brier_score_ci(references, probabilities, n_bootstrap=n_bootstrap, confidence_level=confidence_level, seed=seed)
+        brier.update(brier_score_ci_low=interval["ci_low"], brier_score_ci_high=interval["ci_high"])
     return {
-        "brier_score": float(brier_score_loss(references, probabilities, pos_label=1)),
+        **brier,
         "n_bins": n_bins,
         "strategy": "quantile",
         "mean_predicted": [float(v) for v in predicted],
@@ -612,6 +632,8 @@ def _estimate(values, name, digits=3):
     value = values.get(name)
     if value is None:
         return "n/a"
+    if name == "roc_auc" and values.get("perfect_separation"):
+        return f"{value:.{digits}f} (perfectly separated: no CI)"
     low, high = values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")
     if low is None or high is None:
         return f"{value:.{digits}f}"
@@ -622,6 +644,29 @@ def _p_value(p):
     if p is None or not math.isfinite(p):
         return "n/a"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def small_set(info) -> bool:
+    return min(info["n_positive"], info["n_negative"]) < SMALL_SET
+
+
+def report_row(row, test_set_info) -> str:
+    """One results-table row of report.md."""
+    metrics, delong, calibration_values = row["metrics"], row.get("delong"), row["calibration"]
+    test_set = test_set_info["display_name"] + (" ⚠" if small_set(test_set_info) else "")
+    if row["model"] == REFERENCE_MODEL:
+        difference, p_raw, p_holm = "reference", "—", "—"
+    elif not delong or delong.get("auc_difference") is None:
+        difference, p_raw, p_holm = "n/a", "n/a", "n/a"
+    else:
+        difference = _estimate({"d": delong["auc_difference"], "d_ci_low": delong.get("auc_difference_ci_low"),
+                                "d_ci_high": delong.get("auc_difference_ci_high")}, "d")
+        difference = difference if difference.startswith("-") else "+" + difference
+        p_raw, p_holm = _p_value(delong.get("p_value")), _p_value(delong.get("p_value_holm"))
+    cells = [test_set, f"`{row['model']}`", f"{row['threshold']:.3f}"]
+    cells += [_estimate(metrics, name) for name in ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "accuracy")]
+    cells += [_estimate(calibration_values, "brier_score"), difference, p_raw, p_holm]
+    return "| " + " | ".join(cells) + " |"
 
 
 def build_report(results: dict) -> str:
@@ -651,7 +696,7 @@ def build_report(results: dict) -> str:
     ]
     for test_set, info in results["test_sets"].items():
         lines.append(
-            f"| {info['display_name']} | {info['development_centre']} | {info['kind']} | `{info['subset']}` / `{info['split']}` "
+            f"| {info['display_name']}{' ⚠' if small_set(info) else ''} | {info['development_centre']} | {info['kind']} | `{info['subset']}` / `{info['split']}` "
             f"| {info['n']} | {info['n_positive']} | {info['n_negative']} |"
         )
     lines += ["", "## Models", ""]
@@ -661,25 +706,22 @@ def build_report(results: dict) -> str:
         "",
         "## Results",
         "",
-        f"AUC with {level}% stratified bootstrap CI ({results['n_bootstrap']} resamples); sensitivity and "
-        f"specificity (with {level}% CI) at the validation threshold; Brier score (lower is better); ΔAUC and the "
-        f"two-sided paired DeLong test against `{REFERENCE_MODEL}` on the same cases (no correction for multiple "
-        "comparisons). DeLong p is n/a when the variance of the AUC difference is 0 (e.g. both models separate "
-        "the classes perfectly, or rank the cases identically) or a class has fewer than 2 cases.",
+        f"AUC with {level}% stratified bootstrap CI ({results['n_bootstrap']} resamples); sensitivity, specificity, "
+        f"PPV, NPV and accuracy at the validation threshold with exact (Clopper-Pearson) {level}% CIs; Brier score "
+        f"(lower is better) with its bootstrap CI; ΔAUC against `{REFERENCE_MODEL}` on the same cases with DeLong's "
+        f"{level}% CI, and the two-sided paired DeLong test, raw and Holm-adjusted over all "
+        f"{sum(1 for row in results['rows'] if row.get('delong'))} comparisons of this report. DeLong p is n/a when "
+        "the variance of the AUC difference is 0 with different AUCs, or a class has fewer than 2 cases; identical "
+        "rankings give p = 1.",
         "",
-        "| test set | model | threshold | AUC | sensitivity | specificity | Brier | ΔAUC vs semantic | DeLong p |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"⚠ marks a test set with fewer than {SMALL_SET} cases of a class: its intervals are wide and its p-values "
+        "rest on few cases; read them as descriptive.",
+        "",
+        "| test set | model | threshold | AUC | sensitivity | specificity | PPV | NPV | accuracy | Brier | ΔAUC vs semantic | DeLong p | Holm p |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in results["rows"]:
-        metrics, delong = row["metrics"], row.get("delong")
-        test_set = results["test_sets"][row["test_set"]]["display_name"]
-        difference = f"{delong['auc_difference']:+.3f}" if delong and delong.get("auc_difference") is not None else "reference" if row["model"] == REFERENCE_MODEL else "n/a"
-        lines.append(
-            f"| {test_set} | `{row['model']}` | {row['threshold']:.3f} | {_estimate(metrics, 'roc_auc')} | "
-            f"{_estimate(metrics, 'sensitivity')} | {_estimate(metrics, 'specificity')} | "
-            f"{row['calibration']['brier_score']:.3f} | {difference} | "
-            f"{_p_value(delong.get('p_value')) if delong else ('—' if row['model'] == REFERENCE_MODEL else 'n/a')} |"
-        )
+        lines.append(report_row(row, results["test_sets"][row["test_set"]]))
     lines += ["", "## Figures", ""]
     for test_set, figures in results["figures"].items():
         name = results["test_sets"][test_set]["display_name"]
@@ -705,7 +747,7 @@ def build_report(results: dict) -> str:
         "## Limitations",
         "",
         "- Two centres, small test sets: intervals are wide and a non-significant DeLong test is not evidence of equivalence.",
-        "- Bootstrap intervals are over cases only; they ignore the variability of training.",
+        "- Intervals are over cases only; they ignore the variability of training (seeds, splits).",
         "- Thresholds come from small validation splits; recalibrate before any use elsewhere.",
         "",
     ]
@@ -883,7 +925,7 @@ def evaluate_checkpoints(checkpoints, designs, data_args, model_args, models, pr
 def compare_models(designs, models, predictions, test_sets, report_args, seed):
     """(rows, prediction rows): thresholds on validation, metrics on the test sets, DeLong against the semantic model."""
     metric = load_metric(report_args.metric_path)
-    delong_test = metric_functions(report_args.metric_path).delong_test
+    functions = metric_functions(report_args.metric_path)
     rows, prediction_rows = [], []
     for centre, design in designs.items():
         for name in models:
@@ -907,7 +949,10 @@ def compare_models(designs, models, predictions, test_sets, report_args, seed):
                     seed=seed,
                 )["at_validation_threshold"]
                 delong = None if name == REFERENCE_MODEL else json_safe(
-                    delong_versus_reference(reference, cases, delong_test, REFERENCE_MODEL, name, test_set)
+                    delong_versus_reference(
+                        reference, cases, functions.delong_test, REFERENCE_MODEL, name, test_set,
+                        functions.delong_difference_ci, report_args.confidence_level,
+                    )
                 )
                 rows.append(
                     {
@@ -916,7 +961,10 @@ def compare_models(designs, models, predictions, test_sets, report_args, seed):
                         "development_centre": centre,
                         "threshold": threshold,
                         "metrics": results,
-                        "calibration": calibration(cases.labels, cases.probabilities, report_args.calibration_bins),
+                        "calibration": calibration(
+                            cases.labels, cases.probabilities, report_args.calibration_bins, functions.brier_score_ci,
+                            report_args.n_bootstrap, report_args.confidence_level, seed,
+                        ),
                         "delong": delong,
                     }
                 )
@@ -927,7 +975,7 @@ def compare_models(designs, models, predictions, test_sets, report_args, seed):
                 ]
                 logger.info(f"{test_set} {name}: AUC {_estimate(results, 'roc_auc')}, DeLong p vs {REFERENCE_MODEL} {_p_value((delong or {}).get('p_value'))}")
     rows.sort(key=lambda row: list(test_sets).index(row["test_set"]))
-    return rows, prediction_rows
+    return adjust_p_values(rows, functions.holm_adjust), prediction_rows
 
 
 def plot_figures(rows, prediction_rows, test_sets, output_dir) -> dict:

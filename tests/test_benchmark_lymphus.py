@@ -238,10 +238,10 @@ def test_report_lists_every_model_and_test_set_it_was_given():
     assert len(table) == len(models) * len(test_sets)
     for test_set in test_sets:
         for model in models:
-            assert sum(line.startswith(f"| Set {test_set} | `{model}` |") for line in table) == 1
+            assert sum(line.startswith(f"| Set {test_set} ⚠ | `{model}` |") for line in table) == 1  # 2 + 2 cases: flagged
         assert f"(figures/roc_{test_set}.png)" in report and f"(figures/calibration_{test_set}.png)" in report
     assert "Not for clinical use" in report and "SYNTHETIC" not in report
-    assert "0.800 [0.700, 0.900]" in report and "| 0.750 | n/a |" in report
+    assert "0.800 [0.700, 0.900]" in report and "| 0.750 | n/a |" in report and "| 0.200 | +0.010 | 0.500 | n/a |" in report
 
 
 # End to end
@@ -292,7 +292,8 @@ def test_main_end_to_end(benchmark_run, export_dir):
     assert "SYNTHETIC DATA" in report and "Not for clinical use" in report
     for test_set, info in results["test_sets"].items():
         for model in models:
-            assert sum(line.startswith(f"| {info['display_name']} | `{model}` |") for line in report.splitlines()) == 1
+            flag = " ⚠" if min(info["n_positive"], info["n_negative"]) < 30 else ""
+            assert sum(line.startswith(f"| {info['display_name']}{flag} | `{model}` |") for line in report.splitlines()) == 1
         for figure in results["figures"][test_set].values():
             assert f"({figure})" in report and (output_dir / figure).stat().st_size > 1000
 
@@ -327,14 +328,51 @@ def test_main_delong_column_matches_independent_computation(benchmark_run):
         assert labels == [int(semantic[r["case_id"]]["label"]) for r in model]
         try:
             expected = delong_by_definition(labels, [float(r["probability"]) for r in model], [float(semantic[r["case_id"]]["probability"]) for r in model])
-        except ZeroDivisionError:  # zero variance (e.g. both models separate perfectly): the report says n/a
-            assert row["delong"]["p_value"] is None
+        except ZeroDivisionError:  # zero variance: p = 1 for equal AUCs (identical rankings, both perfect), else n/a
+            equal = row["delong"]["auc"] == pytest.approx(row["delong"]["auc_reference"])
+            assert row["delong"]["p_value"] == (1.0 if equal else None)
             continue
         assert row["delong"]["auc_difference"] == pytest.approx(expected["auc_a"] - expected["auc_b"], abs=1e-9)
         assert row["delong"]["p_value"] == pytest.approx(expected["p_value"], rel=1e-6, abs=1e-12)
         checked.add((row["model"], row["test_set"]))
     # Every comparison on the external sets (20 cases); a 4-case internal set can leave DeLong's variance at 0.
     assert {(m, t) for m in ("tiny-vit", bench.BASELINE_MODEL) for t in ("center1_to_center2", "center2_to_center1")} <= checked
+
+
+def test_report_adjusts_p_values_and_gives_intervals_for_differences_and_brier(benchmark_run):
+    from scipy import stats
+    from sklearn.metrics import brier_score_loss
+    from statsmodels.stats.multitest import multipletests
+
+    output_dir, results = benchmark_run
+    compared = [row for row in results["rows"] if row["delong"] is not None]
+    raw = np.array([row["delong"]["p_value"] if row["delong"]["p_value"] is not None else np.nan for row in compared])
+    defined = ~np.isnan(raw)
+    expected = multipletests(raw[defined], method="holm")[1]
+    np.testing.assert_allclose([row["delong"]["p_value_holm"] for row, ok in zip(compared, defined) if ok], expected, rtol=1e-12)
+    predictions = read_csv(output_dir / "predictions.csv")
+    for row in compared:
+        delong = row["delong"]
+        if delong["p_value"] is None:
+            continue
+        # The ΔAUC interval is difference ± z·SE with the SE of the same DeLong test: it excludes 0 exactly when p < 0.05.
+        low, high = delong["auc_difference_ci_low"], delong["auc_difference_ci_high"]
+        assert low <= delong["auc_difference"] <= high
+        assert (low > 0 or high < 0) == (delong["p_value"] < 0.05)
+        half_width = stats.norm.ppf(0.975) * abs(delong["auc_difference"] / delong["z"]) if delong["z"] else 0
+        assert high - low == pytest.approx(min(2 * half_width, 2), abs=1e-9) or high == 1 or low == -1
+    for row in results["rows"]:
+        cases = [r for r in predictions if r["model"] == row["model"] and r["test_set"] == row["test_set"]]
+        brier = brier_score_loss([int(r["label"]) for r in cases], [float(r["probability"]) for r in cases])
+        calibration = row["calibration"]
+        assert calibration["brier_score"] == pytest.approx(brier)
+        assert calibration["brier_score_ci_low"] <= brier <= calibration["brier_score_ci_high"]
+        for name in ("ppv", "npv", "accuracy"):
+            assert row["metrics"][f"{name}_ci_method"] == "clopper-pearson"
+    report = (output_dir / "report.md").read_text()
+    assert "| PPV | NPV | accuracy |" in report and "Holm p |" in report
+    small = [info["display_name"] for info in results["test_sets"].values() if min(info["n_positive"], info["n_negative"]) < 30]
+    assert small and all(f"| {name} ⚠ |" in report for name in small)
 
 
 def test_main_with_existing_checkpoints_reproduces_train_vit_probabilities(benchmark_run, export_dir, tmp_path):
