@@ -78,6 +78,7 @@ from lymphus_ml.evaluation import (
     apply_threshold,
     clinical_metrics_at_thresholds,
     format_metric,
+    json_safe,
     load_metric,
     positive_probabilities,
     write_predictions_csv,
@@ -86,6 +87,14 @@ from lymphus_ml.evaluation import (
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
 from lymphus_ml.images import ROI_MODES, BatchTransform, ClassificationTransform, collate_fn, model_input_size, processor_mean_std
 from lymphus_ml.plots import plot_confusion_matrix, plot_roc
+from lymphus_ml.saliency import (
+    SALIENCY_METHODS,
+    model_inputs_with_masks,
+    plot_saliency_cases,
+    saliency_maps,
+    saliency_scores,
+    saliency_summary,
+)
 from lymphus_ml.training import (
     TINY_VIT_CONFIG,
     CheckpointArguments,
@@ -153,6 +162,15 @@ class DataTrainingArguments(LymphUsDataArguments):
     segmenter_name_or_path: str | None = field(
         default=None, metadata={"help": "Segmenter (local folder or Hub id) for --roi_source predicted."}
     )
+    saliency: str = field(
+        default="occlusion",
+        metadata={
+            "help": "Where the model looks, scored against the expert masks on every evaluated set: occlusion "
+            "(any model), integrated_gradients, or none. Saliency of the positive class's log-odds; the share in "
+            "the node and the pointing game, with CIs, go to metrics_<split>.json and the card.",
+            "choices": ["none", *SALIENCY_METHODS],
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -192,7 +210,7 @@ def load_data(data_args, model_args, training_args):
         cache_dir=model_args.cache_dir,
         do_train=training_args.do_train,
         required_columns=(data_args.image_column_name, data_args.label_column_name, data_args.case_id_column_name)
-        + ((data_args.mask_column_name,) if data_args.roi != "full" else ()),
+        + ((data_args.mask_column_name,) if data_args.roi != "full" or data_args.saliency != "none" else ()),
         case_id_column=data_args.case_id_column_name,
     )
     reference_split = dataset["train" if "train" in dataset else "validation"]
@@ -351,7 +369,7 @@ def predict_splits(trainer, evaluation_sets, data_args, image_processor, positiv
     return predictions
 
 
-def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir):
+def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency=None):
     """Metrics (at 0.5 and at the validation Youden threshold) with CIs, plots and rows of predictions.csv.
 
     Writes metrics_<split>.json, roc_<split>.png and confusion_matrix_<split>.png; returns (split_metrics, plots,
@@ -380,6 +398,7 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
             "youden_threshold": youden,
             "threshold_source": "validation",
             **results,
+            **({"saliency": saliency[split]} if saliency and split in saliency else {}),
         }
         (output_dir / f"metrics_{split}.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
         auc = results["at_0.5"]
@@ -411,6 +430,37 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
             f"specificity {format_metric(results['at_youden'], 'specificity')}"
         )
     return split_metrics, plots, prediction_rows
+
+
+def where_the_model_looks(model, evaluation_sets, data_args, image_processor, positive_index, output_dir) -> dict:
+    """{split: saliency summary + figure}: saliency maps of the evaluated sets scored against the expert masks.
+
+    Each split's best, median and worst case (by share of saliency in the node) go to saliency_<split>.png. The sets
+    cropped with a segmenter's masks are left out: the expert mask is the reference.
+    """
+    num_channels = getattr(model.config, "num_channels", 3)
+    mean, std = processor_mean_std(image_processor, num_channels)
+    size = model_input_size(image_processor)
+    transform = ClassificationTransform(size, mean, std, data_args.roi, data_args.roi_margin, False, num_channels)
+    summaries = {}
+    for split, split_dataset in evaluation_sets.items():
+        if split.endswith("_predicted_roi"):
+            continue
+        pixel_values, masks, images = model_inputs_with_masks(
+            split_dataset, transform, size, data_args.image_column_name, data_args.mask_column_name
+        )
+        maps = saliency_maps(model, pixel_values, positive_index, method=data_args.saliency)
+        summary = saliency_summary(maps, masks, data_args.confidence_level)
+        figure = plot_saliency_cases(
+            images, masks, maps, saliency_scores(maps, masks)["energy_in_node"], output_dir / f"saliency_{split}.png",
+            title=f"{split}: where the model looks ({data_args.saliency}); best, median and worst by share in the node",
+        )
+        summaries[split] = json_safe({"method": data_args.saliency, **summary, "figure": figure.name})
+        logger.info(
+            f"{split}: {summary['energy_in_node_mean']:.2f} of the saliency in the node (chance "
+            f"{summary['node_area_fraction_mean']:.2f}); peak in the node for {summary['pointing_game_hit_rate']:.2f}"
+        )
+    return summaries
 
 
 def save_inference_settings(trainer, youden, data_args, output_dir):
@@ -508,8 +558,11 @@ def main(args=None):
     predictions = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
     youden = youden_threshold(*predictions["validation"][:2], data_args.metric_path)
     logger.info(f"Youden threshold on validation: {youden:.4f}")
+    saliency = {}
+    if data_args.saliency != "none":
+        saliency = where_the_model_looks(trainer.model, evaluation_sets, data_args, image_processor, positive_index, output_dir)
     split_metrics, plots, prediction_rows = report_splits(
-        predictions, youden, metric, data_args, training_args, class_names, output_dir
+        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
     )
     write_predictions_csv(output_dir / "predictions.csv", prediction_rows)
     save_inference_settings(trainer, youden, data_args, output_dir)
@@ -519,6 +572,7 @@ def main(args=None):
         data_args, model_args, training_args, dataset, evaluation_sets, class_names, image_processor, base_model,
         model_description, split_metrics, plots, youden, output_dir,
     )
+    fields["saliency"] = saliency
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
 

@@ -196,6 +196,34 @@ def classification_results(split_metrics, sources, plots, level=95) -> list[dict
     return results
 
 
+def saliency_rows(saliency: dict, level: int) -> list[dict]:
+    """The card's "Where the model looks" table: per split, held-out first, share of saliency in the node (with
+    the chance level), pointing game, figure."""
+
+    def interval(summary, name):
+        value, low, high = summary.get(f"{name}_mean", summary.get(name)), summary.get(f"{name}_ci_low"), summary.get(f"{name}_ci_high")
+        if value is None:
+            return "n/a"
+        return f"{value:.2f}" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
+
+    rows = []
+    for split in reporting_order(saliency):
+        summary = saliency[split]
+        rate = {"pointing_game": summary.get("pointing_game_hit_rate"), "pointing_game_ci_low": summary.get("pointing_game_ci_low"),
+                "pointing_game_ci_high": summary.get("pointing_game_ci_high")}
+        rows.append(
+            {
+                "split": split,
+                "n": summary.get("n_images"),
+                "energy": interval(summary, "energy_in_node"),
+                "chance": "n/a" if summary.get("node_area_fraction_mean") is None else f"{summary['node_area_fraction_mean']:.2f}",
+                "pointing": interval(rate, "pointing_game"),
+                "figure": summary.get("figure"),
+            }
+        )
+    return rows
+
+
 def classifier_card(
     *,
     model_name: str,
@@ -218,6 +246,7 @@ def classifier_card(
     repo_id: str | None = None,
     license_fields: dict | None = None,
     dataset_revision: str | None = None,
+    saliency: dict | None = None,
 ):
     """The `ModelCard` of a LymphUs classifier (model_card.md), with `model-index` results.
 
@@ -274,6 +303,8 @@ def classifier_card(
         license_text=license_text(license_fields),
         dataset_revision=dataset_revision if is_hub_dataset else None,
         hyperparameters=hyperparameters,
+        saliency_rows=saliency_rows(saliency or {}, int(round(confidence_level * 100))),
+        saliency_method=next((summary["method"] for summary in (saliency or {}).values()), None),
         model_ref=repo_id or "path/to/this/model",
     )
 

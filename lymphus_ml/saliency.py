@@ -302,3 +302,23 @@ def plot_saliency_cases(images, masks, maps, scores, path, title: str = "") -> P
         figure.suptitle(title, fontsize=10)
     figure.savefig(path)
     return Path(path)
+
+
+def model_inputs_with_masks(split_dataset, transform, size, image_column="image", mask_column="mask"):
+    """(pixel_values (N, C, H, W), masks (N, H, W) 0/1, images (N, H, W) uint8) of a split as the model sees it.
+
+    `transform` is the evaluation `ClassificationTransform`: its ROI (full image, or the mask's box) is applied to
+    the expert mask too, which is then resized to the model input by nearest neighbour, so mask and saliency map
+    share one geometry. The images are the ROI view resized as the model gets it, for the figure.
+    """
+    from lymphus_ml.images import roi_bounding_box, roi_image
+
+    pixel_values, masks, images = [], [], []
+    for row in split_dataset.select_columns([image_column, mask_column]):
+        image, mask = row[image_column].convert("L"), row[mask_column]
+        pixel_values.append(transform(image, mask))
+        box = roi_bounding_box(mask, transform.margin) if transform.roi != "full" else (0, 0, *mask.size)
+        masks.append(resize_mask(mask.crop(box), size))
+        view = roi_image(image, mask, transform.roi, transform.margin)
+        images.append(np.asarray(view.resize((size[1], size[0]), Image.Resampling.BILINEAR)))
+    return torch.stack(pixel_values), np.stack(masks), np.stack(images)

@@ -222,3 +222,16 @@ def test_predict_reports_an_unreadable_file_and_still_writes_the_good_ones(full_
     assert rows["a_good.png"]["status"] == rows["b_sixteen_bit.png"]["status"] == "ok"
     assert 0 <= float(rows["b_sixteen_bit.png"]["probability_malignant"]) <= 1
     assert rows["c_broken.png"]["status"].startswith("failed: Cannot read image") and not rows["c_broken.png"]["probability_malignant"]
+
+
+def test_where_the_model_looks_is_in_the_metrics_and_the_card(full_model):
+    from huggingface_hub import ModelCard
+
+    text = ModelCard.load(full_model / "README.md").text
+    assert "## Where the model looks" in text
+    for split in ("external", "test", "validation"):
+        saliency = json.loads((full_model / f"metrics_{split}.json").read_text())["saliency"]
+        assert saliency["method"] == "occlusion" and saliency["n_images"] == json.loads(
+            (full_model / f"metrics_{split}.json").read_text())["at_0.5"]["n"]
+        assert 0 <= saliency["energy_in_node_ci_low"] <= saliency["energy_in_node_mean"] <= saliency["energy_in_node_ci_high"] <= 1
+        assert (full_model / saliency["figure"]).stat().st_size > 10_000 and f"]({saliency['figure']})" in text
