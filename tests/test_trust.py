@@ -235,3 +235,24 @@ def test_where_the_model_looks_is_in_the_metrics_and_the_card(full_model):
             (full_model / f"metrics_{split}.json").read_text())["at_0.5"]["n"]
         assert 0 <= saliency["energy_in_node_ci_low"] <= saliency["energy_in_node_mean"] <= saliency["energy_in_node_ci_high"] <= 1
         assert (full_model / saliency["figure"]).stat().st_size > 10_000 and f"]({saliency['figure']})" in text
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train_vit.py", "--dataset_name", "{missing}", "--output_dir", "{out}"],
+        ["train_segformer.py", "--dataset_name", "{missing}", "--output_dir", "{out}"],
+        ["predict.py", "--input", "{missing}", "--classifier", "{missing}"],
+        ["benchmark_lymphus.py", "--dataset_name", "{missing}", "--output_dir", "{out}"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_every_cli_reports_a_missing_input_in_one_line(command, tmp_path):
+    missing = str(tmp_path / "no-such-export")
+    argv = [part.format(missing=missing, out=tmp_path / "out") for part in command]
+    completed = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300,
+                               env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert completed.returncode == 1, completed.stderr[-2000:]
+    assert "Traceback" not in completed.stderr + completed.stdout
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no-such-export" in errors[0]
