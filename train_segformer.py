@@ -57,7 +57,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import transformers
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, SegformerImageProcessor
 
 from lymphus_ml.cards import base_model_license, card_license, segmenter_card
@@ -88,7 +87,7 @@ from lymphus_ml.training import (
     LymphUsDataArguments,
     parse_training_arguments,
     read_model_config_json,
-    setup_logging,
+    prepare_run,
     train_and_save,
 )
 
@@ -303,10 +302,7 @@ def main(args=None):
         return submit_script_job(Path(__file__), argv, job_args, data_args.dataset_name, push_to_hub, hub_token)
 
     # Logging, seed, output folder (and the offline demo's synthetic export)
-    setup_logging(training_args, logger)
-    transformers.set_seed(training_args.seed)
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_run(training_args, logger)
     if data_args.offline_demo:
         apply_offline_demo(data_args, model_args, output_dir)
 

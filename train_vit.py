@@ -57,7 +57,6 @@ from pathlib import Path
 
 import numpy as np
 
-import transformers
 from datasets import ClassLabel
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
@@ -105,7 +104,7 @@ from lymphus_ml.training import (
     balanced_class_weights,
     parse_training_arguments,
     read_model_config_json,
-    setup_logging,
+    prepare_run,
     train_and_save,
 )
 
@@ -530,10 +529,7 @@ def main(args=None):
         return submit_script_job(Path(__file__), argv, job_args, data_args.dataset_name, push_to_hub, hub_token)
 
     # Logging, seed, output folder (and the offline demo's synthetic export)
-    setup_logging(training_args, logger)
-    transformers.set_seed(training_args.seed)
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_run(training_args, logger)
     if data_args.offline_demo:
         apply_offline_demo(data_args, model_args, output_dir)
 

@@ -224,6 +224,26 @@ def saliency_rows(saliency: dict, level: int) -> list[dict]:
     return rows
 
 
+def common_context(model_name, synthetic, model_description, base_model, dataset_name, dataset_config,
+                   external_config, license_fields, dataset_revision, hyperparameters, confidence_level, repo_id) -> dict:
+    """What both model-card templates say alike: names, provenance, licence, training, how to refer to the model."""
+    is_hub_dataset, dataset_label = dataset_reference(dataset_name)
+    return dict(
+        model_name=model_name,
+        synthetic=synthetic,
+        model_description=model_description,
+        base_model=base_model,
+        dataset_label=dataset_label,
+        dataset_config=dataset_config,
+        external_config=external_config,
+        license_text=license_text(license_fields),
+        dataset_revision=dataset_revision if is_hub_dataset else None,
+        hyperparameters=hyperparameters,
+        level=int(round(confidence_level * 100)),
+        model_ref=repo_id or "path/to/this/model",
+    )
+
+
 def classifier_card(
     *,
     model_name: str,
@@ -258,7 +278,7 @@ def classifier_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    is_hub_dataset, dataset_label = dataset_reference(dataset_name)
+    is_hub_dataset, _ = dataset_reference(dataset_name)
     sources = split_sources(dataset_config, external_config)
     license_fields = license_fields or dict(LYMPHUS_DATA_LICENSE)
     eval_results = classification_eval_results(
@@ -283,13 +303,8 @@ def classifier_card(
     return ModelCard.from_template(
         card_data,
         template_path=str(CLASSIFIER_CARD_TEMPLATE),
-        model_name=model_name,
-        synthetic=synthetic,
-        model_description=model_description,
-        base_model=base_model,
-        dataset_label=dataset_label,
-        dataset_config=dataset_config,
-        external_config=external_config,
+        **common_context(model_name, synthetic, model_description, base_model, dataset_name, dataset_config,
+                         external_config, license_fields, dataset_revision, hyperparameters, confidence_level, repo_id),
         roi_mode=roi_mode,
         roi_margin=roi_margin,
         roi_text=roi_description(roi_mode, roi_margin),
@@ -298,14 +313,9 @@ def classifier_card(
         youden=youden,
         class_names=list(class_names),
         data_rows=data_rows,
-        level=int(round(confidence_level * 100)),
         results=classification_results(split_metrics, sources, plots or {}, int(round(confidence_level * 100))),
-        license_text=license_text(license_fields),
-        dataset_revision=dataset_revision if is_hub_dataset else None,
-        hyperparameters=hyperparameters,
         saliency_rows=saliency_rows(saliency or {}, int(round(confidence_level * 100))),
         saliency_method=next((summary["method"] for summary in (saliency or {}).values()), None),
-        model_ref=repo_id or "path/to/this/model",
     )
 
 
@@ -395,7 +405,7 @@ def segmenter_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    is_hub_dataset, dataset_label = dataset_reference(dataset_name)
+    is_hub_dataset, _ = dataset_reference(dataset_name)
     sources = split_sources(dataset_config, external_config)
     license_fields = license_fields or dict(LYMPHUS_DATA_LICENSE)
     card_data = ModelCardData(
@@ -415,19 +425,9 @@ def segmenter_card(
     return ModelCard.from_template(
         card_data,
         template_path=str(SEGMENTER_CARD_TEMPLATE),
-        model_name=model_name,
-        synthetic=synthetic,
-        model_description=model_description,
-        base_model=base_model,
-        dataset_label=dataset_label,
-        dataset_config=dataset_config,
-        external_config=external_config,
+        **common_context(model_name, synthetic, model_description, base_model, dataset_name, dataset_config,
+                         external_config, license_fields, dataset_revision, hyperparameters, confidence_level, repo_id),
         data_rows=[(split, sources.get(split, split), n) for split, n in split_sizes.items()],
-        license_text=license_text(license_fields),
-        dataset_revision=dataset_revision if is_hub_dataset else None,
-        level=int(round(confidence_level * 100)),
         result_rows=segmentation_result_rows(split_metrics, sources),
         grids=grids or {},
-        hyperparameters=hyperparameters,
-        model_ref=repo_id or "path/to/this/model",
     )

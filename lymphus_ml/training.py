@@ -112,6 +112,17 @@ def parse_training_arguments(dataclass_types, args=None):
     return parsed, push_to_hub, hub_token, argv
 
 
+def prepare_run(training_args, script_logger) -> Path:
+    """Logging, the seed and the output folder of a training run; returns the output folder."""
+    import transformers
+
+    setup_logging(training_args, script_logger)
+    transformers.set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
 def setup_logging(training_args, script_logger):
     """transformers-examples logging; the script's own progress (results, where they are) at INFO by default."""
     import datasets
