@@ -324,6 +324,15 @@ def test_main_writes_metrics_overlays_and_card(trained, export_dir):
         dice = [r for r in card.data.eval_results if r.metric_type == "dice" and r.dataset_split == ("all" if split == "external" else split)]
         assert dice and dice[0].metric_value == pytest.approx(metrics["dice"]) and "95% CI" in dice[0].metric_name
     assert "Not for clinical use" in card.text and "synthetic data" in card.text and "do_reduce_labels=False" in card.text
+    # The model-index parses with huggingface_hub's own reader, held-out sets first; the licence is stated.
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert list(dict.fromkeys(r.dataset_split for r in results)) == ["all", "test", "validation"]
+    assert card.data.license == "other" and card.data.license_name
+    external = json.loads((trained / "metrics_external.json").read_text())
+    row = next(line for line in card.text.splitlines() if line.startswith("| external ("))
+    assert "missed nodes" in card.text and row.split("|")[-2].split()[0] == str(external["n_missed"])
     with open(trained / "segmentation_cases.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == sum(len(c) for c in expected_cases.values())
 
