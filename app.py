@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""A Gradio app (the Hugging Face Space SDK): upload a lymph node ultrasound image, see the malignancy probability.
+
+    python app.py --classifier <user>/vit-lymphus-center1 --segmenter <user>/segformer-lymphus-center1
+    python app.py --offline_demo          # tiny models trained on synthetic data (no network), cached in runs/app-demo/
+
+The page shows the malignancy probability, the label at the classifier's validation (Youden) threshold, the node
+outline found by the segmenter (required for a classifier trained on the node's crop or masked crop: such a
+classifier is refused without one) and an occlusion saliency heatmap over the classifier's view. Images of any mode
+or bit depth are accepted, as by predict.py. Not for clinical use.
+
+--offline_demo runs `train_vit.py --offline_demo` and `train_segformer.py --offline_demo` once (about 1.5 minutes
+on 2 CPU cores) and reuses the models while they are complete in --demo_dir.
+
+Publish it as a Gradio Space that loads the models by Hub id (the Space gets this file, the project modules it
+imports, its card, requirements.txt and space_config.json, which names the models it serves):
+
+    python app.py --push_to_space <user>/lymphus-demo --classifier <user>/vit-lymphus-center1 \
+        --segmenter <user>/segformer-lymphus-center1
+"""
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no analytics, no version check
+
+from lymphus_ml.cli import parse_arguments, run  # noqa: E402
+from lymphus_ml.demo import (  # noqa: E402
+    load_models,
+    predict_image,
+    prepare_offline_demo,
+    push_space,
+    read_space_config,
+    synthetic_examples,
+)
+from lymphus_ml.images import read_grayscale_image  # noqa: E402
+
+
+logger = logging.getLogger(__name__)
+
+TITLE = "LymphUs: lymph node ultrasound"
+NOT_FOR_CLINICAL_USE = "**Not for clinical use.** A research demo; it has not been validated for diagnosis or patient care."
+
+
+@dataclass
+class AppArguments:
+    classifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "Classifier written by train_vit.py: local folder or Hub id (default: the Hub ids in "
+            "space_config.json beside app.py, as in a Space written by --push_to_space)."
+        },
+    )
+    segmenter: str | None = field(
+        default=None,
+        metadata={
+            "help": "Segmenter written by train_segformer.py (folder or Hub id): draws the node's outline; required "
+            "for a classifier trained on --roi crop or masked."
+        },
+    )
+    offline_demo: bool = field(
+        default=False,
+        metadata={"help": "Serve the tiny offline demo models: trained on synthetic data once, then reused (no network)."},
+    )
+    demo_dir: str = field(
+        default="runs/app-demo",
+        metadata={"help": "Where --offline_demo keeps its models and the example images are written."},
+    )
+    server_name: str | None = field(
+        default=None,
+        metadata={"help": "Address to listen on (default: $GRADIO_SERVER_NAME, else 127.0.0.1; 0.0.0.0 for all)."},
+    )
+    server_port: int | None = field(
+        default=None, metadata={"help": "Port (default: $GRADIO_SERVER_PORT, else the first free from 7860)."}
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: cuda if available)."})
+    push_to_space: str | None = field(
+        default=None,
+        metadata={
+            "help": "USER/NAME: create or update a Gradio Space serving --classifier (and --segmenter), given as "
+            "Hub ids, then exit."
+        },
+    )
+    private: bool = field(default=False, metadata={"help": "With --push_to_space: create the Space private."})
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Token for --push_to_space (default: $HF_TOKEN or the saved login)."}
+    )
+
+
+def check_arguments(app_args) -> None:
+    if app_args.offline_demo and (app_args.classifier or app_args.segmenter or app_args.push_to_space):
+        raise ValueError(
+            "--offline_demo serves its own tiny models: leave out --classifier, --segmenter and --push_to_space."
+        )
+    if app_args.push_to_space and not app_args.classifier:
+        raise ValueError("--push_to_space needs --classifier (and --segmenter for a crop or masked classifier), as Hub ids.")
+
+
+def model_sources(app_args) -> dict:
+    """{"classifier": ..., "segmenter": ... or None}: the offline demo's models (trained or reused), the options,
+    else the Hub ids of space_config.json (a Space starts with no option)."""
+    if app_args.offline_demo:
+        return {name: str(path) for name, path in prepare_offline_demo(app_args.demo_dir).items()}
+    if app_args.classifier:
+        return {"classifier": app_args.classifier, "segmenter": app_args.segmenter}
+    config = read_space_config(__file__)
+    if config is None:
+        raise ValueError("Pass --classifier (a folder or Hub id), or --offline_demo to serve the tiny demo models.")
+    return {"classifier": config["classifier"], "segmenter": config.get("segmenter")}
+
+
+# The page
+
+
+def classify_upload(path, models):
+    """The page's action: (probability, label, details, outline, heatmap) for an uploaded file; gr.Error (one
+    message on the page) for no file or a file that is not an image."""
+    import gradio as gr
+
+    if path is None:
+        raise gr.Error("Upload an image first, or pick an example.", print_exception=False)
+    name = Path(path).name
+    try:
+        image, conversion = read_grayscale_image(path)
+    except ValueError as error:
+        if str(error).startswith("Cannot read image"):
+            message = f"{name} is not an image file the app can read: upload a PNG, BMP, TIFF or JPEG ultrasound image."
+        else:
+            message = f"{name}: {error}"
+        raise gr.Error(message, print_exception=False) from None
+    result = predict_image(image, models)
+    note = "; ".join(part for part in (conversion, result["note"]) if part)
+    details = (
+        f"**{result['label']}** at the classifier's validation threshold {result['threshold']:.4f} "
+        f"(probability ≥ threshold: {result['positive_label']}).\n\n{note[:1].upper() + note[1:]}."
+    )
+    return round(result["probability"], 4), result["label"], details, result["outline"], result["heatmap"]
+
+
+def probability_label(positive_label) -> str:
+    return "Malignancy probability" if positive_label == "malignant" else f"Probability of {positive_label}"
+
+
+def page_header(models) -> str:
+    settings = models.settings
+    segmenter = f"segmenter `{models.segmenter_name}`" if models.segmenter_name else "no segmenter"
+    return (
+        f"# {TITLE}\n\n> {NOT_FOR_CLINICAL_USE}\n\n"
+        f"Classifier `{models.classifier_name}` (trained on the {settings['roi_mode']} view, validation threshold "
+        f"{settings['threshold']:.4f}), {segmenter}. Upload a B-mode ultrasound image (any mode or bit depth)."
+    )
+
+
+def build_demo(models, examples=()):
+    """The Gradio Blocks: an upload, the results, the examples; `classify_upload` wired as the API `/predict`."""
+    import gradio as gr
+
+    def classify(path):
+        return classify_upload(path, models)
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        gr.Markdown(page_header(models), elem_id="header")
+        outline = gr.Image(
+            label="Node outline (predicted, red)", type="pil", format="png", interactive=False, render=False,
+            elem_id="outline",
+        )
+        heatmap = gr.Image(
+            label="Saliency (occlusion) for the label, over the classifier's view", type="pil", format="png",
+            interactive=False, render=False, elem_id="heatmap",
+        )
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Ultrasound image (PNG, BMP, TIFF, JPEG)", type="filepath", elem_id="upload")
+                button = gr.Button("Classify", variant="primary", elem_id="classify")
+                examples_column = gr.Column()
+            with gr.Column():
+                probability = gr.Number(
+                    label=probability_label(models.settings["positive_label"]), precision=4, interactive=False,
+                    elem_id="probability",
+                )
+                label = gr.Textbox(label="Label at the validation threshold", interactive=False, elem_id="label")
+                details = gr.Markdown(label="Details", elem_id="details")
+        with gr.Row():
+            outline.render()
+            heatmap.render()
+        outputs = [probability, label, details, outline, heatmap]
+        button.click(classify, inputs=upload, outputs=outputs, api_name="predict")
+        if examples:
+            with examples_column:
+                gr.Examples(
+                    [[str(path)] for path in examples], inputs=upload, outputs=outputs, fn=classify,
+                    run_on_click=True, cache_examples=False, label="Synthetic examples (made-up pixels, no patient data)",
+                    example_labels=[Path(path).stem.replace("-", " ") for path in examples],
+                )
+        gr.Markdown(NOT_FOR_CLINICAL_USE, elem_id="footer")
+    return demo
+
+
+def launch(demo, app_args, allowed_paths=(), prevent_thread_lock=False):
+    """Serve `demo` on --server_name / --server_port; never a share link."""
+    demo.launch(
+        server_name=app_args.server_name,
+        server_port=app_args.server_port,
+        share=False,
+        allowed_paths=[str(path) for path in allowed_paths],
+        prevent_thread_lock=prevent_thread_lock,
+    )
+    return demo
+
+
+def main(args=None):
+    # Arguments
+    (app_args,) = parse_arguments([AppArguments], args)
+    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
+    logging.getLogger("lymphus_ml").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)
+    check_arguments(app_args)
+
+    # A Space: publish this app serving the Hub models, then exit
+    if app_args.push_to_space:
+        from lymphus_ml.hub import resolve_hub_token
+
+        token = resolve_hub_token(app_args.hub_token)
+        if token is None:
+            raise ValueError("--push_to_space needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+        url = push_space(app_args.push_to_space, app_args.classifier, app_args.segmenter, token, app_args.private or None)
+        logger.info(f"Space {app_args.push_to_space} updated: {url}")
+        return url
+
+    # Models
+    sources = model_sources(app_args)
+    models = load_models(sources["classifier"], sources["segmenter"], app_args.device)
+
+    # Examples
+    examples_folder = Path(app_args.demo_dir) / "examples"
+    examples = synthetic_examples(examples_folder)
+
+    # Serve
+    return launch(build_demo(models, examples), app_args, [examples_folder])
+
+
+if __name__ == "__main__":
+    run(main)
