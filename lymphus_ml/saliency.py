@@ -237,6 +237,8 @@ def saliency_summary(saliency_maps, masks, confidence_level: float = 0.95) -> di
     energy, hits, area = scores["energy_in_node"], scores["pointing_game_hit"], scores["node_area_fraction"]
     defined = ~np.isnan(energy)
     energy_mean, energy_low, energy_high = mean_t_interval(energy[defined], confidence_level)
+    # A share lies in [0, 1]: a t interval near either end is cut there.
+    energy_low, energy_high = max(0.0, energy_low), min(1.0, energy_high)
     excess_mean, excess_low, excess_high = mean_t_interval(energy[defined] - area[defined], confidence_level)
     hit_low, hit_high = clopper_pearson_interval(int(hits.sum()), len(hits), confidence_level)
     return {

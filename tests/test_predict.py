@@ -109,7 +109,7 @@ def test_colour_image_is_converted_to_grayscale_with_a_note(tmp_path, caplog):
         image = predict.read_image(tmp_path / "red.png")
     assert image.mode == "L" and image.size == (12, 10)
     np.testing.assert_array_equal(np.asarray(image), np.asarray(Image.fromarray(rgb).convert("L")))
-    assert "red.png is RGB" in caplog.text
+    assert "red.png: RGB converted to 8-bit grayscale" in caplog.text
 
 
 def test_output_names_are_unique():
@@ -188,7 +188,8 @@ def test_main_segments_crops_and_classifies_a_folder(segmenter_dir, classifier_d
     rows = predict.main(["--input", str(image_folder), "--classifier", str(classifier_dir), "--segmenter", str(segmenter_dir),
                          "--output_dir", str(output_dir), "--device", "cpu", "--save_overlays", "--batch_size", "3"])
     written = read_csv(output_dir / "predictions.csv")
-    assert list(written[0]) == ["file", "probability_malignant", "label_at_threshold", "threshold", "mask_path", "node_pixels", "roi"]
+    assert list(written[0]) == ["file", "status", "probability_malignant", "label_at_threshold", "threshold", "mask_path", "node_pixels", "roi"]
+    assert {row["status"] for row in written} == {"ok"}
     assert len(written) == len(rows) == len(predict.list_images(image_folder))
     threshold = json.loads((classifier_dir / "config.json").read_text())["youden_threshold"]
     classifier = pipeline("image-classification", model=str(classifier_dir), device="cpu")

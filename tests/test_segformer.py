@@ -231,7 +231,9 @@ def test_perfect_prediction_scores_one_and_empty_prediction_zero(metric):
     results = segmentation.segmentation_metrics(metric, [perfect], [reference], n_bootstrap=50)
     assert (results["dice"], results["iou"], results["hd95"]) == (1.0, 1.0, 0.0)
     results = segmentation.segmentation_metrics(metric, [empty], [reference], n_bootstrap=50)
-    assert (results["dice"], results["iou"], results["hd95"]) == (0.0, 0.0, None)
+    # A missed node counts at the worst case, the image diagonal (Metrics Reloaded), and is counted as missed.
+    assert (results["dice"], results["iou"], results["hd95"]) == (0.0, 0.0, pytest.approx(np.hypot(64, 48)))
+    assert results["n_missed"] == 1
 
 
 def test_partial_prediction_matches_numpy_and_brute_force_hd95(metric):
@@ -268,7 +270,9 @@ def test_evaluate_split_scores_each_case_and_each_centre(export_dir, metric, mon
 
     monkeypatch.setattr(segmentation, "segment_images", lambda model, transform, images, batch_size=8: [np.zeros((i.height, i.width), np.uint8) for i in images])
     results, rows, _ = segmentation.evaluate_split(None, transform, test, metric, batch_size=3, n_bootstrap=50)
-    assert results["dice"] == 0.0 and results["hd95"] is None
+    diagonals = [np.hypot(*np.asarray(image).shape[:2]) for image in test["image"]]
+    assert results["dice"] == 0.0 and results["n_missed"] == len(rows)
+    assert results["hd95"] == pytest.approx(np.mean(diagonals))  # every node missed: each at its image's diagonal
     assert all(r["dice"] == 0.0 and r["predicted_pixels"] == 0 for r in rows)
     for centre, values in results["by_centre"].items():
         assert values["n_images"] == sum(1 for c in test["centre"] if c == centre)
@@ -352,6 +356,8 @@ def test_reported_metrics_match_the_saved_model_and_numpy(trained, export_dir):
         assert reported[case_id]["dice"] == pytest.approx(dice) and reported[case_id]["iou"] == pytest.approx(iou)
         assert reported[case_id]["predicted_pixels"] == prediction.sum()
         expected_hd95 = brute_force_hd95(prediction, reference)
+        if expected_hd95 is None and reference.any() and not prediction.any():
+            expected_hd95 = np.hypot(*reference.shape)  # a missed node counts at the image diagonal
         assert reported[case_id]["hd95"] == (None if expected_hd95 is None else pytest.approx(expected_hd95))
 
 
