@@ -1,0 +1,424 @@
+"""Leaderboards over several train_vit.py runs (models x seeds): one row per run, per model the mean ± SD across
+seeds and the AUC of the seeds' averaged predictions, and a forest plot of external AUC.
+
+A run's numbers come from its `metrics_<split>.json` files (a local run folder, or files downloaded from its Hub
+repo) or, when those are absent, from the `model-index` of its model card; its predictions from `predictions.csv`.
+"""
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, PREDICTION_COLUMNS, json_safe, metric_functions
+
+
+SPLITS = ("validation", "test", "external")
+# Sensitivity and specificity at the threshold chosen on validation, where that threshold is applied unchanged.
+THRESHOLD_SPLITS = ("test", "external")
+THRESHOLD_METRICS = ("sensitivity", "specificity")
+AVERAGED_SPLITS = ("test", "external")
+SUMMARY_METRICS = (
+    "validation_auc", "test_auc", "external_auc",
+    "test_sensitivity", "test_specificity", "external_sensitivity", "external_specificity",
+)
+SUMMARY_LABELS = {
+    "validation_auc": "validation AUC",
+    "test_auc": "test AUC",
+    "external_auc": "external AUC",
+    "test_sensitivity": "test sensitivity",
+    "test_specificity": "test specificity",
+    "external_sensitivity": "external sensitivity",
+    "external_specificity": "external specificity",
+}
+# A model card's `model-index` names the external set's split "all" (every split of the other centre).
+CARD_SPLITS = {"validation": "validation", "test": "test", "all": "external", "external": "external"}
+
+
+def metric_columns() -> list[str]:
+    columns = []
+    for split in SPLITS:
+        columns += [f"{split}_auc", f"{split}_auc_ci_low", f"{split}_auc_ci_high"]
+    for split in THRESHOLD_SPLITS:
+        for name in THRESHOLD_METRICS:
+            columns += [f"{split}_{name}", f"{split}_{name}_ci_low", f"{split}_{name}_ci_high"]
+    return columns
+
+
+CSV_COLUMNS = (
+    "model", "model_slug", "seed", "status", "roi", "youden_threshold", "confidence_level", *metric_columns(),
+    "run_dir", "hub_repo", "job_id", "returncode", "error",
+)
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write beside `path`, then rename: a reader never sees half a file."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+    return path
+
+
+def number(value):
+    """A finite float, or None (missing, null, NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def row_from_metrics_files(metrics: dict, source="") -> dict:
+    """Leaderboard fields from train_vit.py's metrics_<split>.json contents ({split: dict}): ROC-AUC with its CI,
+    sensitivity and specificity at the validation (Youden) threshold on test and external, ROI, threshold."""
+    row = {}
+    for split in SPLITS:
+        if split not in metrics:
+            raise ValueError(f"{source}metrics_{split}.json is missing.")
+        for key in ("at_0.5", "at_youden"):
+            if not isinstance(metrics[split].get(key), dict):
+                raise ValueError(f"{source}metrics_{split}.json has no {key!r} results.")
+        at_half = metrics[split]["at_0.5"]
+        for suffix in ("", "_ci_low", "_ci_high"):
+            row[f"{split}_auc{suffix}"] = number(at_half.get(f"roc_auc{suffix}"))
+    for split in THRESHOLD_SPLITS:
+        at_youden = metrics[split]["at_youden"]
+        for name in THRESHOLD_METRICS:
+            for suffix in ("", "_ci_low", "_ci_high"):
+                row[f"{split}_{name}{suffix}"] = number(at_youden.get(f"{name}{suffix}"))
+    row["roi"] = metrics["external"].get("roi")
+    row["youden_threshold"] = number(metrics["validation"].get("youden_threshold"))
+    row["confidence_level"] = number(metrics["validation"]["at_0.5"].get("confidence_level"))
+    return row
+
+
+def read_metrics_files(folder) -> dict:
+    """{split: metrics_<split>.json} of a run folder."""
+    folder, metrics = Path(folder), {}
+    for split in SPLITS:
+        path = folder / f"metrics_{split}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing.")
+        try:
+            metrics[split] = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
+    return metrics
+
+
+def row_from_eval_results(eval_results) -> dict:
+    """Leaderboard fields from a model card's `model-index` (huggingface_hub `EvalResult`s).
+
+    ROC-AUC per split (split "all" is the external set), sensitivity and specificity at the Youden threshold
+    (`metric_config` "youden"); CIs from `metric_args` ci_low / ci_high when present. Results computed on
+    segmenter-cropped images (`..._predicted_roi`) are left out.
+    """
+    row = {}
+    for result in eval_results or []:
+        if str(result.dataset_name or "").endswith("predicted_roi"):
+            continue
+        split = CARD_SPLITS.get(result.dataset_split)
+        if split is None:
+            continue
+        arguments = result.metric_args if isinstance(result.metric_args, dict) else {}
+        if result.metric_type == "roc_auc":
+            name = f"{split}_auc"
+        elif result.metric_type in THRESHOLD_METRICS and result.metric_config == "youden" and split in THRESHOLD_SPLITS:
+            name = f"{split}_{result.metric_type}"
+            row["youden_threshold"] = number(arguments.get("threshold"))
+        else:
+            continue
+        row[name] = number(result.metric_value)
+        row[f"{name}_ci_low"] = number(arguments.get("ci_low"))
+        row[f"{name}_ci_high"] = number(arguments.get("ci_high"))
+        row["confidence_level"] = number(arguments.get("confidence_level"))
+    return row
+
+
+def read_predictions(path) -> dict:
+    """{split: {case_id: (label, probability)}} from train_vit.py's predictions.csv; each fault names its row."""
+    path, predictions = Path(path), {}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in PREDICTION_COLUMNS[:4] if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} has no column(s) {missing}; its header is {reader.fieldnames}.")
+        for line, record in enumerate(reader, start=2):
+            split, case_id = record["split"], record["case_id"]
+            try:
+                label, probability = int(record["label"]), float(record["probability"])
+            except ValueError:
+                raise ValueError(
+                    f"{path}, line {line}: label {record['label']!r} / probability {record['probability']!r} "
+                    "is not a number."
+                ) from None
+            if label not in (0, 1) or not 0.0 <= probability <= 1.0:
+                raise ValueError(
+                    f"{path}, line {line}: label {label} must be 0/1 and probability {probability} in [0, 1]."
+                )
+            if case_id in predictions.setdefault(split, {}):
+                raise ValueError(f"{path}, line {line}: case {case_id!r} appears twice in split {split!r}.")
+            predictions[split][case_id] = (label, probability)
+    return predictions
+
+
+def averaged_predictions(predictions_by_run: dict, split: str):
+    """(case_ids, labels, mean probability per case) over runs ({run name: read_predictions(...)}).
+
+    Every run must have scored the same cases of `split` with the same labels: otherwise the average mixes
+    different test sets, and the error names the run and cases that differ.
+    """
+    names = list(predictions_by_run)
+    reference_name = names[0]
+    reference = predictions_by_run[reference_name].get(split)
+    if not reference:
+        raise ValueError(f"{reference_name}: predictions.csv has no rows for split {split!r}.")
+    case_ids = sorted(reference)
+    probabilities = []
+    for name in names:
+        cases = predictions_by_run[name].get(split, {})
+        if set(cases) != set(reference):
+            differing = sorted(set(cases) ^ set(reference))
+            raise ValueError(
+                f"{name} scored other {split} cases than {reference_name} ({len(differing)} differ, e.g. "
+                f"{differing[:3]}): the seeds' predictions cannot be averaged."
+            )
+        for case_id in case_ids:
+            if cases[case_id][0] != reference[case_id][0]:
+                raise ValueError(
+                    f"{name} labels {split} case {case_id!r} {cases[case_id][0]}, "
+                    f"{reference_name} {reference[case_id][0]}."
+                )
+        probabilities.append([cases[case_id][1] for case_id in case_ids])
+    labels = np.array([reference[case_id][0] for case_id in case_ids], dtype=int)
+    return case_ids, labels, np.mean(np.asarray(probabilities, dtype=float), axis=0)
+
+
+def averaged_auc(labels, probabilities, confidence_level=0.95, metric_path=CLINICAL_METRIC_PATH) -> dict:
+    """ROC-AUC of averaged predictions with its DeLong CI (the metric module's `delong_ci`), NaN-free for JSON."""
+    delong_ci = metric_functions(metric_path).delong_ci
+    result = delong_ci(list(labels), list(probabilities), confidence_level=confidence_level)
+    return json_safe({**result, "n": int(len(labels)), "confidence_level": confidence_level})
+
+
+def seed_summary(rows) -> dict:
+    """{model_slug: {"model", "n_runs", "n_finished", metric: {"mean", "sd", "n"}}} over each model's finished runs.
+
+    SD is the sample standard deviation (ddof=1), None with fewer than two values.
+    """
+    summary = {}
+    for row in rows:
+        entry = summary.setdefault(row["model_slug"], {"model": row["model"], "n_runs": 0, "n_finished": 0, "rows": []})
+        entry["n_runs"] += 1
+        if row["status"] == "finished":
+            entry["n_finished"] += 1
+            entry["rows"].append(row)
+    for entry in summary.values():
+        finished = entry.pop("rows")
+        for metric in SUMMARY_METRICS:
+            values = [row[metric] for row in finished if row.get(metric) is not None]
+            entry[metric] = {
+                "mean": float(np.mean(values)) if values else None,
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "n": len(values),
+            }
+    return summary
+
+
+def seed_averaged_aucs(rows, predictions, metric_path=CLINICAL_METRIC_PATH) -> dict:
+    """{model_slug: {split: averaged_auc(...) | None}} from the finished runs' predictions ({run key: ...}).
+
+    `predictions` is keyed like `run_key(row)`; the CI level is the runs' own (95 % when they do not say).
+    """
+    averaged = {}
+    for slug in dict.fromkeys(row["model_slug"] for row in rows):
+        finished = [row for row in rows if row["model_slug"] == slug and run_key(row) in predictions]
+        averaged[slug] = {split: None for split in AVERAGED_SPLITS}
+        if not finished:
+            continue
+        levels = {row.get("confidence_level") for row in finished} - {None}
+        level = levels.pop() if len(levels) == 1 else 0.95
+        by_run = {f"{slug} seed {row['seed']}": predictions[run_key(row)] for row in finished}
+        for split in AVERAGED_SPLITS:
+            if all(split in run for run in by_run.values()):
+                _, labels, probabilities = averaged_predictions(by_run, split)
+                result = averaged_auc(labels, probabilities, level, metric_path)
+                averaged[slug][split] = {**result, "n_seeds": len(by_run)}
+    return averaged
+
+
+def run_key(row) -> str:
+    return f"{row['model_slug']}/seed{row['seed']}"
+
+
+def write_leaderboard_csv(path, rows) -> Path:
+    """One line per run, CSV_COLUMNS; empty cells for what a run does not have."""
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({column: "" if row.get(column) is None else row[column] for column in CSV_COLUMNS})
+    return write_text_atomic(path, buffer.getvalue())
+
+
+def format_value(value, low=None, high=None) -> str:
+    if value is None:
+        return "–"
+    if low is None or high is None:
+        return f"{value:.3f}"
+    return f"{value:.3f} ({low:.3f}–{high:.3f})"
+
+
+def format_spread(entry) -> str:
+    if entry["mean"] is None:
+        return "–"
+    if entry["sd"] is None:
+        return f"{entry['mean']:.3f} (n=1)"
+    return f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+
+
+def summary_table(summary, averaged) -> list[str]:
+    header = ["model", "finished runs", *[SUMMARY_LABELS[m] for m in SUMMARY_METRICS]]
+    header += [f"seed-averaged {split} AUC (CI)" for split in AVERAGED_SPLITS]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for slug, entry in summary.items():
+        cells = [f"`{slug}`", f"{entry['n_finished']}/{entry['n_runs']}"]
+        cells += [format_spread(entry[metric]) for metric in SUMMARY_METRICS]
+        for split in AVERAGED_SPLITS:
+            result = averaged.get(slug, {}).get(split)
+            cells.append(
+                "–" if result is None
+                else format_value(result["roc_auc"], result.get("roc_auc_ci_low"), result.get("roc_auc_ci_high"))
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def runs_table(rows) -> list[str]:
+    header = ["model", "seed", "status", "ROI", "validation AUC (CI)", "test AUC (CI)", "external AUC (CI)",
+              "external sensitivity (CI)", "external specificity (CI)", "where"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        cells = [f"`{row['model_slug']}`", str(row["seed"]), row["status"], row.get("roi") or "–"]
+        for name in ("validation_auc", "test_auc", "external_auc", "external_sensitivity", "external_specificity"):
+            cells.append(format_value(row.get(name), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")))
+        cells.append(f"`{row.get('hub_repo') or row.get('run_dir') or '–'}`")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def problem_sections(rows) -> list[str]:
+    """Failed, running and missing runs, each with what is known (exit status and log tail, job state)."""
+    lines = []
+    for row in rows:
+        if row["status"] == "finished":
+            continue
+        title = f"### `{row['model_slug']}` seed {row['seed']}: {row['status']}"
+        if row.get("returncode") is not None:
+            title += f" (exit status {row['returncode']})"
+        lines += ["", title, ""]
+        if row.get("error"):
+            lines.append(str(row["error"]))
+        if row.get("log_tail"):
+            where = f"{row['run_dir']}/train_vit.log" if row.get("run_dir") else "its log"
+            lines += ["", f"End of {where}:", "", "```", row["log_tail"].rstrip(), "```"]
+    return ["", "## Runs not finished"] + lines if lines else []
+
+
+def leaderboard_markdown(rows, summary, averaged, settings: dict, forest_plot: str | None) -> str:
+    """leaderboard.md: what was compared, per model (mean ± SD, seed-averaged AUC), the forest plot, every run."""
+    counts = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    levels = {row.get("confidence_level") for row in rows} - {None}
+    level = f"{levels.pop():.0%}" if len(levels) == 1 else "95%"
+    options = " ".join(settings.get("train_vit_options") or []) or "(none)"
+    lines = [
+        "# Leaderboard: train_vit.py over models × seeds",
+        "",
+        f"Dataset `{settings.get('dataset_name')}`: trained on `{settings.get('dataset_config')}`, external "
+        f"validation on every case of `{settings.get('external_config')}`. Other train_vit.py options, the same for "
+        f"every run: `{options}`.",
+        "",
+        f"{len(rows)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + ".",
+        "",
+        "## Per model, across seeds",
+        "",
+        "Mean ± SD across the model's finished runs (one per seed); SD is the sample standard deviation (ddof=1); "
+        "\"(n=1)\" where one run finished. Sensitivity and specificity are at each run's Youden threshold, chosen "
+        "on validation and applied unchanged. *Seed-averaged AUC*: the AUC of each case's probability averaged over "
+        f"the seeds (one ensemble), with its {level} DeLong confidence interval.",
+        "",
+        *summary_table(summary, averaged),
+    ]
+    if forest_plot:
+        lines += ["", f"![External AUC per run and model]({forest_plot})"]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        f"ROC-AUC with its {level} bootstrap CI as train_vit.py reports it; one row per run (`leaderboard.csv` has "
+        "every column).",
+        "",
+        *runs_table(rows),
+        *problem_sections(rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_forest(rows, averaged, path, split="external") -> Path:
+    """Forest plot of `split` AUC: per model, one line per run (point and CI) then the seed-averaged estimate."""
+    from lymphus_ml.plots import agg_pyplot
+
+    plt = agg_pyplot()
+    entries = []  # (label, auc, low, high, averaged?)
+    for slug in dict.fromkeys(row["model_slug"] for row in rows):
+        for row in [row for row in rows if row["model_slug"] == slug]:
+            name = f"{split}_auc"
+            entries.append((f"{slug} · seed {row['seed']}", row.get(name), row.get(f"{name}_ci_low"),
+                            row.get(f"{name}_ci_high"), False, row["status"]))
+        result = averaged.get(slug, {}).get(split)
+        if result is not None:
+            entries.append((f"{slug} · seeds averaged", result["roc_auc"], result.get("roc_auc_ci_low"),
+                            result.get("roc_auc_ci_high"), True, "finished"))
+    figure, axes = plt.subplots(figsize=(7, 1.2 + 0.35 * len(entries)), dpi=100)
+    lows = [value for entry in entries for value in entry[1:3] if value is not None]
+    left = max(0.0, min(lows + [0.5]) - 0.05)
+    for position, (label, auc, low, high, is_average, status) in enumerate(entries):
+        y = len(entries) - 1 - position
+        if auc is None:
+            axes.text(left + 0.01, y, status, va="center", fontsize=8, color="grey")
+            continue
+        color = "black" if is_average else "tab:blue"
+        if low is not None and high is not None:
+            axes.plot([low, high], [y, y], color=color, lw=2 if is_average else 1.2)
+        axes.plot([auc], [y], "D" if is_average else "o", color=color, markersize=7 if is_average else 5)
+    axes.axvline(0.5, ls="--", color="grey", lw=1)
+    axes.set_yticks(range(len(entries)), [entry[0] for entry in reversed(entries)], fontsize=8)
+    xlabel = f"{split} ROC-AUC (runs: bootstrap CI; seeds averaged: DeLong CI)"
+    axes.set(xlim=(left, 1.0), ylim=(-0.7, len(entries) - 0.3), xlabel=xlabel,
+             title=f"{split.capitalize()} ROC-AUC per run and model")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
+
+
+def write_leaderboard(output_dir, rows, predictions, settings, metric_path=CLINICAL_METRIC_PATH) -> dict:
+    """leaderboard.csv, leaderboard.md and forest_external_auc.png in `output_dir`; returns what they hold."""
+    output_dir = Path(output_dir)
+    summary = seed_summary(rows)
+    averaged = seed_averaged_aucs(rows, predictions, metric_path)
+    write_leaderboard_csv(output_dir / "leaderboard.csv", rows)
+    forest_plot = "forest_external_auc.png"
+    partial = output_dir / f".partial-{forest_plot}"
+    plot_forest(rows, averaged, partial)
+    os.replace(partial, output_dir / forest_plot)
+    markdown = leaderboard_markdown(rows, summary, averaged, settings, forest_plot)
+    write_text_atomic(output_dir / "leaderboard.md", markdown)
+    return {"summary": summary, "averaged": averaged}

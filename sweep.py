@@ -1,0 +1,714 @@
+#!/usr/bin/env python
+"""Run train_vit.py for every (model, seed) pair and report the spread: one run on 338 patients says little.
+
+Offline, end to end: two tiny models built from configs (a ViT and a ConvNeXt), two seeds, on a synthetic export
+written once to <output_dir>/synthetic-lymphus, two runs at once (no download; about a minute on 2 CPU cores):
+
+    python sweep.py --offline_demo --output_dir runs/sweep-demo
+
+Any models (Hub ids, local model folders, or .json config files for models built from a config), any seeds; every
+option sweep.py does not know is forwarded verbatim to each train_vit.py run:
+
+    python sweep.py --dataset_name <user>/lymphus --dataset_config center1 --external_config center2 \
+        --models google/vit-base-patch16-224-in21k,facebook/dinov2-small,facebook/convnext-tiny-224 \
+        --seeds 0,1,2 --output_dir sweep-center1 \
+        --roi crop --class_weighting balanced --num_train_epochs 20 --learning_rate 5e-5 --bf16
+
+The same sweep as parallel Hugging Face Jobs, each pushing its model and card to <prefix>-<model>-seed<k>
+(OUT/jobs.json records run -> job id and repo, never the token); then, once they have run, the same leaderboard
+from those repos (it says which runs are still running or failed):
+
+    python sweep.py --launch_on_hub a10g-small --hub_model_id_prefix <user>/lymphus-sweep \
+        --dataset_name <user>/lymphus --models google/vit-base-patch16-224-in21k,facebook/dinov2-small \
+        --seeds 0,1,2 --output_dir sweep-hub --roi crop --num_train_epochs 20 --learning_rate 5e-5 --bf16
+    python sweep.py --collect --output_dir sweep-hub
+
+Outputs in --output_dir:
+  leaderboard.csv          one row per run: model, seed, ROI, validation / test / external AUC with CIs, sensitivity
+                           and specificity at the validation threshold, run folder or Hub repo, exit status, error
+  leaderboard.md           per model: mean ± SD across seeds (ddof=1) and the AUC of the seeds' averaged predictions
+                           with its DeLong CI; every run; failed runs with the end of their log
+  forest_external_auc.png  external AUC and CI per run, grouped by model, with the seed-averaged estimate
+  runs/<model>/seed<k>/    each run's train_vit.py outputs, train_vit.log and sweep_run.json
+  sweep.json               the settings every run shares (a re-run with other settings is refused)
+
+A run is finished when train_vit.py exited 0 and left metrics_<split>.json and predictions.csv: sweep.py then
+writes its sweep_run.json with "status": "finished". Running the same command again skips finished runs and retries
+the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
+then exits with status 1 (train_vit.py refusing the options stops it at once). --output_dir and --dataset_* are
+sweep.py's own; the options it sets per run (--model_name_or_path, --model_config_json, --seed, --hub_model_id) are
+refused among the forwarded ones, and so are abbreviations of its own.
+"""
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from lymphus_ml.cli import DEBUG_FLAG, argument_parser, run
+from lymphus_ml.hub import HubJobArguments, check_hub_job_request, job_script_args, launch_job, resolve_hub_token
+from lymphus_ml.leaderboard import SPLITS, read_metrics_files, read_predictions, row_from_eval_results
+from lymphus_ml.leaderboard import row_from_metrics_files, write_leaderboard, write_text_atomic
+
+
+logger = logging.getLogger(__name__)
+
+TRAIN_VIT_SCRIPT = Path(__file__).resolve().parent / "train_vit.py"
+RUN_MARKER = "sweep_run.json"
+RUN_LOG = "train_vit.log"
+RESULT_FILES = tuple(f"metrics_{split}.json" for split in SPLITS) + ("predictions.csv",)
+JOB_FAILED_STAGES = ("ERROR", "CANCELED", "DELETED")
+JOB_ACTIVE_STAGES = ("RUNNING", "SCHEDULING")
+LOG_TAIL_LINES = 25
+HUB_REPO_NAME_LIMIT = 96
+
+# Options sweep.py sets for each run: refused among the options forwarded to train_vit.py.
+MANAGED_OPTIONS = {
+    "--model_name_or_path": "give the models with --models (comma-separated)",
+    "--model_config_json": "give the models with --models (a .json config file counts as a model)",
+    "--seed": "give the seeds with --seeds (comma-separated)",
+    "--hub_model_id": "each run pushes to <--hub_model_id_prefix>-<model>-seed<k>",
+}
+
+# The offline demo: two tiny architectures built from configs, two seeds, settings that train in seconds on a CPU.
+# (the ViT is lymphus_ml.training.TINY_VIT_CONFIG, train_vit.py's own demo model, imported when the demo runs)
+DEMO_CONVNEXT_CONFIG = {
+    "model_type": "convnext", "image_size": 64, "hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1],
+}
+DEMO_MODELS = ("vit-tiny", "convnext-tiny")
+DEMO_SEEDS = "0,1"
+DEMO_PARALLEL_RUNS = 2
+DEMO_OPTIONS = {
+    "--roi": "crop", "--num_train_epochs": "2", "--learning_rate": "1e-3", "--n_bootstrap": "200",
+    "--use_cpu": None, "--report_to": "none", "--disable_tqdm": "True", "--save_total_limit": "1",
+}
+
+
+@dataclass
+class SweepArguments:
+    """What to sweep and where the leaderboard goes; any other option is forwarded to every train_vit.py run."""
+
+    models: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated models: Hub ids or local folders (--model_name_or_path of train_vit.py), or "
+            ".json config files (--model_config_json: a model built from a config, offline)."
+        },
+    )
+    seeds: str | None = field(default=None, metadata={"help": "Comma-separated seeds (default 0,1,2; demo 0,1)."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where runs/<model>/seed<k>/ and the leaderboard go (required)."}
+    )
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A LymphUs export: a folder written by `lymphus.py export`, or a Hub id."}
+    )
+    dataset_config: str = field(default="center1", metadata={"help": "Subset every run trains on."})
+    external_config: str = field(
+        default="center2", metadata={"help": "Subset every run is externally validated on (all its splits)."}
+    )
+    hub_model_id_prefix: str | None = field(
+        default=None,
+        metadata={
+            "help": "USER/NAME: each run pushes to USER/NAME-<model>-seed<k> (with --launch_on_hub, or when "
+            "--push_to_hub is forwarded), and --collect reads those repos."
+        },
+    )
+    collect: bool = field(
+        default=False,
+        metadata={
+            "help": "Build the leaderboard from the Hub repos of a --launch_on_hub sweep (runs from "
+            "<output_dir>/jobs.json, or --models, --seeds and --hub_model_id_prefix) and say which are not done."
+        },
+    )
+    offline_demo: bool = field(
+        default=False,
+        metadata={
+            "help": "No download: two tiny models built from configs, seeds 0,1, on a synthetic export written once "
+            "to <output_dir>/synthetic-lymphus; each default is overridable (--models, --seeds, train_vit options)."
+        },
+    )
+    max_parallel_runs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Local runs at once (default 1; the demo 2). On a CPU, 2 on 2 cores overlap one run's start-up "
+            "(single-threaded imports) with another's training; small models can share one GPU."
+        },
+    )
+    hub_token: str | None = field(
+        default=None, metadata={"help": "Hub token (default: $HF_TOKEN or the saved login); never printed or shipped."}
+    )
+
+
+@dataclass
+class SweepRun:
+    """One (model, seed) pair: `option` and `value` are how train_vit.py is told the model."""
+
+    model: str
+    slug: str
+    seed: int
+    option: str | None = None
+    value: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.slug}/seed{self.seed}"
+
+    def folder(self, output_dir) -> Path:
+        return Path(output_dir) / "runs" / self.slug / f"seed{self.seed}"
+
+    def repo_id(self, prefix) -> str | None:
+        return f"{prefix}-{self.slug}-seed{self.seed}" if prefix else None
+
+
+def parse_sweep_arguments(args=None):
+    """(sweep_args, job_args, forwarded): sweep.py's own options, and the rest for train_vit.py, checked."""
+    parser = argument_parser(
+        (SweepArguments, HubJobArguments),
+        description="Run train_vit.py for every (model, seed) pair and write a leaderboard.",
+        epilog="Any other option is forwarded to every train_vit.py run (see python train_vit.py --help).",
+    )
+    argv = [argument for argument in (sys.argv[1:] if args is None else list(args)) if argument != DEBUG_FLAG]
+    sweep_args, job_args, forwarded = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    own_options = [f"--{item.name}" for kind in (SweepArguments, HubJobArguments) for item in fields(kind)]
+    check_forwarded_options(forwarded, own_options)
+    if sweep_args.collect and forwarded:
+        raise ValueError(f"--collect reads finished runs and takes no train_vit.py option (got {forwarded[0]}).")
+    if sweep_args.output_dir is None:
+        raise ValueError("--output_dir is required: the folder for runs/<model>/seed<k>/ and the leaderboard.")
+    modes = [name for name, on in (("--collect", sweep_args.collect), ("--launch_on_hub", job_args.launch_on_hub),
+                                   ("--offline_demo", sweep_args.offline_demo)) if on]
+    if len(modes) > 1:
+        raise ValueError(f"{' and '.join(modes)} cannot be combined.")
+    if sweep_args.max_parallel_runs is not None and sweep_args.max_parallel_runs < 1:
+        raise ValueError(f"--max_parallel_runs {sweep_args.max_parallel_runs}: give 1 or more.")
+    return sweep_args, job_args, job_script_args(forwarded)
+
+
+def check_forwarded_options(forwarded, own_options):
+    """Refuse what would make the runs wrong: options sweep.py sets per run, abbreviations of its own, stray values."""
+    if forwarded and not forwarded[0].startswith("-"):
+        raise ValueError(
+            f"Unexpected value {forwarded[0]!r}: give several models or seeds comma-separated, with no space."
+        )
+    for argument in forwarded:
+        if not argument.startswith("--"):
+            continue
+        name = canonical_option(argument)
+        if name in MANAGED_OPTIONS:
+            raise ValueError(f"{name} is set by sweep.py for each run: {MANAGED_OPTIONS[name]}.")
+        abbreviated = [option for option in own_options if option.startswith(name) and option != name]
+        if abbreviated:
+            raise ValueError(
+                f"{name} looks like an abbreviation of {', '.join(abbreviated)}: options must be spelt in full."
+            )
+
+
+def parse_seeds(text) -> list[int]:
+    seeds = []
+    for item in text.split(","):
+        if not re.fullmatch(r"\s*\d+\s*", item):
+            raise ValueError(f"--seeds {text}: {item!r} is not a non-negative integer (give e.g. --seeds 0,1,2).")
+        seeds.append(int(item))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text} repeats a seed.")
+    return seeds
+
+
+def model_slug(model: str) -> str:
+    """A repo- and folder-safe name: a config file's stem, a folder's name, a Hub id's name."""
+    path = Path(model)
+    name = path.stem if model.endswith(".json") else path.name if path.exists() else model.split("/")[-1]
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"
+
+
+def plan_runs(models_text, seeds_text, prefix=None) -> list[SweepRun]:
+    """Every (model, seed) pair, model by model; each model checked (a .json file, a folder, or a Hub id)."""
+    models = [model.strip() for model in models_text.split(",")]
+    if not all(models):
+        raise ValueError(f"--models {models_text} has an empty entry; separate models with single commas.")
+    runs, slugs = [], {}
+    for model in models:
+        if model.endswith(".json"):
+            if not Path(model).is_file():
+                raise FileNotFoundError(f"--models: config file {model} not found.")
+            option = "--model_config_json"
+        elif Path(model).exists() or re.fullmatch(r"[\w.-]+(/[\w.-]+)?", model):
+            option = "--model_name_or_path"
+        else:
+            raise ValueError(f"--models: {model!r} is neither a .json config file, a local folder, nor a Hub model id.")
+        slug = model_slug(model)
+        if slug in slugs:
+            raise ValueError(
+                f"--models: {slugs[slug]!r} and {model!r} both get the name {slug!r}; rename one (folder or file)."
+            )
+        slugs[slug] = model
+        runs += [SweepRun(model, slug, seed, option, model) for seed in parse_seeds(seeds_text)]
+    if prefix:
+        longest = max((sweep_run.repo_id(prefix) for sweep_run in runs), key=len)
+        if len(longest.split("/")[-1]) > HUB_REPO_NAME_LIMIT:
+            raise ValueError(
+                f"Repo name {longest} is over {HUB_REPO_NAME_LIMIT} characters: shorten --hub_model_id_prefix."
+            )
+    return runs
+
+
+BOOLEAN_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
+                 "false": False, "f": False, "no": False, "n": False, "0": False}
+
+
+def canonical_option(argument) -> str:
+    """--output-dir=x -> --output_dir (HfArgumentParser accepts both spellings)."""
+    name = argument.split("=", 1)[0]
+    return "--" + name[2:].replace("-", "_")
+
+
+def option_names(forwarded) -> set[str]:
+    return {canonical_option(argument) for argument in forwarded if argument.startswith("--")}
+
+
+def boolean_flag(forwarded, name) -> bool:
+    """Whether a forwarded boolean option is on: `--push_to_hub`, `--push_to_hub True`, `--push_to_hub=false`, ..."""
+    value = False
+    for index, argument in enumerate(forwarded):
+        if argument.startswith("--") and canonical_option(argument) == name:
+            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
+            word = argument.split("=", 1)[1] if "=" in argument else following
+            value = BOOLEAN_WORDS.get(word.lower(), True)
+    return value
+
+
+def without_boolean_flag(forwarded, name) -> list[str]:
+    """`forwarded` less a boolean option and its optional True/False value."""
+    kept, skip = [], False
+    for index, argument in enumerate(forwarded):
+        if skip:
+            skip = False
+            continue
+        if argument.startswith("--") and canonical_option(argument) == name:
+            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
+            skip = "=" not in argument and following.lower() in BOOLEAN_WORDS
+            continue
+        kept.append(argument)
+    return kept
+
+
+def apply_offline_demo(sweep_args, forwarded, output_dir) -> list[str]:
+    """The demo's defaults where the command gave none; returns the forwarded options with the demo's added."""
+    output_dir = output_dir.resolve()
+    sweep_args.dataset_name = sweep_args.dataset_name or str(output_dir / "synthetic-lymphus" / "export")
+    configs = [str(output_dir / "configs" / f"{name}.json") for name in DEMO_MODELS]
+    sweep_args.models = sweep_args.models or ",".join(configs)
+    sweep_args.seeds = sweep_args.seeds or DEMO_SEEDS
+    sweep_args.max_parallel_runs = sweep_args.max_parallel_runs or DEMO_PARALLEL_RUNS
+    given = option_names(forwarded)
+    for option, value in DEMO_OPTIONS.items():
+        if option not in given:
+            forwarded = forwarded + ([option] if value is None else [option, value])
+    return forwarded
+
+
+def write_offline_demo_inputs(sweep_args, output_dir):
+    """The demo's config files and synthetic export, written once (a re-run reuses them)."""
+    from lymphus_ml.data import write_synthetic_export
+    from lymphus_ml.training import TINY_VIT_CONFIG
+
+    output_dir = output_dir.resolve()
+    (output_dir / "configs").mkdir(parents=True, exist_ok=True)
+    for name, config in zip(DEMO_MODELS, (TINY_VIT_CONFIG, DEMO_CONVNEXT_CONFIG)):
+        path = output_dir / "configs" / f"{name}.json"
+        if not path.is_file():
+            write_text_atomic(path, json.dumps(config, indent=2) + "\n")
+    export = output_dir / "synthetic-lymphus" / "export"
+    if sweep_args.dataset_name == str(export) and not (export / "README.md").is_file():
+        logger.info(f"Writing the synthetic export once, to {export}")
+        write_synthetic_export(output_dir / "synthetic-lymphus")
+
+
+def sweep_settings(sweep_args, forwarded) -> dict:
+    """What every run shares (a local dataset by its absolute path): runs made with other settings do not mix."""
+    dataset = sweep_args.dataset_name
+    if dataset is not None and Path(dataset).exists():
+        dataset = str(Path(dataset).resolve())
+    return {"dataset_name": dataset, "dataset_config": sweep_args.dataset_config,
+            "external_config": sweep_args.external_config, "train_vit_options": list(forwarded)}
+
+
+def has_started_runs(output_dir) -> bool:
+    markers = output_dir.glob(f"runs/*/*/{RUN_MARKER}")
+    finished = any(read_run_marker(path.parent).get("status") == "finished" for path in markers)
+    return finished or (output_dir / "jobs.json").is_file()
+
+
+def prepare_output_dir(output_dir, settings, compare=True) -> dict:
+    """Create or reuse the sweep folder: never a non-empty folder that is not a sweep's; never runs with other settings.
+
+    Returns the settings in force (the recorded ones when not comparing, as for --collect).
+    """
+    manifest = output_dir / "sweep.json"
+    if output_dir.is_file():
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file.")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not manifest.is_file():
+        raise FileExistsError(
+            f"--output_dir {output_dir} is not empty and holds no sweep.json: choose a new or empty folder."
+        )
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text())
+        if not compare:
+            return {**settings, **{key: value for key, value in recorded.items() if value is not None}}
+        differing = [key for key in settings if recorded.get(key) != settings[key]]
+        if differing and has_started_runs(output_dir):
+            key = differing[0]
+            raise ValueError(
+                f"{output_dir} holds runs made with {key} = {recorded.get(key)!r}, not {settings[key]!r}: their "
+                "results would not be comparable. Use another --output_dir, or the same settings to resume."
+            )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(manifest, json.dumps(settings, indent=2) + "\n")
+    return settings
+
+
+def train_vit_arguments(sweep_run, sweep_args, forwarded, run_output_dir, inline_config=False) -> list[str]:
+    """train_vit.py's command line for one run (a config file's contents inline for a Hub Job, which cannot read it)."""
+    value = sweep_run.value
+    if inline_config and sweep_run.option == "--model_config_json":
+        value = json.dumps(json.loads(Path(sweep_run.value).read_text()), separators=(",", ":"))
+    arguments = ["--dataset_name", sweep_args.dataset_name, "--dataset_config", sweep_args.dataset_config,
+                 "--external_config", sweep_args.external_config, sweep_run.option, value,
+                 "--seed", str(sweep_run.seed), "--output_dir", str(run_output_dir)]
+    if sweep_args.hub_model_id_prefix:
+        arguments += ["--hub_model_id", sweep_run.repo_id(sweep_args.hub_model_id_prefix)]
+    return arguments + list(forwarded)
+
+
+def read_run_marker(folder) -> dict:
+    path = Path(folder) / RUN_MARKER
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def log_tail(path, lines=LOG_TAIL_LINES) -> str:
+    if not Path(path).is_file():
+        return ""
+    text = Path(path).read_text(errors="replace").replace("\r", "\n")
+    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+def error_line(tail: str) -> str:
+    """The line that says what went wrong: train_vit.py's `error: ...`, else the last line of the log."""
+    lines = tail.splitlines()
+    errors = [line for line in lines if line.startswith("error:") or re.match(r"^\w*(Error|Exception)\b", line)]
+    return (errors[-1] if errors else lines[-1] if lines else "no output")[:400]
+
+
+def run_train_vit(sweep_run, arguments, folder, env) -> dict:
+    """train_vit.py for one run, as its own process (output in train_vit.log); writes and returns sweep_run.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_MARKER).unlink(missing_ok=True)
+    command = [sys.executable, str(TRAIN_VIT_SCRIPT), *arguments]
+    logger.info(f"{sweep_run.slug} seed {sweep_run.seed}: train_vit.py started, log in {folder / RUN_LOG}")
+    start = time.monotonic()
+    with open(folder / RUN_LOG, "w") as log:
+        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    missing = [name for name in RESULT_FILES if not (folder / name).is_file()]
+    record = {"status": "finished" if completed.returncode == 0 and not missing else "failed",
+              "returncode": completed.returncode, "seconds": round(time.monotonic() - start, 1),
+              "model": sweep_run.model, "seed": sweep_run.seed, "train_vit_arguments": arguments}
+    if record["status"] == "failed":
+        record["log_tail"] = log_tail(folder / RUN_LOG)
+        record["error"] = error_line(record["log_tail"]) if completed.returncode else f"train_vit.py wrote no {missing}"
+    write_text_atomic(folder / RUN_MARKER, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def is_argument_error(record) -> bool:
+    """train_vit.py refused its command line (argparse exits 2; lymphus_ml.cli names unknown options): every run
+    would fail the same way."""
+    return record["returncode"] == 2 or "Unknown option" in record.get("error", "")
+
+
+def base_row(sweep_run, output_dir=None, prefix=None) -> dict:
+    return {"model": sweep_run.model, "model_slug": sweep_run.slug, "seed": sweep_run.seed, "status": "pending",
+            "run_dir": str(sweep_run.folder(output_dir).relative_to(output_dir)) if output_dir else None,
+            "hub_repo": sweep_run.repo_id(prefix)}
+
+
+def local_results(runs, output_dir, prefix=None) -> tuple[list, dict]:
+    """(rows, predictions by run key) from the run folders: finished runs' metrics, failed runs' exit and log."""
+    rows, predictions = [], {}
+    for sweep_run in runs:
+        folder, row = sweep_run.folder(output_dir), base_row(sweep_run, output_dir, prefix)
+        marker = read_run_marker(folder)
+        if marker.get("status") == "finished":
+            row.update(row_from_metrics_files(read_metrics_files(folder), source=f"{folder}/"), status="finished")
+            predictions[sweep_run.key] = read_predictions(folder / "predictions.csv")
+        elif marker:
+            row.update(status="failed", returncode=marker.get("returncode"), error=marker.get("error"),
+                       log_tail=marker.get("log_tail"))
+        rows.append(row)
+    return rows, predictions
+
+
+def run_sweep(runs, sweep_args, forwarded, output_dir, settings) -> list:
+    """Every run not yet finished (--max_parallel_runs at once); the leaderboard is rewritten as each ends.
+
+    Returns the rows. train_vit.py refusing its options stops the sweep: every run would fail the same way.
+    """
+    env = dict(os.environ)
+    if sweep_args.hub_token:
+        env["HF_TOKEN"] = sweep_args.hub_token  # the child's environment only: never its command line
+    workers = sweep_args.max_parallel_runs or 1
+    if workers > 1 and "OMP_NUM_THREADS" not in env:
+        # Runs at once share the cores: torch threads beyond them would only wait for each other.
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
+    pending = [item for item in runs if read_run_marker(item.folder(output_dir)).get("status") != "finished"]
+    logger.info(f"{len(runs)} runs: {len(runs) - len(pending)} already finished (skipped), {len(pending)} to run.")
+    queue, running, ended = list(pending), {}, 0
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while queue or running:
+            while queue and len(running) < workers:  # submitted one by one: a stop leaves the rest unstarted
+                sweep_run = queue.pop(0)
+                arguments = train_vit_arguments(sweep_run, sweep_args, forwarded, sweep_run.folder(output_dir))
+                running[pool.submit(run_train_vit, sweep_run, arguments, sweep_run.folder(output_dir), env)] = sweep_run
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                sweep_run, record, ended = running.pop(future), future.result(), ended + 1
+                outcome = f"failed (exit status {record['returncode']}): {record.get('error')}"
+                if record["status"] == "finished":
+                    outcome = f"finished in {record['seconds']:.0f} s"
+                logger.info(f"[{ended}/{len(pending)}] {sweep_run.slug} seed {sweep_run.seed} {outcome}")
+                rows, predictions = local_results(runs, output_dir, sweep_args.hub_model_id_prefix)
+                write_leaderboard(output_dir, rows, predictions, settings)
+                if record["status"] == "failed" and is_argument_error(record):
+                    queue.clear()
+                    raise ValueError(
+                        f"train_vit.py refused the options it was given: {record['error']} "
+                        f"(see {sweep_run.folder(output_dir) / RUN_LOG})."
+                    )
+    rows, predictions = local_results(runs, output_dir, sweep_args.hub_model_id_prefix)
+    write_leaderboard(output_dir, rows, predictions, settings)
+    return rows
+
+
+def check_run_request(sweep_args, job_args, forwarded):
+    """What every mode but --collect needs; a prefix is for pushing (--push_to_hub or --launch_on_hub)."""
+    if sweep_args.models is None:
+        raise ValueError(
+            "--models is required: comma-separated Hub ids, local folders or .json configs (or --offline_demo)."
+        )
+    if sweep_args.dataset_name is None:
+        raise ValueError("--dataset_name is required: a folder written by `lymphus.py export`, or a Hub id.")
+    pushing = boolean_flag(forwarded, "--push_to_hub")
+    if pushing and not sweep_args.hub_model_id_prefix:
+        raise ValueError(
+            "--push_to_hub needs --hub_model_id_prefix USER/NAME: each run pushes to USER/NAME-<model>-seed<k>."
+        )
+    if sweep_args.hub_model_id_prefix and not (pushing or job_args.launch_on_hub):
+        raise ValueError("--hub_model_id_prefix names the repos runs push to: add --push_to_hub or --launch_on_hub "
+                         "(or --collect to read them).")
+
+
+def check_launch_request(sweep_args, runs, forwarded, token):
+    """A Hub Job reads nothing local: a Hub dataset, Hub (or config) models, a repo per run, a token."""
+    if sweep_args.dataset_name is None:
+        raise ValueError("--launch_on_hub needs --dataset_name: the dataset's Hub id (`python lymphus.py push`).")
+    check_hub_job_request(sweep_args.dataset_name, True, token)
+    if not sweep_args.hub_model_id_prefix or "/" not in sweep_args.hub_model_id_prefix:
+        raise ValueError(
+            "--launch_on_hub needs --hub_model_id_prefix USER/NAME: each run pushes to USER/NAME-<model>-seed<k>."
+        )
+    local = [item.model for item in runs if item.option == "--model_name_or_path" and Path(item.model).exists()]
+    if local:
+        raise ValueError(
+            f"--models {local[0]} is a local folder, which a Hub Job cannot read: push it and give its Hub id."
+        )
+
+
+def read_jobs(output_dir) -> dict:
+    path = output_dir / "jobs.json"
+    return json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
+
+
+def job_stage(api, job) -> tuple[str, str | None]:
+    """(stage, message) of a recorded job: COMPLETED, ERROR, RUNNING, ... or UNKNOWN when the Hub cannot say."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        info = api.inspect_job(job_id=job["job_id"], namespace=job.get("namespace"))
+    except HfHubHTTPError as error:
+        return "UNKNOWN", str(error).splitlines()[0]
+    status = info.status
+    stage = getattr(status.stage, "value", status.stage) if status is not None else "UNKNOWN"
+    return str(stage), getattr(status, "message", None)
+
+
+def launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token) -> dict:
+    """One Hub Job per run not already submitted (or whose job failed); jobs.json is rewritten after each submission."""
+    from huggingface_hub import HfApi
+
+    api, jobs = HfApi(token=token), read_jobs(output_dir)
+    for sweep_run in runs:
+        recorded = jobs.get(sweep_run.key)
+        if recorded is not None:
+            stage, _ = job_stage(api, recorded)
+            if stage not in JOB_FAILED_STAGES:
+                logger.info(f"{sweep_run.key}: job {recorded['job_id']} already submitted ({stage}); not resubmitted.")
+                continue
+            logger.info(f"{sweep_run.key}: job {recorded['job_id']} ended {stage}; submitting it again.")
+        job_output_dir = f"{sweep_run.slug}-seed{sweep_run.seed}"
+        arguments = train_vit_arguments(
+            sweep_run, sweep_args, ["--push_to_hub", *forwarded], job_output_dir, inline_config=True
+        )
+        job = launch_job(TRAIN_VIT_SCRIPT, arguments, job_args.launch_on_hub, token,
+                         timeout=job_args.job_timeout, namespace=job_args.job_namespace)
+        owner = getattr(job, "owner", None)
+        jobs[sweep_run.key] = {
+            "model": sweep_run.model, "model_slug": sweep_run.slug, "seed": sweep_run.seed,
+            "repo_id": sweep_run.repo_id(sweep_args.hub_model_id_prefix), "job_id": job.id, "job_url": job.url,
+            "namespace": getattr(owner, "name", None) or job_args.job_namespace, "flavor": job_args.launch_on_hub,
+        }
+        write_text_atomic(output_dir / "jobs.json", json.dumps({"runs": jobs}, indent=2) + "\n")
+    logger.info(f"{len(jobs)} jobs recorded in {output_dir / 'jobs.json'}; when they are done: "
+                f"python sweep.py --collect --output_dir {output_dir}")
+    return jobs
+
+
+def hub_run_results(repo_id, token):
+    """(leaderboard fields, predictions) of a run's Hub repo, or None while it has no predictions.csv.
+
+    The metrics files are preferred; without them the model card's model-index gives the AUCs (and CIs if it has them).
+    """
+    from huggingface_hub import ModelCard, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        predictions = read_predictions(hf_hub_download(repo_id, "predictions.csv", token=token))
+    except (RepositoryNotFoundError, EntryNotFoundError):
+        return None
+    metrics = {}
+    try:
+        for split in SPLITS:
+            path = hf_hub_download(repo_id, f"metrics_{split}.json", token=token)
+            metrics[split] = json.loads(Path(path).read_text())
+    except EntryNotFoundError:
+        metrics = None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{repo_id}: metrics_{split}.json is not valid JSON: {error}") from None
+    if metrics is not None:
+        return row_from_metrics_files(metrics, source=f"{repo_id}: "), predictions
+    try:
+        card = ModelCard.load(repo_id, token=token)
+    except EntryNotFoundError:
+        return {}, predictions
+    return row_from_eval_results(card.data.eval_results), predictions
+
+
+def collect_runs(sweep_args, output_dir) -> list[SweepRun]:
+    """The runs to collect: --models/--seeds/--hub_model_id_prefix, else those jobs.json recorded at launch."""
+    if sweep_args.models:
+        if not sweep_args.hub_model_id_prefix:
+            raise ValueError(
+                "--collect with --models needs --hub_model_id_prefix (the repos are <prefix>-<model>-seed<k>)."
+            )
+        return plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2")
+    jobs = read_jobs(output_dir)
+    if not jobs:
+        raise FileNotFoundError(
+            f"{output_dir / 'jobs.json'} not found: give --models, --seeds and --hub_model_id_prefix to say which "
+            "repos to collect."
+        )
+    return [SweepRun(job["model"], job["model_slug"], int(job["seed"])) for job in jobs.values()]
+
+
+def collect_from_hub(runs, sweep_args, output_dir, token) -> tuple[list, dict]:
+    """(rows, predictions) from each run's repo; a run without results is running, failed or not found (job state)."""
+    from huggingface_hub import HfApi
+
+    api, jobs, rows, predictions = HfApi(token=token), read_jobs(output_dir), [], {}
+    for sweep_run in runs:
+        job = jobs.get(sweep_run.key)
+        prefix = sweep_args.hub_model_id_prefix
+        repo_id = sweep_run.repo_id(prefix) if prefix else job["repo_id"]
+        row = {**base_row(sweep_run), "hub_repo": repo_id, "job_id": job["job_id"] if job else None}
+        results = hub_run_results(repo_id, token)
+        complete = results is not None and all(results[0].get(f"{split}_auc") is not None for split in SPLITS)
+        if complete:
+            row.update(results[0], status="finished")
+            predictions[sweep_run.key] = results[1]
+        elif job is None:
+            row.update(status="not found", error=f"{repo_id} has no results yet (still running or failed)")
+        else:
+            stage, message = job_stage(api, job)
+            # A job that completed without results in its repo failed to push them.
+            status = "running" if stage in JOB_ACTIVE_STAGES else "unknown" if stage == "UNKNOWN" else "failed"
+            detail = f"job {job['job_id']} {stage}" + (f": {message}" if message else "")
+            row.update(status=status, error=f"{detail}; {repo_id} has no {'complete ' if results else ''}results yet"
+                       + (f" ({job['job_url']})" if job.get("job_url") else ""))
+        rows.append(row)
+    return rows, predictions
+
+
+def report(rows, output_dir):
+    counts = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    logger.info(f"Leaderboard in {output_dir}: leaderboard.md, leaderboard.csv, forest_external_auc.png ("
+                + ", ".join(f"{n} {status}" for status, n in counts.items()) + ")")
+    for row in rows:
+        if row["status"] != "finished":
+            logger.info(f"  {row['model_slug']} seed {row['seed']}: {row['status']}: {row.get('error') or ''}")
+
+
+def main(args=None):
+    # Arguments: sweep.py's own, and the options forwarded to every train_vit.py run
+    sweep_args, job_args, forwarded = parse_sweep_arguments(args)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    output_dir = Path(sweep_args.output_dir)
+
+    # Collect: the leaderboard of a Hub sweep from its repos
+    if sweep_args.collect:
+        settings = prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded), compare=False)
+        runs = collect_runs(sweep_args, output_dir)
+        rows, predictions = collect_from_hub(runs, sweep_args, output_dir, resolve_hub_token(sweep_args.hub_token))
+        write_leaderboard(output_dir, rows, predictions, settings)
+        report(rows, output_dir)
+        return rows
+
+    # The runs: every (model, seed) pair (the demo first writes its configs and synthetic export, once)
+    settings = None
+    if sweep_args.offline_demo:
+        forwarded = apply_offline_demo(sweep_args, forwarded, output_dir)
+        settings = prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
+        write_offline_demo_inputs(sweep_args, output_dir)
+    check_run_request(sweep_args, job_args, forwarded)
+    runs = plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix)
+
+    # Hub Jobs: one per run, in parallel on Hugging Face hardware, then stop
+    if job_args.launch_on_hub:
+        forwarded = without_boolean_flag(forwarded, "--push_to_hub")  # every Job pushes: the same settings either way
+        token = resolve_hub_token(sweep_args.hub_token)
+        check_launch_request(sweep_args, runs, forwarded, token)
+        prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
+        return launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token)
+
+    # Local runs, one after another, skipping those already finished
+    settings = settings or prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
+    rows = run_sweep(runs, sweep_args, forwarded, output_dir, settings)
+    report(rows, output_dir)
+    failed = [row for row in rows if row["status"] != "finished"]
+    if failed:
+        raise ValueError(
+            f"{len(failed)} of {len(rows)} runs failed (e.g. {failed[0]['model_slug']} seed {failed[0]['seed']}: "
+            f"{failed[0].get('error')}); all are in {output_dir / 'leaderboard.md'}. "
+            "Run the same command to retry them."
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    run(main)
