@@ -6,6 +6,7 @@ repo) or, when those are absent, from the `model-index` of its model card; its p
 """
 
 import csv
+import re
 import json
 import math
 import os
@@ -109,32 +110,41 @@ def read_metrics_files(folder) -> dict:
     return metrics
 
 
+# train_vit.py's cards use the Hub's metric ids where one exists (sensitivity is `recall`).
+CARD_METRIC_NAMES = {"roc_auc": "roc_auc", "recall": "sensitivity", "sensitivity": "sensitivity", "specificity": "specificity"}
+# The confidence interval rides in the metric's display name, where model-index keeps extra information.
+CARD_INTERVAL = re.compile(r"\((\d+)% CI (-?[0-9.]+)-(-?[0-9.]+)")
+
+
 def row_from_eval_results(eval_results) -> dict:
     """Leaderboard fields from a model card's `model-index` (huggingface_hub `EvalResult`s).
 
     ROC-AUC per split (split "all" is the external set), sensitivity and specificity at the Youden threshold
-    (`metric_config` "youden"); CIs from `metric_args` ci_low / ci_high when present. Results computed on
-    segmenter-cropped images (`..._predicted_roi`) are left out.
+    (`metric_config` "youden", threshold in `metric_args`); CIs from the display name ("... (95% CI a-b, ...)").
+    Results computed on segmenter-cropped images (`..._predicted_roi`) are left out.
     """
     row = {}
     for result in eval_results or []:
         if str(result.dataset_name or "").endswith("predicted_roi"):
             continue
         split = CARD_SPLITS.get(result.dataset_split)
-        if split is None:
+        metric = CARD_METRIC_NAMES.get(result.metric_type)
+        if split is None or metric is None:
             continue
         arguments = result.metric_args if isinstance(result.metric_args, dict) else {}
-        if result.metric_type == "roc_auc":
+        if metric == "roc_auc":
             name = f"{split}_auc"
-        elif result.metric_type in THRESHOLD_METRICS and result.metric_config == "youden" and split in THRESHOLD_SPLITS:
-            name = f"{split}_{result.metric_type}"
+        elif metric in THRESHOLD_METRICS and result.metric_config == "youden" and split in THRESHOLD_SPLITS:
+            name = f"{split}_{metric}"
             row["youden_threshold"] = number(arguments.get("threshold"))
         else:
             continue
+        interval = CARD_INTERVAL.search(str(result.metric_name or ""))
         row[name] = number(result.metric_value)
-        row[f"{name}_ci_low"] = number(arguments.get("ci_low"))
-        row[f"{name}_ci_high"] = number(arguments.get("ci_high"))
-        row["confidence_level"] = number(arguments.get("confidence_level"))
+        row[f"{name}_ci_low"] = number(interval.group(2)) if interval else None
+        row[f"{name}_ci_high"] = number(interval.group(3)) if interval else None
+        if interval:
+            row["confidence_level"] = int(interval.group(1)) / 100
     return row
 
 
@@ -270,7 +280,7 @@ def format_value(value, low=None, high=None) -> str:
     if value is None:
         return "–"
     if low is None or high is None:
-        return f"{value:.3f}"
+        return f"{value:.3f}" + (" (perfectly separated: no CI)" if value in (0.0, 1.0) else "")
     return f"{value:.3f} ({low:.3f}–{high:.3f})"
 
 
