@@ -349,29 +349,57 @@ def check_space_models(api, classifier, segmenter) -> None:
 def push_space(space_id, classifier, segmenter=None, token=None, private=None, app_path=PROJECT_ROOT / "app.py") -> str:
     """Create or update the Gradio Space `space_id`: app.py with exactly the project files it imports
     (`lymphus_ml.hub.job_files`), the card (README.md), requirements.txt and space_config.json (the Hub ids the
-    app serves when started with no option). Files of an earlier version that are no longer shipped are deleted.
-    Returns the commit URL."""
+    app serves when started with no option, and the files this push shipped). Returns the commit URL.
+
+    An existing Space is updated only if an earlier push_space wrote it (its space_config.json says so); files
+    that push shipped and this one does not are removed, anything else in the Space is left as it is.
+    """
     from huggingface_hub import HfApi
 
     from lymphus_ml.hub import job_files
 
     api = HfApi(token=token)
     check_space_models(api, classifier, segmenter)
+    shipped_before = files_shipped_earlier(api, space_id)
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
-        for path in job_files(app_path, PROJECT_ROOT):
+        shipped = job_files(app_path, PROJECT_ROOT)
+        for path in shipped:
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(PROJECT_ROOT / path, staging / path)
         space_card(space_id, classifier, segmenter).save(staging / "README.md")
         (staging / "requirements.txt").write_text(space_requirements())
-        config = {"classifier": classifier, "segmenter": segmenter}
+        shipped += ["README.md", "requirements.txt", SPACE_CONFIG_FILE]
+        config = {"classifier": classifier, "segmenter": segmenter, "files": sorted(shipped)}
         (staging / SPACE_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         commit = api.upload_folder(
-            repo_id=space_id, repo_type="space", folder_path=str(staging), delete_patterns=["*"],
+            repo_id=space_id, repo_type="space", folder_path=str(staging),
+            delete_patterns=sorted(set(shipped_before) - set(shipped)) or None,
             commit_message=f"LymphUs app serving {classifier}" + (f" with {segmenter}" if segmenter else ""),
         )
     return commit.commit_url
+
+
+def files_shipped_earlier(api, space_id) -> list[str]:
+    """Files an earlier push_space shipped to `space_id` ([] for a new or empty Space); a Space with other content
+    and no space_config.json of ours is refused, so nothing a user put there is overwritten."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        existing = set(api.list_repo_files(space_id, repo_type="space"))
+    except RepositoryNotFoundError:
+        return []
+    if SPACE_CONFIG_FILE not in existing:
+        if existing - {".gitattributes"}:
+            raise ValueError(
+                f"Space {space_id} exists and was not written by `app.py --push_to_space` (no {SPACE_CONFIG_FILE}): "
+                "its files are not ours to replace. Choose another Space name."
+            )
+        return []
+    config_path = hf_hub_download(space_id, SPACE_CONFIG_FILE, repo_type="space", token=api.token)
+    return list(json.loads(Path(config_path).read_text()).get("files", []))
 
 
 def read_space_config(app_path) -> dict | None:

@@ -296,7 +296,7 @@ def hub_models(hub_with_spaces, demo_dir):
     hub, ids = hub_with_spaces, {}
     for name in ("classifier", "segmenter"):
         ids[name] = f"{hub.user}/app-{name}"
-        push_folder_to_hub(demo_dir / name, ids[name], token=hub.token, allow_patterns=["*.json", "*.safetensors"])
+        push_folder_to_hub(demo_dir / name, ids[name], token=hub.token)
     return ids
 
 
@@ -325,7 +325,8 @@ def test_push_to_space_uploads_the_app_and_what_it_imports(hub_with_spaces, hub_
     assert card.data.sdk_version == gradio_version() and "Not for clinical use" in card.text
     assert card.data.models == [hub_models["classifier"], hub_models["segmenter"]]
     config = json.loads(hub.read_file(space_id, "space_config.json", "space"))
-    assert config == {"classifier": hub_models["classifier"], "segmenter": hub_models["segmenter"]}
+    assert {key: config[key] for key in ("classifier", "segmenter")} == {
+        "classifier": hub_models["classifier"], "segmenter": hub_models["segmenter"]}
     requirements = hub.read_file(space_id, "requirements.txt", "space").decode().split()
     names = {re.split(r"[<>=]", requirement)[0] for requirement in requirements}
     assert "torch==2.14.1" in requirements and {"transformers", "huggingface_hub", "datasets"} <= names
@@ -333,14 +334,29 @@ def test_push_to_space_uploads_the_app_and_what_it_imports(hub_with_spaces, hub_
     for path in space_file_names(hub, space_id):
         assert hub.token.encode() not in hub.read_file(space_id, path, "space")
 
-    # An update: a new commit, the same files; one the app no longer ships is removed.
-    HfApi(token=hub.token).upload_file(path_or_fileobj=b"old = 1\n", path_in_repo="lymphus_ml/old.py",
-                                       repo_id=space_id, repo_type="space")
+    # An update: a new commit, the same files. A file an earlier push shipped and this one does not is removed;
+    # a file the user added is kept.
+    api = HfApi(token=hub.token)
+    config = json.loads(hub.read_file(space_id, "space_config.json", "space"))
+    assert config["files"] == sorted(shipped + ["README.md", "requirements.txt", "space_config.json"])
+    config["files"].append("lymphus_ml/old.py")
+    api.upload_file(path_or_fileobj=b"old = 1\n", path_in_repo="lymphus_ml/old.py", repo_id=space_id, repo_type="space")
+    api.upload_file(path_or_fileobj=json.dumps(config).encode(), path_in_repo="space_config.json", repo_id=space_id,
+                    repo_type="space")
+    api.upload_file(path_or_fileobj=b"my notes\n", path_in_repo="notes.md", repo_id=space_id, repo_type="space")
     commits = len(hub.commits(space_id, "space"))
     app.main(arguments)
     assert len(hub.commits(space_id, "space")) == commits + 1
-    assert space_file_names(hub, space_id) == sorted(shipped + ["README.md", "requirements.txt", "space_config.json"])
+    assert space_file_names(hub, space_id) == sorted(shipped + ["README.md", "requirements.txt", "space_config.json", "notes.md"])
     assert hub.token not in capsys.readouterr().out
+
+    # A Space someone else's tool wrote is not ours to replace.
+    foreign = f"{hub.user}/not-our-space"
+    api.create_repo(foreign, repo_type="space", space_sdk="gradio")
+    api.upload_file(path_or_fileobj=b"print('hi')\n", path_in_repo="app.py", repo_id=foreign, repo_type="space")
+    with pytest.raises(ValueError, match="was not written by `app.py --push_to_space`"):
+        app.main(["--push_to_space", foreign, *arguments[2:]])
+    assert hub.read_file(foreign, "app.py", "space") == b"print('hi')\n"
 
 
 def gradio_version():
