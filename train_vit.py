@@ -73,7 +73,7 @@ from lymphus_ml.data import (
 from lymphus_ml.evaluation import (
     CLINICAL_METRIC_PATH,
     PREDICTION_COLUMNS,
-    ClinicalComputeMetrics,
+    RocAucComputeMetrics,
     apply_threshold,
     clinical_metrics_at_thresholds,
     format_metric,
@@ -84,7 +84,7 @@ from lymphus_ml.evaluation import (
     youden_threshold,
 )
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
-from lymphus_ml.images import ROI_MODES, BatchTransform, ClassificationTransform, collate_fn, model_input_size, processor_mean_std
+from lymphus_ml.images import ROI_MODES, ClassificationTransform, PreparedCases, collate_fn, model_input_size, processor_mean_std
 from lymphus_ml.plots import plot_confusion_matrix, plot_roc
 from lymphus_ml.saliency import (
     SALIENCY_METHODS,
@@ -309,37 +309,36 @@ def check_trained_head(model_args, loading_info, class_names):
 
 
 def model_view(split_dataset, data_args, image_processor, num_channels, train=False):
-    """`split_dataset` as the model sees it: the ROI, the transform (augmented when training), `pixel_values`."""
+    """`split_dataset` as the model sees it, prepared once in memory: the ROI at the model's input size (training:
+    at a working size, each batch augmented from there), `pixel_values` and `labels`."""
     mean, std = processor_mean_std(image_processor, num_channels)
     augment = train and data_args.augmentation != "none"
-    transform = ClassificationTransform(
-        model_input_size(image_processor), mean, std, data_args.roi, data_args.roi_margin, augment, num_channels
+    return PreparedCases(
+        split_dataset, model_input_size(image_processor), mean, std, data_args.roi, data_args.roi_margin, augment,
+        num_channels, data_args.image_column_name, data_args.mask_column_name, data_args.label_column_name,
     )
-    batch_transform = BatchTransform(
-        transform, data_args.image_column_name, data_args.mask_column_name, data_args.label_column_name
-    )
-    columns = [data_args.image_column_name, data_args.label_column_name]
-    columns += [data_args.mask_column_name] if data_args.roi != "full" else []
-    return split_dataset.select_columns(columns).with_transform(batch_transform)
 
 
 def build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index, metric):
-    """ClinicalTrainer: selects the epoch on validation ROC-AUC, class-weighted loss with --class_weighting balanced."""
+    """ClinicalTrainer: selects the epoch on validation ROC-AUC, the only metric computed each epoch (the clinical
+    metrics with their intervals are computed once, after training); class-weighted loss with --class_weighting
+    balanced. Training and validation cases are prepared once, here."""
     num_channels = getattr(model.config, "num_channels", 3)
-    compute_loss_func = None
+    compute_loss_func, train_view = None, None
     if data_args.class_weighting == "balanced" and training_args.do_train:
         weights = balanced_class_weights(dataset["train"][data_args.label_column_name], len(class_names))
         logger.info(f"Balanced class weights: {dict(zip(class_names, weights))}")
         compute_loss_func = WeightedCrossEntropyLoss(weights)
-    train_view = model_view(dataset["train"], data_args, image_processor, num_channels, train=True)
+    if training_args.do_train:
+        train_view = model_view(dataset["train"], data_args, image_processor, num_channels, train=True)
     return ClinicalTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_view if training_args.do_train else None,
+        train_dataset=train_view,
         eval_dataset=model_view(dataset["validation"], data_args, image_processor, num_channels),
         processing_class=image_processor,
         data_collator=collate_fn,
-        compute_metrics=ClinicalComputeMetrics(metric, positive_index, n_bootstrap=0, seed=training_args.seed),
+        compute_metrics=RocAucComputeMetrics(positive_index, data_args.metric_path),
         compute_loss_func=compute_loss_func,
     )
 

@@ -142,6 +142,24 @@ class ClinicalComputeMetrics:
         }
 
 
+class RocAucComputeMetrics:
+    """Trainer `compute_metrics` for the per-epoch validation: ROC-AUC of the positive class's softmax probability,
+    the one number model selection (`metric_for_best_model="roc_auc"`) reads.
+
+    The metric module's own `roc_auc` (Mann-Whitney, ties one half; NaN with a single class), so it equals the
+    final metrics' point estimate; no threshold, no interval: those are computed once, after training
+    (`clinical_metrics_at_thresholds`).
+    """
+
+    def __init__(self, positive_index: int, metric_path=CLINICAL_METRIC_PATH):
+        self.positive_index, self.roc_auc = positive_index, metric_functions(metric_path).roc_auc
+
+    def __call__(self, eval_prediction):
+        probabilities = positive_probabilities(eval_prediction.predictions, self.positive_index)
+        references = (np.asarray(eval_prediction.label_ids) == self.positive_index).astype(int)
+        return {"roc_auc": float(self.roc_auc(references, probabilities))}
+
+
 def format_metric(values, name):
     value = values.get(name)
     if value is None:

@@ -2,12 +2,16 @@
 
 Pure functions and small callables on PIL images and tensors, shared by training (train_vit.py,
 train_segformer.py), evaluation and inference (predict.py, app.py), so that every path feeds a model the same
-pixels.
+pixels. Training keeps each split in memory once prepared (`PreparedCases`: decoded, ROI cut and resized once per
+run) and augments whole batches from there (`BatchAugmentation`).
 """
+
+import math
 
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn import functional as nnf
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -80,6 +84,36 @@ def processor_mean_std(image_processor, num_channels=3) -> tuple[list, list]:
     return mean, std
 
 
+def normalization(image_mean, image_std, num_channels=3) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, offset), each (num_channels, 1, 1): (x / 255 - mean) / std == x * scale + offset, per channel."""
+    mean = torch.tensor(per_channel(image_mean, num_channels), dtype=torch.float32)[:, None, None]
+    std = torch.tensor(per_channel(image_std, num_channels), dtype=torch.float32)[:, None, None]
+    return 1.0 / (255.0 * std), -mean / std
+
+
+def normalized(pixels, scale, offset) -> torch.Tensor:
+    """Grayscale pixels in 0..255, (1, H, W) or (N, 1, H, W), as normalized float, broadcast to scale's channels."""
+    return (pixels.as_subclass(torch.Tensor).float() * scale).add_(offset)
+
+
+def prepared_pixels(image, mask, roi, margin, size) -> torch.Tensor:
+    """uint8 (1, H, W): the case's ROI (8-bit grayscale) resized to `size` = (H, W), antialiased.
+
+    At the model's input size this is exactly what evaluation feeds the model, before normalization.
+    """
+    if image.mode != "L":
+        image = image.convert("L")
+    if roi != "full" and mask is None:
+        raise ValueError(f"--roi {roi} needs the mask column; this example has none.")
+    return F.resize(F.pil_to_tensor(roi_image(image, mask, roi, margin)), list(size), antialias=True)
+
+
+def prepared_mask(mask, margin, size) -> torch.Tensor:
+    """uint8 (1, H, W): the 0/1 mask cut to the ROI box and resized to `size` (nearest neighbour)."""
+    node = (F.pil_to_tensor(mask.crop(roi_bounding_box(mask, margin))) > 0).to(torch.uint8)
+    return F.resize(node, list(size), interpolation=v2.InterpolationMode.NEAREST)
+
+
 class ClassificationTransform:
     """PIL grayscale image (+ mask) -> normalized float tensor (C, H, W) for the model.
 
@@ -87,8 +121,9 @@ class ClassificationTransform:
     jointly to image and mask with transforms v2, brightness/contrast on the image only, then in masked mode the
     pixels outside the moved mask zeroed again. Evaluation: a plain resize, as the saved image processor does at
     inference. Last, grayscale -> `num_channels` by repetition and the processor's mean/std. The stored data
-    stays grayscale. Training runs on PIL images (C kernels on uint8: ~4x faster than on tensors), so the data
-    pipeline keeps up with the model; the mask, when needed, is a `tv_tensors.Mask` (nearest-neighbour).
+    stays grayscale. Training runs on PIL images (C kernels on uint8: ~4x faster than on tensors); the mask, when
+    needed, is a `tv_tensors.Mask` (nearest-neighbour). One image per call: train_vit.py trains from `PreparedCases`
+    instead, the same augmentation drawn per image but applied to whole batches (`BatchAugmentation`).
     """
 
     def __init__(self, size, image_mean, image_std, roi="full", margin=0.1, train=False, num_channels=3):
@@ -104,9 +139,7 @@ class ClassificationTransform:
         )
         self.intensity = v2.ColorJitter(brightness=0.2, contrast=0.2)
         # (x / 255 - mean) / std == x * scale + offset, per channel, broadcast from the single grayscale channel.
-        mean = torch.tensor(per_channel(image_mean, num_channels), dtype=torch.float32)[:, None, None]
-        std = torch.tensor(per_channel(image_std, num_channels), dtype=torch.float32)[:, None, None]
-        self.scale, self.offset = 1.0 / (255.0 * std), -mean / std
+        self.scale, self.offset = normalization(image_mean, image_std, num_channels)
 
     def __call__(self, image, mask=None) -> torch.Tensor:
         if image.mode != "L":
@@ -124,6 +157,169 @@ class ClassificationTransform:
         else:
             pixels = F.pil_to_tensor(self.intensity(self.geometry(image)))
         return pixels.as_subclass(torch.Tensor).float() * self.scale + self.offset
+
+
+def working_size(size, scale=(0.7, 1.0), ratio=(0.8, 1.25)) -> tuple[int, int]:
+    """(H, W) at which training keeps a case's ROI: large enough that the smallest random resized crop still has
+    `size` pixels on each side, so augmentation never enlarges pixels.
+
+    A crop of area a (fraction of the image) and aspect ratio r spans sqrt(a * r) of the width and sqrt(a / r) of
+    the height; its shortest side is sqrt(scale[0] * min(ratio[0], 1 / ratio[1])) of the image's (0.748 for
+    the defaults: 64 -> 86 px, 224 -> 300 px).
+    """
+    smallest = math.sqrt(scale[0] * min(ratio[0], 1.0 / ratio[1]))
+    return tuple(math.ceil(side / smallest - 1e-9) for side in size)
+
+
+def random_crop_fractions(uniforms, scale=(0.7, 1.0), ratio=(0.8, 1.25)) -> tuple[np.ndarray, np.ndarray]:
+    """(width, height) of random resized crops as fractions of the image's sides, drawn as v2.RandomResizedCrop
+    draws them: area uniform in `scale`, log aspect ratio uniform in log `ratio`, the first of the attempts that fits,
+    else the whole image (whose ratio, 1, lies in the defaults' range).
+
+    `uniforms`: (n, 2 x attempts) numbers uniform in [0, 1), the areas' then the ratios'.
+    """
+    attempts = uniforms.shape[1] // 2
+    area = scale[0] + (scale[1] - scale[0]) * uniforms[:, :attempts]
+    aspect = np.exp(np.log(ratio[0]) + (np.log(ratio[1]) - np.log(ratio[0])) * uniforms[:, attempts:])
+    width, height = np.sqrt(area * aspect), np.sqrt(area / aspect)
+    fits = (width <= 1) & (height <= 1)
+    first = fits.argmax(axis=1)
+    rows = np.arange(len(uniforms))
+    none_fits = ~fits.any(axis=1)
+    return np.where(none_fits, 1.0, width[rows, first]), np.where(none_fits, 1.0, height[rows, first])
+
+
+class BatchAugmentation:
+    """The training augmentation of `ClassificationTransform` on a whole batch, each image with its own draw.
+
+    v2.RandomResizedCrop(size, scale, ratio), RandomHorizontalFlip, RandomAffine(degrees) (the corners it uncovers
+    are 0) and ColorJitter(brightness, contrast) in random order, with v2's distributions, from prepared images
+    (N, 1, h, w) in 0..255, e.g. uint8 at `working_size`. v2 draws one set of parameters per call and, per image,
+    costs ~0.5-1 ms at 64 px on a CPU core, as much as the tiny ViT's training step; here crop, flip and rotation are
+    composed into one sampling grid per image and the whole batch is resampled in one `grid_sample` (bilinear; the
+    mask, if given, nearest), ~20x cheaper. Masks zero the pixels outside the moved node after the jitter, as
+    `ClassificationTransform` does in masked mode. Returns float (N, 1, H, W) in [0, 255]. The random numbers come
+    from one draw of torch's global generator per batch, which the Trainer seeds (DataLoader workers: per worker).
+    """
+
+    attempts = 10  # RandomResizedCrop's
+
+    def __init__(self, size, scale=(0.7, 1.0), ratio=(0.8, 1.25), degrees=10.0, brightness=0.2, contrast=0.2):
+        self.size, self.scale, self.ratio, self.degrees = tuple(size), scale, ratio, degrees
+        self.brightness, self.contrast = brightness, contrast
+        height, width = self.size
+        # Output pixel centres in grid_sample's normalized coordinates (align_corners=False).
+        self.xs = ((torch.arange(width) * 2 + 1) / width - 1).view(1, 1, 1, width)
+        self.ys = ((torch.arange(height) * 2 + 1) / height - 1).view(1, 1, height, 1)
+
+    def __call__(self, pixels, masks=None) -> torch.Tensor:
+        parameters = self.random_parameters(pixels.shape[0])
+        planes = self.sampling_planes(parameters)
+        grid = planes[:, :2].permute(0, 2, 3, 1)
+        inside = planes[:, 2:].abs_().amax(dim=1, keepdim=True).le_(1)  # 1.0, or 0.0 in a corner the rotation uncovers
+        moved = nnf.grid_sample(pixels.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        moved = self.jitter(moved.mul_(inside), parameters)
+        if masks is not None:
+            node = nnf.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            moved = moved.mul_(node.gt_(0))
+        return moved
+
+    def random_parameters(self, n) -> dict[str, np.ndarray]:
+        """Per image: crop width and height (fractions of the sides) and centre (normalized), flip (-1 or 1),
+        angle (radians), brightness and contrast factors, and whether brightness comes first."""
+        uniforms = torch.rand(n, 7 + 2 * self.attempts, dtype=torch.float64).numpy()
+        width, height = random_crop_fractions(uniforms[:, 7:], self.scale, self.ratio)
+        signed = 2 * uniforms[:, :7] - 1  # uniform in [-1, 1)
+        return {
+            "width": width,
+            "height": height,
+            "centre_x": (1 - width) * signed[:, 0],
+            "centre_y": (1 - height) * signed[:, 1],
+            "flip": np.where(uniforms[:, 2] < 0.5, -1.0, 1.0),
+            "angle": np.deg2rad(self.degrees * signed[:, 3]),
+            "brightness": 1 + self.brightness * signed[:, 4],
+            "contrast": 1 + self.contrast * signed[:, 5],
+            "brightness_first": uniforms[:, 6] < 0.5,
+        }
+
+    def sampling_planes(self, p) -> torch.Tensor:
+        """(n, 4, H, W): for each output pixel (x, y), the grid_sample coordinates (grid x, grid y) of its source in
+        the prepared image and (u, v), where it falls in the crop (a corner outside [-1, 1]).
+
+        (u, v) = rotation @ (x, y) about the output's centre (in pixels, hence the aspect); grid = diag(flip x width,
+        height) @ (u, v) + centre. Each plane is a * x + b * y + c, with (a, b, c) per image.
+        """
+        cos, sin, aspect = np.cos(p["angle"]), np.sin(p["angle"]), self.size[0] / self.size[1]
+        zero, crop_x = np.zeros_like(cos), p["flip"] * p["width"]
+        coefficients = [
+            [crop_x * cos, -crop_x * sin * aspect, p["centre_x"]],
+            [p["height"] * sin / aspect, p["height"] * cos, p["centre_y"]],
+            [cos, -sin * aspect, zero],
+            [sin / aspect, cos, zero],
+        ]
+        a, b, c = torch.from_numpy(np.array(coefficients, dtype=np.float32).transpose(2, 0, 1))[..., None, None].unbind(2)
+        return self.xs * a + (self.ys * b + c)
+
+    def jitter(self, pixels, p) -> torch.Tensor:
+        """In place: brightness (x * b) and contrast (c * x + (1 - c) * mean), each clamped to [0, 255], in the drawn
+        order (v2.ColorJitter's on a float image)."""
+        brightness, contrast, first = p["brightness"], p["contrast"], p["brightness_first"]
+        steps = [  # (gain, pull towards the mean) of the first and the second step
+            [np.where(first, brightness, contrast), np.where(first, 0.0, 1 - contrast)],
+            [np.where(first, contrast, brightness), np.where(first, 1 - contrast, 0.0)],
+        ]
+        for gain, pull in torch.from_numpy(np.array(steps, dtype=np.float32))[..., None, None, None]:
+            towards_mean = pull * pixels.mean(dim=(1, 2, 3), keepdim=True)  # before pixels change in place
+            pixels.mul_(gain).add_(towards_mean).clamp_(0, 255)
+        return pixels
+
+
+class PreparedCases(torch.utils.data.Dataset):
+    """A split as the model sees it, decoded, ROI cut and resized once and held in memory.
+
+    Each row's ROI is kept as uint8 (1, H, W): at the model input size for evaluation (or training without
+    augmentation), which makes the batches exactly `ClassificationTransform(train=False)`'s; at `working_size`
+    for augmented training, where each batch is augmented by `BatchAugmentation` (masked mode keeps the ROI's mask
+    too). Items are {"pixel_values": normalized float (C, H, W), "labels": int}; the DataLoader asks for a whole
+    batch at once (`__getitems__`), for `collate_fn`.
+    """
+
+    def __init__(self, split_dataset, size, image_mean, image_std, roi="full", margin=0.1, train=False,
+                 num_channels=3, image_column="image", mask_column="mask", label_column="label"):
+        if roi not in ROI_MODES:
+            raise ValueError(f"roi mode {roi!r} is not one of {ROI_MODES}.")
+        self.scale, self.offset = normalization(image_mean, image_std, num_channels)
+        if self.scale.unique().numel() == 1 and self.offset.unique().numel() == 1:
+            self.scale, self.offset = self.scale[:1], self.offset[:1]  # normalize one channel, repeat it as a view
+        self.num_channels = num_channels
+        self.augmentation = BatchAugmentation(size) if train else None
+        kept_size = working_size(size) if train else tuple(size)
+        columns = [image_column, label_column] + ([mask_column] if roi != "full" else [])
+        pixels, masks, labels = [], [], []
+        for row in split_dataset.select_columns(columns):
+            mask = row.get(mask_column)
+            pixels.append(prepared_pixels(row[image_column], mask, roi, margin, kept_size))
+            if train and roi == "masked":
+                masks.append(prepared_mask(mask, margin, kept_size))
+            labels.append(row[label_column])
+        self.pixels = torch.stack(pixels) if pixels else torch.empty(0, 1, *kept_size, dtype=torch.uint8)
+        self.masks = torch.stack(masks) if masks else None
+        self.labels = torch.tensor(labels, dtype=torch.long)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        pixels = self.pixels.index_select(0, index)  # ~15x faster than self.pixels[index]
+        if self.augmentation is not None:
+            pixels = self.augmentation(pixels, None if self.masks is None else self.masks.index_select(0, index))
+        values = normalized(pixels, self.scale, self.offset).expand(-1, self.num_channels, -1, -1)
+        labels = self.labels.index_select(0, index).tolist()
+        return [{"pixel_values": value, "labels": label} for value, label in zip(values, labels)]
 
 
 class BatchTransform:
