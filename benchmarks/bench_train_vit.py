@@ -5,7 +5,7 @@ In one process on one device:
                 ROI cut and resized once, kept in memory; each batch augmented, normalised and collated in
                 `__getitems__`, pinned copy to the device) + forward/backward/AdamW step;
   model alone = the same forward/backward/AdamW step on a batch already on the device.
-ratio = full / model alone; >= 0.9 means the pipeline keeps the model fed. It also prints the data pipeline alone
+ratio = full / model alone (medians); >= 0.9 means the pipeline keeps the model fed. It also prints the data pipeline alone
 (DataLoader iterated without the model) and the one-off preparation (decode + ROI + resize of the whole split).
 Other processes sharing the CPU move these numbers: the rates are medians over --repeats rounds that alternate
 full step and model alone, and the load average is printed with them.
@@ -178,6 +178,7 @@ def main():
         "data_only_images_per_s": round(data_only, 1),
         "ratio": round(full / model_only, 3),
         "rounds": {key: [round(rate, 1) for rate in values] for key, values in rates.items()},
+        "round_ratios": [round(a / b, 3) for a, b in zip(rates["full"], rates["model_only"])],
     }
     print(
         f"{device} | {args.model} {image_size}px {args.dtype} | roi {args.roi} | batch {args.batch_size} "
@@ -187,7 +188,8 @@ def main():
         f"model alone (ready tensors):       {model_only:8.1f} images/s   rounds {results['rounds']['model_only']}\n"
         f"data pipeline alone:               {data_only:8.1f} images/s   rounds {results['rounds']['data_only']}\n"
         f"ratio: {full / model_only:.3f} "
-        f"({'data pipeline keeps up' if full / model_only >= 0.9 else 'data pipeline is the bottleneck'})"
+        f"({'data pipeline keeps up' if full / model_only >= 0.9 else 'data pipeline is the bottleneck'}); "
+        f"per round (full and model alone back to back): {results['round_ratios']}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

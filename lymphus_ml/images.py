@@ -18,6 +18,9 @@ from torchvision.transforms.v2 import functional as F
 
 
 ROI_MODES = ("full", "crop", "masked")
+# The training augmentation (ClassificationTransform, BatchAugmentation): random resized crop (area fraction, aspect
+# ratio), rotation (degrees either way), brightness and contrast (factor 1 +- this).
+CROP_SCALE, CROP_RATIO, ROTATION_DEGREES, JITTER = (0.7, 1.0), (0.8, 1.25), 10.0, 0.2
 
 
 def roi_bounding_box(mask, margin: float = 0.1) -> tuple[int, int, int, int]:
@@ -132,12 +135,12 @@ class ClassificationTransform:
         self.size, self.roi, self.margin, self.train, self.num_channels = tuple(size), roi, margin, train, num_channels
         self.geometry = v2.Compose(
             [
-                v2.RandomResizedCrop(self.size, scale=(0.7, 1.0), ratio=(0.8, 1.25), antialias=True),
+                v2.RandomResizedCrop(self.size, scale=CROP_SCALE, ratio=CROP_RATIO, antialias=True),
                 v2.RandomHorizontalFlip(),
-                v2.RandomAffine(degrees=10),
+                v2.RandomAffine(degrees=ROTATION_DEGREES),
             ]
         )
-        self.intensity = v2.ColorJitter(brightness=0.2, contrast=0.2)
+        self.intensity = v2.ColorJitter(brightness=JITTER, contrast=JITTER)
         # (x / 255 - mean) / std == x * scale + offset, per channel, broadcast from the single grayscale channel.
         self.scale, self.offset = normalization(image_mean, image_std, num_channels)
 
@@ -159,7 +162,7 @@ class ClassificationTransform:
         return pixels.as_subclass(torch.Tensor).float() * self.scale + self.offset
 
 
-def working_size(size, scale=(0.7, 1.0), ratio=(0.8, 1.25)) -> tuple[int, int]:
+def working_size(size, scale=CROP_SCALE, ratio=CROP_RATIO) -> tuple[int, int]:
     """(H, W) at which training keeps a case's ROI: large enough that the smallest random resized crop still has
     `size` pixels on each side, so augmentation never enlarges pixels.
 
@@ -171,7 +174,7 @@ def working_size(size, scale=(0.7, 1.0), ratio=(0.8, 1.25)) -> tuple[int, int]:
     return tuple(math.ceil(side / smallest - 1e-9) for side in size)
 
 
-def random_crop_fractions(uniforms, scale=(0.7, 1.0), ratio=(0.8, 1.25)) -> tuple[np.ndarray, np.ndarray]:
+def random_crop_fractions(uniforms, scale=CROP_SCALE, ratio=CROP_RATIO) -> tuple[np.ndarray, np.ndarray]:
     """(width, height) of random resized crops as fractions of the image's sides, drawn as v2.RandomResizedCrop
     draws them: area uniform in `scale`, log aspect ratio uniform in log `ratio`, the first of the attempts that fits,
     else the whole image (whose ratio, 1, lies in the defaults' range).
@@ -194,17 +197,18 @@ class BatchAugmentation:
 
     v2.RandomResizedCrop(size, scale, ratio), RandomHorizontalFlip, RandomAffine(degrees) (the corners it uncovers
     are 0) and ColorJitter(brightness, contrast) in random order, with v2's distributions, from prepared images
-    (N, 1, h, w) in 0..255, e.g. uint8 at `working_size`. v2 draws one set of parameters per call and, per image,
-    costs ~0.5-1 ms at 64 px on a CPU core, as much as the tiny ViT's training step; here crop, flip and rotation are
-    composed into one sampling grid per image and the whole batch is resampled in one `grid_sample` (bilinear; the
-    mask, if given, nearest), ~20x cheaper. Masks zero the pixels outside the moved node after the jitter, as
-    `ClassificationTransform` does in masked mode. Returns float (N, 1, H, W) in [0, 255]. The random numbers come
-    from one draw of torch's global generator per batch, which the Trainer seeds (DataLoader workers: per worker).
-    """
+    (N, 1, h, w) in 0..255, e.g. uint8 at `working_size`. v2 draws one set of parameters per call, and per image
+    it costs ~1 ms of a CPU core at 64 px, twice the tiny ViT's whole training step (~0.5 ms); here crop, flip and
+    rotation are composed into one sampling grid per image and the whole batch is resampled in one `grid_sample`
+    (bilinear; the mask, if given, nearest): ~0.05 ms per image. Masks zero the pixels outside the moved
+    node after the jitter, as `ClassificationTransform` does in masked mode. Returns float (N, 1, H, W) in [0, 255].
+    The random numbers come from one draw of torch's global generator per batch, which the Trainer seeds (DataLoader
+    workers: per worker)."""
 
     attempts = 10  # RandomResizedCrop's
 
-    def __init__(self, size, scale=(0.7, 1.0), ratio=(0.8, 1.25), degrees=10.0, brightness=0.2, contrast=0.2):
+    def __init__(self, size, scale=CROP_SCALE, ratio=CROP_RATIO, degrees=ROTATION_DEGREES, brightness=JITTER,
+                 contrast=JITTER):
         self.size, self.scale, self.ratio, self.degrees = tuple(size), scale, ratio, degrees
         self.brightness, self.contrast = brightness, contrast
         height, width = self.size
