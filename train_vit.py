@@ -32,8 +32,9 @@ or, step by step (any export works the same way):
         --model_config_json '{"model_type":"vit","image_size":64,"patch_size":16,"num_hidden_layers":2,"hidden_size":64,"num_attention_heads":2,"intermediate_size":128}' \
         --roi crop --num_train_epochs 3 --learning_rate 1e-3 --use_cpu --output_dir /tmp/vit-lymphus
 
-A real run, from a pretrained checkpoint and the dataset on the Hub (on a GPU, give the data pipeline about
-cores - 2 workers: benchmarks/bench_train_vit.py measures whether it keeps up):
+A real run, from a pretrained checkpoint and the dataset on the Hub (training cases are decoded and cropped once,
+then augmented per batch in memory; on CPU keep --dataloader_num_workers 0, on a GPU try a few workers:
+benchmarks/bench_train_vit.py measures whether the pipeline keeps up):
 
     python train_vit.py --dataset_name <user>/lymphus --dataset_config center1 --external_config center2 \
         --model_name_or_path google/vit-base-patch16-224-in21k --roi crop --class_weighting balanced \
@@ -319,7 +320,7 @@ def model_view(split_dataset, data_args, image_processor, num_channels, train=Fa
     )
 
 
-def build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index, metric):
+def build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index):
     """ClinicalTrainer: selects the epoch on validation ROC-AUC, the only metric computed each epoch (the clinical
     metrics with their intervals are computed once, after training); class-weighted loss with --class_weighting
     balanced. Training and validation cases are prepared once, here."""
@@ -543,7 +544,7 @@ def main(args=None):
 
     # Train
     metric = load_metric(data_args.metric_path)
-    trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index, metric)
+    trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
     if training_args.do_train:
         train_and_save(trainer, training_args.resume_from_checkpoint)
 
