@@ -49,7 +49,7 @@ import pandas as pd
 
 import lymphus
 from lymphus_ml.cli import parse_arguments, run
-from lymphus_ml.data import dataset_is_synthetic, load_lymphus
+from lymphus_ml.data import dataset_is_synthetic, load_lymphus, write_synthetic_export
 from lymphus_ml.evaluation import (
     CLINICAL_METRIC_PATH,
     apply_threshold,
@@ -786,9 +786,9 @@ def parse_args(args=None):
 
 def write_demo_export(output_dir, data_args, model_args) -> str:
     """Synthetic archives in the official format, exported: the offline demo's dataset."""
-    data_dir = output_dir / "synthetic_data"
-    lymphus.write_synthetic_archives(data_dir / "archives", cases_per_group=data_args.demo_cases_per_group, scale=data_args.demo_scale, seed=model_args.seed)
-    dataset_name = str(lymphus.export_dataset(data_dir / "archives", data_dir / "export", verification_mode="basic_checks", overwrite=True))
+    dataset_name = write_synthetic_export(
+        output_dir / "synthetic_data", data_args.demo_scale, data_args.demo_cases_per_group, model_args.seed
+    )
     logger.info(f"Synthetic export in {dataset_name}")
     return dataset_name
 

@@ -30,14 +30,7 @@ from PIL import Image
 
 from lymphus_ml.cli import parse_arguments, run
 from lymphus_ml.images import read_grayscale_image
-from lymphus_ml.inference import (
-    classifier_settings,
-    load_classifier,
-    load_segmenter,
-    predict_masks,
-    predict_probabilities,
-    roi_from_predicted_mask,
-)
+from lymphus_ml.inference import classifier_settings, classify_images, label_at_threshold, load_classifier, load_segmenter
 from lymphus_ml.plots import PREDICTED_COLOR, overlay_contours
 
 
@@ -123,26 +116,6 @@ def write_predictions_csv(path, rows, positive_label="malignant") -> Path:
     return Path(path)
 
 
-def predict_batch(images, paths, classifier, classifier_processor, settings, segmenter, segmenter_processor, batch_size):
-    """[(probability, predicted mask or None, roi used)] for readable images: segment, crop as in training, classify."""
-    if not images:
-        return []
-    if segmenter is not None:
-        masks = predict_masks(segmenter, segmenter_processor, images, batch_size)
-    else:
-        masks = [None] * len(images)
-    views, rois = [], []
-    for image, mask, path in zip(images, masks, paths):
-        if mask is None:
-            view, roi = image, "full"
-        else:
-            view, roi = roi_from_predicted_mask(image, mask, settings["roi_mode"], settings["roi_margin"], str(path))
-        views.append(view)
-        rois.append(roi)
-    probabilities = predict_probabilities(classifier, classifier_processor, views, settings["positive_index"], batch_size)
-    return list(zip(probabilities, masks, rois))
-
-
 def prediction_row(path, name, image, probability, mask, roi, threshold, settings, output_dir, save_overlays) -> dict:
     """The CSV row of one predicted file; its mask (and overlay) written beside."""
     mask_path = ""
@@ -156,7 +129,7 @@ def prediction_row(path, name, image, probability, mask, roi, threshold, setting
         "file": str(path),
         "status": "ok",
         f"probability_{positive}": float(probability),
-        "label_at_threshold": positive if probability >= threshold else settings["negative_label"],
+        "label_at_threshold": label_at_threshold(probability, threshold, settings),
         "threshold": threshold,
         "mask_path": mask_path,
         "node_pixels": int(mask.sum()) if mask is not None else "",
@@ -198,9 +171,9 @@ def main(args=None):
         batch_paths, batch_names = paths[start : start + batch_size], names[start : start + batch_size]
         images, errors = read_images(batch_paths)
         good = [index for index, image in enumerate(images) if image is not None]
-        predictions = predict_batch(
-            [images[i] for i in good], [batch_paths[i] for i in good], classifier, classifier_processor, settings,
-            segmenter, segmenter_processor, batch_size,
+        predictions = classify_images(
+            [images[i] for i in good], classifier, classifier_processor, settings, segmenter, segmenter_processor,
+            [batch_paths[i] for i in good], batch_size,
         )
         by_index = dict(zip(good, predictions))
         for index, (path, name) in enumerate(zip(batch_paths, batch_names)):
@@ -208,7 +181,7 @@ def main(args=None):
                 rows.append({"file": str(path), "status": f"failed: {errors[index]}"})
                 logger.warning(f"{path}: not predicted: {errors[index]}")
                 continue
-            probability, mask, roi = by_index[index]
+            probability, mask, roi, _ = by_index[index]
             rows.append(
                 prediction_row(path, name, images[index], probability, mask, roi, threshold, settings, output_dir,
                                predict_args.save_overlays)

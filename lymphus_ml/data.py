@@ -54,12 +54,13 @@ def load_lymphus(dataset_name, config, cache_dir=None):
     return load_dataset(dataset_name, config, cache_dir=cache_dir, download_mode="force_redownload" if local else None)
 
 
-def write_synthetic_export(folder, scale=0.25) -> str:
-    """Synthetic LymphUs archives (official counts, images at `scale` x the official sizes) exported as Parquet."""
+def write_synthetic_export(folder, scale=0.25, cases_per_group=None, seed=0) -> str:
+    """Synthetic LymphUs archives (official counts unless `cases_per_group`, images at `scale` x the official
+    sizes) in `folder`/archives, exported as Parquet to `folder`/export; returns the export's path."""
     import lymphus
 
     folder = Path(folder)
-    lymphus.write_synthetic_archives(folder / "archives", scale=scale)
+    lymphus.write_synthetic_archives(folder / "archives", cases_per_group=cases_per_group, scale=scale, seed=seed)
     lymphus.export_dataset(folder / "archives", folder / "export", verification_mode="basic_checks", overwrite=True)
     return str(folder / "export")
 

@@ -29,14 +29,7 @@ import torch
 from PIL import Image
 
 from lymphus_ml.images import ClassificationTransform, model_input_size, processor_mean_std, to_8bit_grayscale
-from lymphus_ml.inference import (
-    classifier_settings,
-    load_classifier,
-    load_segmenter,
-    predict_masks,
-    predict_probabilities,
-    roi_from_predicted_mask,
-)
+from lymphus_ml.inference import classifier_settings, classify_images, label_at_threshold, load_classifier, load_segmenter
 from lymphus_ml.plots import PREDICTED_COLOR, overlay_contours
 from lymphus_ml.saliency import saliency_maps
 
@@ -164,19 +157,16 @@ def predict_image(image, models: DemoModels) -> dict:
     """
     settings = models.settings
     gray, conversion = to_8bit_grayscale(image)
-    mask, notes = None, [conversion] if conversion else []
-    if models.segmenter is not None:
-        (mask,) = predict_masks(models.segmenter, models.segmenter_processor, [gray])
-        view, roi = roi_from_predicted_mask(gray, mask, settings["roi_mode"], settings["roi_margin"], "the upload")
-    else:
-        view, roi = gray, "full"
+    notes = [conversion] if conversion else []
+    ((probability, mask, roi, view),) = classify_images(
+        [gray], models.classifier, models.classifier_processor, settings, models.segmenter,
+        models.segmenter_processor, ["the upload"],
+    )
+    if models.segmenter is None:
         notes.append("no segmenter: no node outline")
     notes.insert(0, f"classified {roi_description(roi, settings)}")
-    (probability,) = predict_probabilities(
-        models.classifier, models.classifier_processor, [view], settings["positive_index"]
-    )
     probability = float(probability)
-    label = settings["positive_label"] if probability >= settings["threshold"] else settings["negative_label"]
+    label = label_at_threshold(probability, settings["threshold"], settings)
     label_index = {name: index for index, name in models.id2label.items()}.get(label, settings["positive_index"])
     (saliency,) = saliency_maps(models.classifier, classifier_pixel_values(view, models), label_index, "occlusion")
     outline = gray.convert("RGB") if mask is None else Image.fromarray(overlay_contours(gray, (mask, PREDICTED_COLOR)))
@@ -203,12 +193,11 @@ def model_folder_complete(folder) -> bool:
 
 def write_demo_export(folder, cases_per_group=None) -> Path:
     """A synthetic LymphUs export for the demo (official counts by default, images at 1/4 size); reused if there."""
-    import lymphus
+    from lymphus_ml.data import write_synthetic_export
 
     folder, export = Path(folder), Path(folder) / "export"
     if not (export / "README.md").is_file():  # the export moves into place only when complete
-        lymphus.write_synthetic_archives(folder / "archives", cases_per_group=cases_per_group, scale=0.25)
-        lymphus.export_dataset(folder / "archives", export, verification_mode="basic_checks", overwrite=True)
+        write_synthetic_export(folder, scale=0.25, cases_per_group=cases_per_group)
     return export
 
 

@@ -125,3 +125,28 @@ def with_predicted_masks(dataset, segmenter, segmenter_processor, data_args):
     return dataset.add_column(
         data_args.mask_column_name, [feature.encode_example(Image.fromarray(mask)) for mask in masks], feature=feature
     )
+
+
+def classify_images(images, classifier, classifier_processor, settings, segmenter=None, segmenter_processor=None,
+                    names=None, batch_size: int = 8) -> list[tuple]:
+    """[(probability, predicted mask or None, roi used, the classifier's view)] per 8-bit image: segment (when a segmenter is given), crop
+    with the predicted mask as in training (`roi_from_predicted_mask`), classify. predict.py and the app share it."""
+    if not images:
+        return []
+    names = names or [f"image {index}" for index in range(len(images))]
+    masks = predict_masks(segmenter, segmenter_processor, images, batch_size) if segmenter is not None else [None] * len(images)
+    views, rois = [], []
+    for image, mask, name in zip(images, masks, names):
+        if mask is None:
+            view, roi = image, "full"
+        else:
+            view, roi = roi_from_predicted_mask(image, mask, settings["roi_mode"], settings["roi_margin"], str(name))
+        views.append(view)
+        rois.append(roi)
+    probabilities = predict_probabilities(classifier, classifier_processor, views, settings["positive_index"], batch_size)
+    return list(zip(probabilities, masks, rois, views))
+
+
+def label_at_threshold(probability, threshold, settings) -> str:
+    """The positive label when `probability` >= `threshold`, else the other one (train_vit.py's convention)."""
+    return settings["positive_label"] if probability >= threshold else settings["negative_label"]

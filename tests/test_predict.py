@@ -216,7 +216,7 @@ def test_main_crops_with_the_predicted_mask(segmenter_dir, classifier_dir, tmp_p
     Image.fromarray(pixels).save(tmp_path / "case.png")
     box = np.zeros(pixels.shape, dtype=np.uint8)
     box[10:30, 20:60] = 1
-    monkeypatch.setattr(predict, "predict_masks", lambda model, processor, images, batch_size=8: [box.copy() for _ in images])
+    monkeypatch.setattr(inference, "predict_masks", lambda model, processor, images, batch_size=8: [box.copy() for _ in images])
     seen = []
     original = inference.predict_probabilities
 
@@ -224,7 +224,7 @@ def test_main_crops_with_the_predicted_mask(segmenter_dir, classifier_dir, tmp_p
         seen.extend(np.asarray(image) for image in images)
         return original(model, processor, images, positive_index, batch_size)
 
-    monkeypatch.setattr(predict, "predict_probabilities", spy)
+    monkeypatch.setattr(inference, "predict_probabilities", spy)
     (row,) = predict.main(["--input", str(tmp_path / "case.png"), "--classifier", str(classifier_dir), "--segmenter", str(segmenter_dir),
                            "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
     (view,) = seen
