@@ -7,7 +7,9 @@
 The page shows the malignancy probability, the label at the classifier's validation (Youden) threshold, the node
 outline found by the segmenter (required for a classifier trained on the node's crop or masked crop: such a
 classifier is refused without one) and an occlusion saliency heatmap over the classifier's view. Images of any mode
-or bit depth are accepted, as by predict.py. Not for clinical use.
+or bit depth are accepted, as by predict.py, and refused as it refuses them (one message on the page): smaller than
+32 pixels on a side, over PIL's decompression-bomb limit, or of several frames (an animated GIF, a TIFF stack).
+Uploads and result pictures are deleted from the server 10 minutes after they were made. Not for clinical use.
 
 --offline_demo runs `train_vit.py --offline_demo` and `train_segformer.py --offline_demo` once (about 1.5 minutes
 on 2 CPU cores) and reuses the models while they are complete in --demo_dir.
@@ -42,6 +44,9 @@ from lymphus_ml.images import read_grayscale_image  # noqa: E402
 logger = logging.getLogger(__name__)
 
 TITLE = "LymphUs: lymph node ultrasound"
+# Gradio keeps every upload and every result picture in its cache folder: every minute, those older than 10 minutes
+# are deleted (and all of them when the server stops). The examples stay.
+DELETE_CACHE = (60, 600)
 NOT_FOR_CLINICAL_USE = "**Not for clinical use.** A research demo; it has not been validated for diagnosis or patient care."
 
 
@@ -117,19 +122,25 @@ def model_sources(app_args) -> dict:
 
 def classify_upload(path, models):
     """The page's action: (probability, label, details, outline, heatmap) for an uploaded file; gr.Error (one
-    message on the page) for no file or a file that is not an image."""
+    message on the page) for no file, an upload no longer kept, or a file that is not one still image of a sensible
+    size (`lymphus_ml.images.open_image`: too small, too large, several frames, not an image)."""
     import gradio as gr
 
     if path is None:
         raise gr.Error("Upload an image first, or pick an example.", print_exception=False)
     name = Path(path).name
+    if not Path(path).is_file():
+        raise gr.Error(
+            f"{name} is no longer on the server (uploads and results are deleted after {DELETE_CACHE[1] // 60} "
+            "minutes): upload it again.", print_exception=False,
+        )
     try:
-        image, conversion = read_grayscale_image(path)
+        image, conversion = read_grayscale_image(path, name)
     except ValueError as error:
         if str(error).startswith("Cannot read image"):
             message = f"{name} is not an image file the app can read: upload a PNG, BMP, TIFF or JPEG ultrasound image."
         else:
-            message = f"{name}: {error}"
+            message = str(error)
         raise gr.Error(message, print_exception=False) from None
     result = predict_image(image, models)
     note = "; ".join(part for part in (conversion, result["note"]) if part)
@@ -154,14 +165,15 @@ def page_header(models) -> str:
     )
 
 
-def build_demo(models, examples=()):
-    """The Gradio Blocks: an upload, the results, the examples; `classify_upload` wired as the API `/predict`."""
+def build_demo(models, examples=(), delete_cache=DELETE_CACHE):
+    """The Gradio Blocks: an upload, the results, the examples; `classify_upload` wired as the API `/predict`.
+    Uploads and result pictures are deleted from the server after `delete_cache` = (every, age) seconds."""
     import gradio as gr
 
     def classify(path):
         return classify_upload(path, models)
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(page_header(models), elem_id="header")
         outline = gr.Image(
             label="Node outline (predicted, red)", type="pil", format="png", interactive=False, render=False,

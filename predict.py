@@ -15,18 +15,27 @@ Offline, with the two tiny models of the train_segformer.py and train_vit.py doc
     python predict.py --input /tmp/images --classifier /tmp/vit-lymphus --segmenter /tmp/segformer-lymphus \
         --output_dir /tmp/predictions --device cpu --save_overlays
 
-Outputs in --output_dir: predictions.csv (file, probability_<positive>, label_at_threshold, threshold, mask_path,
-node_pixels, roi), masks/<name>.png (the predicted mask, pixel values 0 = background, 1 = node: multiply by 255 to
-view it) and, with --save_overlays, overlays/<name>.png (the predicted contour in red).
+Every file in --input gets a row of predictions.csv (file, status, probability_<positive>, label_at_threshold,
+threshold, mask_path, node_pixels, roi): status "ok"; "failed: <why>" for an image that cannot be predicted (not
+readable, broken link, several frames as in an animated GIF or a TIFF stack, smaller than 32 pixels on a side, over
+PIL's decompression-bomb limit), which makes the exit status 1 once the table is written; "skipped: <why>" for a
+file that is no image (any file PIL identifies is read, whatever its extension). File names that are not UTF-8 are
+written with the odd bytes escaped (\\xff). The table is renamed into place complete. Beside it:
+masks/<name>.png (the predicted mask, pixel values 0 = background, 1 = node: multiply by 255 to view it; <name> is
+the file's stem, made unique when stems clash) and, with --save_overlays, overlays/<name>.png (the predicted
+contour in red).
 """
 
 import csv
 import logging
+import math
+import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from lymphus_ml.cli import parse_arguments, run
 from lymphus_ml.images import read_grayscale_image
@@ -36,7 +45,7 @@ from lymphus_ml.plots import PREDICTED_COLOR, overlay_contours
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 
 @dataclass
@@ -60,29 +69,77 @@ class PredictArguments:
     revision: str = field(default="main", metadata={"help": "Branch, tag or commit of Hub models."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are stored."})
 
+    def __post_init__(self):
+        if self.threshold is not None and not (math.isfinite(self.threshold) and 0 <= self.threshold <= 1):
+            raise ValueError(f"--threshold {self.threshold} is not a probability: pass a number from 0 to 1.")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"--batch_size {self.batch_size}: pass a whole number of images per forward pass, 1 or more.")
+
 
 # Images
 
 
+def display_name(path) -> str:
+    """`path` as printable text: bytes that are not UTF-8 (a Linux file name may hold any) escaped as \\xff."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_image_file(path) -> bool:
+    """Whether a file of no known image extension is one all the same: PIL identifies a format from its first bytes.
+    A file PIL identifies but cannot open (too large, unreadable) counts as an image, so that reading it says why."""
+    try:
+        with Image.open(path):
+            return True
+    except UnidentifiedImageError:
+        return False
+    except Exception:
+        return True
+
+
+def list_inputs(path) -> list[tuple[Path, str]]:
+    """[(file, why not read)] for `path` itself, or for every entry directly inside the folder `path`, sorted:
+    why is "" for a file to predict (a known image extension, or any file PIL identifies as an image), else the
+    status its row gets: "failed: broken link ..." or "skipped: ...". Subfolders are not listed (not recursive)."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(f"--input {display_name(path)} is a broken link (to {display_name(os.readlink(path))}).")
+    if not path.exists():
+        raise FileNotFoundError(f"--input {display_name(path)} does not exist.")
+    if not path.is_dir():
+        return [(path, "")]
+    entries = []
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink() and not entry.exists():
+            entries.append((entry, f"failed: broken link (to {display_name(os.readlink(entry))})"))
+        elif entry.is_dir():
+            continue
+        elif not entry.is_file():
+            entries.append((entry, "skipped: not a regular file"))
+        elif entry.suffix.lower() in IMAGE_EXTENSIONS or is_image_file(entry):
+            entries.append((entry, ""))
+        else:
+            entries.append((entry, "skipped: not an image file (no image format PIL reads)"))
+    if not any(why == "" for _, why in entries):
+        found = "; ".join(f"{display_name(entry.name)} ({why})" for entry, why in entries[:5])
+        raise ValueError(
+            f"--input {display_name(path)} holds no image (looked for {', '.join(IMAGE_EXTENSIONS)} and any file PIL "
+            f"identifies, not in subfolders)" + (f"; found {len(entries)} other file(s): {found}" if entries else ".")
+        )
+    return entries
+
+
 def list_images(path) -> list[Path]:
     """The image files to predict: `path` itself, or the images directly inside the folder `path`, sorted."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--input {path} does not exist.")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ValueError(f"--input {path} holds no image (looked for {', '.join(IMAGE_EXTENSIONS)}, not in subfolders).")
-    return files
+    return [entry for entry, why in list_inputs(path) if why == ""]
 
 
 def read_image(path) -> Image.Image:
     """The image at `path` as 8-bit grayscale (mode L), any mode or bit depth mapped as `to_8bit_grayscale` says,
-    with a note when it was changed. Unreadable: ValueError naming it."""
-    image, note = read_grayscale_image(path)
+    with a note when it was changed. Not one readable still image of a sensible size (`open_image`): ValueError
+    naming it."""
+    image, note = read_grayscale_image(path, display_name(path))
     if note:
-        logger.warning(f"Note: {path}: {note} (LymphUs models were trained on 8-bit grayscale).")
+        logger.warning(f"Note: {display_name(path)}: {note} (LymphUs models were trained on 8-bit grayscale).")
     return image
 
 
@@ -99,21 +156,52 @@ def read_images(paths) -> tuple[list, list[str]]:
     return images, errors
 
 
+def safe_file_stem(text) -> str:
+    """`text` usable as a file name on any system: path separators, characters Windows forbids and control
+    characters (and the backslash of an escaped byte) as _."""
+    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", text) or "_"
+
+
 def output_names(paths) -> list[str]:
-    """A unique file stem per input (the stem, or the whole name when two inputs share a stem)."""
-    stems = [Path(p).stem for p in paths]
-    return [Path(p).stem if stems.count(Path(p).stem) == 1 else Path(p).name.replace(".", "_") for p in paths]
+    """A unique file stem per input for masks/ and overlays/: its stem; when two inputs share a stem, the whole
+    file name with dots as _; a name still taken (compared ignoring case, as some file systems do) gets -2, -3, ...
+    e.g. a.png, a.jpg, a_png.bmp -> a_png-2, a_jpg, a_png. Bytes that are not UTF-8 are written escaped."""
+    stems = [safe_file_stem(display_name(Path(p).stem)) for p in paths]
+    counts = {}
+    for stem in stems:
+        counts[stem.lower()] = counts.get(stem.lower(), 0) + 1
+    own_stem = [counts[stem.lower()] == 1 for stem in stems]
+    wanted = [stem if own else safe_file_stem(display_name(Path(p).name).replace(".", "_"))
+              for p, stem, own in zip(paths, stems, own_stem)]
+    taken, names = {name.lower() for name, own in zip(wanted, own_stem) if own}, []
+    for name, own in zip(wanted, own_stem):
+        candidate, number = name, 1
+        while not own and candidate.lower() in taken:
+            number += 1
+            candidate = f"{name}-{number}"
+        taken.add(candidate.lower())
+        names.append(candidate)
+    return names
 
 
 def write_predictions_csv(path, rows, positive_label="malignant") -> Path:
-    """One row per input file: its prediction, or `status` "failed: <why>" with the prediction columns empty."""
+    """One row per input file: its prediction, or `status` "failed: <why>" / "skipped: <why>" with the prediction
+    columns empty. UTF-8; written to a temporary file beside `path` and renamed into place, so `path` is either the
+    complete table or not there (a previous run's stays as it was until then)."""
+    path = Path(path)
     fieldnames = ["file", "status", f"probability_{positive_label}", "label_at_threshold", "threshold", "mask_path",
                   "node_pixels", "roi"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames)
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def prediction_row(path, name, image, probability, mask, roi, threshold, settings, output_dir, save_overlays) -> dict:
@@ -126,7 +214,7 @@ def prediction_row(path, name, image, probability, mask, roi, threshold, setting
             Image.fromarray(overlay_contours(image, (mask, PREDICTED_COLOR))).save(output_dir / "overlays" / f"{name}.png")
     positive = settings["positive_label"]
     return {
-        "file": str(path),
+        "file": display_name(path),
         "status": "ok",
         f"probability_{positive}": float(probability),
         "label_at_threshold": label_at_threshold(probability, threshold, settings),
@@ -142,7 +230,8 @@ def main(args=None):
     (predict_args,) = parse_arguments([PredictArguments], args)
     logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
     logger.setLevel(logging.INFO)
-    paths = list_images(predict_args.input)
+    entries = list_inputs(predict_args.input)
+    paths = [entry for entry, why in entries if why == ""]
     output_dir = Path(predict_args.output_dir)
     loading = dict(device=predict_args.device, revision=predict_args.revision, cache_dir=predict_args.cache_dir)
 
@@ -166,37 +255,44 @@ def main(args=None):
     logger.info(f"{len(paths)} image(s); classifier ROI {roi_mode} (margin {margin}), threshold {threshold:.4f}")
 
     # Segment, crop with the predicted mask, classify: a batch of files at a time; a file that fails is reported
-    rows, names, batch_size = [], output_names(paths), predict_args.batch_size
+    predicted, names, batch_size = {}, output_names(paths), predict_args.batch_size
     for start in range(0, len(paths), batch_size):
         batch_paths, batch_names = paths[start : start + batch_size], names[start : start + batch_size]
         images, errors = read_images(batch_paths)
         good = [index for index, image in enumerate(images) if image is not None]
         predictions = classify_images(
             [images[i] for i in good], classifier, classifier_processor, settings, segmenter, segmenter_processor,
-            [batch_paths[i] for i in good], batch_size,
+            [display_name(batch_paths[i]) for i in good], batch_size,
         )
         by_index = dict(zip(good, predictions))
         for index, (path, name) in enumerate(zip(batch_paths, batch_names)):
             if index not in by_index:
-                rows.append({"file": str(path), "status": f"failed: {errors[index]}"})
-                logger.warning(f"{path}: not predicted: {errors[index]}")
+                predicted[path] = {"file": display_name(path), "status": f"failed: {errors[index]}"}
                 continue
             probability, mask, roi, _ = by_index[index]
-            rows.append(
-                prediction_row(path, name, images[index], probability, mask, roi, threshold, settings, output_dir,
-                               predict_args.save_overlays)
-            )
+            predicted[path] = prediction_row(path, name, images[index], probability, mask, roi, threshold, settings,
+                                             output_dir, predict_args.save_overlays)
 
-    # Outputs: every file has its row; the exit status says whether any failed
-    write_predictions_csv(output_dir / "predictions.csv", rows, positive)
-    failed = [row for row in rows if row["status"] != "ok"]
-    logger.info(f"Predictions for {len(rows) - len(failed)} of {len(rows)} image(s) in {(output_dir / 'predictions.csv').resolve()}")
+    # Outputs: every file of --input has its row (predicted, failed or skipped, in folder order); the exit status
+    # says whether any failed
+    rows = [predicted[entry] if why == "" else {"file": display_name(entry), "status": why} for entry, why in entries]
+    for row in rows:
+        if row["status"] != "ok":
+            logger.warning(f"{row['file']}: not predicted: {row['status']}")
+    csv_path = write_predictions_csv(output_dir / "predictions.csv", rows, positive)
+    failed = [row for row in rows if row["status"].startswith("failed")]
+    skipped = [row for row in rows if row["status"].startswith("skipped")]
+    logger.info(
+        f"Predictions for {len(rows) - len(failed) - len(skipped)} of {len(rows)} file(s) in "
+        f"{display_name(csv_path.resolve())}" + (f"; {len(skipped)} skipped (not images)" if skipped else "")
+    )
     if failed:
         raise ValueError(
-            f"{len(failed)} of {len(rows)} image(s) could not be predicted (status column of "
-            f"{output_dir / 'predictions.csv'}), e.g. {failed[0]['file']}: {failed[0]['status']}"
+            f"{len(failed)} of {len(rows)} file(s) could not be predicted (status column of "
+            f"{display_name(csv_path)}), e.g. {failed[0]['file']}: {failed[0]['status']}"
         )
     return rows
+
 
 if __name__ == "__main__":
     run(main)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lymphus_ml.images import ClassificationTransform, model_input_size, processor_mean_std, to_8bit_grayscale
+from lymphus_ml.images import ClassificationTransform, check_image_size, model_input_size, processor_mean_std, to_8bit_grayscale
 from lymphus_ml.inference import classifier_settings, classify_images, label_at_threshold, load_classifier, load_segmenter
 from lymphus_ml.plots import PREDICTED_COLOR, overlay_contours
 from lymphus_ml.saliency import saliency_maps
@@ -156,6 +156,7 @@ def predict_image(image, models: DemoModels) -> dict:
     of the given label over the classifier's view).
     """
     settings = models.settings
+    check_image_size(image.size)  # as predict.py and the app's upload: no label for a 1x1 image
     gray, conversion = to_8bit_grayscale(image)
     notes = [conversion] if conversion else []
     ((probability, mask, roi, view),) = classify_images(

@@ -7,6 +7,7 @@ run) and augments whole batches from there (`BatchAugmentation`).
 """
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ ROI_MODES = ("full", "crop", "masked")
 # The training augmentation (ClassificationTransform, BatchAugmentation): random resized crop (area fraction, aspect
 # ratio), rotation (degrees either way), brightness and contrast (factor 1 +- this).
 CROP_SCALE, CROP_RATIO, ROTATION_DEGREES, JITTER = (0.7, 1.0), (0.8, 1.25), 10.0, 0.2
+# Inputs smaller than this on a side are refused (predict.py, the app): no ultrasound image is, and a model would
+# still give one a confident label.
+MIN_IMAGE_SIDE = 32
 
 
 def roi_bounding_box(mask, margin: float = 0.1) -> tuple[int, int, int, int]:
@@ -380,15 +384,66 @@ def to_8bit_grayscale(image: Image.Image) -> tuple[Image.Image, str]:
     return Image.fromarray(np.round(scaled).astype(np.uint8)), note
 
 
-def read_grayscale_image(path) -> tuple[Image.Image, str]:
-    """(8-bit grayscale image, note) of an image file (any mode or bit depth, see `to_8bit_grayscale`).
+def check_image_size(size, name="the image", min_side=MIN_IMAGE_SIDE) -> None:
+    """ValueError naming `name` when `size` = (width, height) is below `min_side` on a side or above PIL's
+    decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`): no prediction is made for such an image."""
+    width, height = size
+    if min(width, height) < min_side:
+        raise ValueError(
+            f"{name} is {width} x {height} pixels: too small for a lymph node ultrasound image (at least {min_side} "
+            "pixels on each side); no prediction is made."
+        )
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ValueError(
+            f"{name} is too large: {width} x {height} = {width * height:,} pixels, more than the {limit:,} pixels "
+            "read safely (PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs)."
+        )
 
-    A file PIL cannot read raises ValueError naming it.
+
+def open_image(path, name=None) -> Image.Image:
+    """The one still image in the file at `path`, loaded, or ValueError naming `name` (default: the path) and why.
+
+    Refused: a file PIL cannot read ("Cannot read image ..."), one larger than PIL's decompression-bomb limit (its
+    size named, read before any pixel is decoded), one smaller than MIN_IMAGE_SIDE on a side, and a file of several
+    frames (an animated GIF, PNG or WebP, a TIFF stack): using its first frame alone would be a silent guess.
     """
+    name = path if name is None else name
     try:
-        with Image.open(path) as opened:
+        opened = Image.open(path)
+    except Image.DecompressionBombError as error:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found.group(1)):,} pixels" if found else str(error)
+        raise ValueError(
+            f"{name} is too large: {size}, more than twice the {Image.MAX_IMAGE_PIXELS:,} pixels read safely "
+            "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs)."
+        ) from None
+    except Exception as error:
+        raise ValueError(f"Cannot read image {name}: {error}") from None
+    with opened:
+        check_image_size(opened.size, name)
+        try:
+            frames = getattr(opened, "n_frames", 1)
+        except Exception as error:
+            raise ValueError(f"Cannot read image {name}: {error}") from None
+        if frames > 1:
+            raise ValueError(
+                f"{name} holds {frames} frames ({opened.format}: an animation or an image stack); the models classify "
+                "one still image. Save the frame to classify as an image of its own."
+            )
+        try:
             image = opened.copy()
             image.load()
-    except Exception as error:
-        raise ValueError(f"Cannot read image {path}: {error}") from None
-    return to_8bit_grayscale(image)
+        except Exception as error:
+            raise ValueError(f"Cannot read image {name}: {error}") from None
+    return image
+
+
+def read_grayscale_image(path, name=None) -> tuple[Image.Image, str]:
+    """(8-bit grayscale image, note) of an image file (any mode or bit depth, see `to_8bit_grayscale`), checked by
+    `open_image`: predict.py and the app read every input through here.
+
+    A file that is not one readable still image of a sensible size raises ValueError naming `name` (default: the
+    path).
+    """
+    return to_8bit_grayscale(open_image(path, name))
