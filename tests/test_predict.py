@@ -102,12 +102,12 @@ def test_unreadable_image_is_refused_by_name(tmp_path):
 
 
 def test_colour_image_is_converted_to_grayscale_with_a_note(tmp_path, caplog):
-    rgb = np.zeros((10, 12, 3), dtype=np.uint8)
+    rgb = np.zeros((40, 48, 3), dtype=np.uint8)  # at least images.MIN_IMAGE_SIDE on a side
     rgb[..., 0] = 200
     Image.fromarray(rgb).save(tmp_path / "red.png")
     with caplog.at_level(logging.WARNING, logger="predict"):
         image = predict.read_image(tmp_path / "red.png")
-    assert image.mode == "L" and image.size == (12, 10)
+    assert image.mode == "L" and image.size == (48, 40)
     np.testing.assert_array_equal(np.asarray(image), np.asarray(Image.fromarray(rgb).convert("L")))
     assert "red.png: RGB converted to 8-bit grayscale" in caplog.text
 
@@ -189,8 +189,12 @@ def test_main_segments_crops_and_classifies_a_folder(segmenter_dir, classifier_d
                          "--output_dir", str(output_dir), "--device", "cpu", "--save_overlays", "--batch_size", "3"])
     written = read_csv(output_dir / "predictions.csv")
     assert list(written[0]) == ["file", "status", "probability_malignant", "label_at_threshold", "threshold", "mask_path", "node_pixels", "roi"]
-    assert {row["status"] for row in written} == {"ok"}
-    assert len(written) == len(rows) == len(predict.list_images(image_folder))
+    assert len(written) == len(rows) == len(list(image_folder.iterdir()))  # every file has its row (issue #16)
+    assert {row["status"] for row in written if not row["file"].endswith("notes.txt")} == {"ok"}
+    assert [row["status"] for row in written if row["file"].endswith("notes.txt")] == [
+        "skipped: not an image file (no image format PIL reads)"]
+    written = [row for row in written if row["status"] == "ok"]
+    assert len(written) == len(predict.list_images(image_folder))
     threshold = json.loads((classifier_dir / "config.json").read_text())["youden_threshold"]
     classifier = pipeline("image-classification", model=str(classifier_dir), device="cpu")
     assert {row["roi"] for row in written} <= {"crop", "full (empty predicted mask)"}
@@ -240,6 +244,8 @@ def test_full_image_classifier_needs_no_segmenter(classifier_dir, image_folder, 
     (full / "config.json").write_text(json.dumps({**config, "roi_mode": "full"}))
     rows = predict.main(["--input", str(image_folder), "--classifier", str(full), "--output_dir", str(tmp_path / "out"),
                          "--device", "cpu", "--threshold", "0.5"])
+    rows = [row for row in rows if row["status"] == "ok"]  # notes.txt: "skipped: not an image file ..."
+    assert len(rows) == len(predict.list_images(image_folder))
     assert all(row["mask_path"] == "" and row["roi"] == "full" and row["threshold"] == 0.5 for row in rows)
     assert not (tmp_path / "out" / "masks").exists()
 
