@@ -156,10 +156,11 @@ def read_images(paths) -> tuple[list, list[str]]:
     return images, errors
 
 
-def safe_file_stem(text) -> str:
+def safe_file_stem(text, max_bytes=200) -> str:
     """`text` usable as a file name on any system: path separators, characters Windows forbids and control
-    characters (and the backslash of an escaped byte) as _."""
-    return re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", text) or "_"
+    characters (and the backslash of an escaped byte) as _, cut to `max_bytes` of UTF-8 (file names hold 255)."""
+    text = re.sub(r'[\\/:*?"<>|\x00-\x1f]', "_", text).encode("utf-8")[:max_bytes].decode("utf-8", "ignore")
+    return text or "_"
 
 
 def output_names(paths) -> list[str]:

@@ -137,6 +137,9 @@ def test_output_names_never_collide():
     assert names[2] == "a_png"  # a stem of its own keeps it
     names = predict.output_names(["d/A.png", "d/a.png", "d/a_png.tif", "d/a_png-2.png", "d/x.png"])
     assert len({name.lower() for name in names}) == 5 and names[-1] == "x"
+    long = ["d/" + "x" * 251 + ".png", "d/" + "x" * 251 + ".jpg", "d/" + "\u00e9" * 125 + ".png"]  # 255-byte names
+    names = predict.output_names(long)
+    assert len(set(names)) == 3 and all(len(f"{name}.png".encode()) <= 255 for name in names)
 
 
 def test_clashing_stems_write_one_mask_each(tiny_models, tmp_path):
