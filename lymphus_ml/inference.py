@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
-from lymphus_ml.images import ROI_MODES, ClassificationTransform, model_input_size, processor_mean_std, roi_image
+from lymphus_ml.images import ROI_MODES, evaluation_transform, model_num_channels, roi_image
 from lymphus_ml.segmentation import segment_images, transform_for
 
 
@@ -73,8 +73,8 @@ def predict_masks(segmenter_model, segmenter_processor, images, batch_size: int 
     resized to the processor's size, its mean/std); the logits are upsampled bilinearly to the image's size, then
     argmax.
     """
-    num_channels = getattr(segmenter_model.config, "num_channels", 3)
-    return segment_images(segmenter_model, transform_for(segmenter_processor, num_channels), list(images), batch_size)
+    transform = transform_for(segmenter_processor, model_num_channels(segmenter_model.config))
+    return segment_images(segmenter_model, transform, list(images), batch_size)
 
 
 def roi_from_predicted_mask(image, mask, roi_mode: str = "crop", margin: float = 0.1, name: str = "image"):
@@ -98,10 +98,7 @@ def predict_probabilities(
     """Softmax probability of class `positive_index` per PIL image (the ROI already applied), preprocessed as
     train_vit.py evaluates."""
     parameter = next(classifier_model.parameters())
-    num_channels = getattr(classifier_model.config, "num_channels", 3)
-    mean, std = processor_mean_std(classifier_processor, num_channels)
-    size = model_input_size(classifier_processor)
-    transform = ClassificationTransform(size, mean, std, roi="full", train=False, num_channels=num_channels)
+    transform = evaluation_transform(classifier_model, classifier_processor)
     probabilities = []
     for start in range(0, len(images), batch_size):
         pixel_values = torch.stack([transform(image) for image in images[start : start + batch_size]])

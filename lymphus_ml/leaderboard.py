@@ -7,17 +7,16 @@ repo) or, when those are absent, from the `model-index` of its model card; its p
 
 import csv
 import re
-import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, PREDICTION_COLUMNS, json_safe, metric_functions
+from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, json_safe, metric_functions
+from lymphus_ml.runs import RUN_SPLITS
 
 
-SPLITS = ("validation", "test", "external")
 # Sensitivity and specificity at the threshold chosen on validation, where that threshold is applied unchanged.
 THRESHOLD_SPLITS = ("test", "external")
 THRESHOLD_METRICS = ("sensitivity", "specificity")
@@ -41,7 +40,7 @@ CARD_SPLITS = {"validation": "validation", "test": "test", "all": "external", "e
 
 def metric_columns() -> list[str]:
     columns = []
-    for split in SPLITS:
+    for split in RUN_SPLITS:
         columns += [f"{split}_auc", f"{split}_auc_ci_low", f"{split}_auc_ci_high"]
     for split in THRESHOLD_SPLITS:
         for name in THRESHOLD_METRICS:
@@ -76,7 +75,7 @@ def row_from_metrics_files(metrics: dict, source="") -> dict:
     """Leaderboard fields from train_vit.py's metrics_<split>.json contents ({split: dict}): ROC-AUC with its CI,
     sensitivity and specificity at the validation (Youden) threshold on test and external, ROI, threshold."""
     row = {}
-    for split in SPLITS:
+    for split in RUN_SPLITS:
         if split not in metrics:
             raise ValueError(f"{source}metrics_{split}.json is missing.")
         for key in ("at_0.5", "at_youden"):
@@ -94,20 +93,6 @@ def row_from_metrics_files(metrics: dict, source="") -> dict:
     row["youden_threshold"] = number(metrics["validation"].get("youden_threshold"))
     row["confidence_level"] = number(metrics["validation"]["at_0.5"].get("confidence_level"))
     return row
-
-
-def read_metrics_files(folder) -> dict:
-    """{split: metrics_<split>.json} of a run folder."""
-    folder, metrics = Path(folder), {}
-    for split in SPLITS:
-        path = folder / f"metrics_{split}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing.")
-        try:
-            metrics[split] = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
-    return metrics
 
 
 # train_vit.py's cards use the Hub's metric ids where one exists (sensitivity is `recall`).
@@ -148,35 +133,8 @@ def row_from_eval_results(eval_results) -> dict:
     return row
 
 
-def read_predictions(path) -> dict:
-    """{split: {case_id: (label, probability)}} from train_vit.py's predictions.csv; each fault names its row."""
-    path, predictions = Path(path), {}
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in PREDICTION_COLUMNS[:4] if column not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} has no column(s) {missing}; its header is {reader.fieldnames}.")
-        for line, record in enumerate(reader, start=2):
-            split, case_id = record["split"], record["case_id"]
-            try:
-                label, probability = int(record["label"]), float(record["probability"])
-            except ValueError:
-                raise ValueError(
-                    f"{path}, line {line}: label {record['label']!r} / probability {record['probability']!r} "
-                    "is not a number."
-                ) from None
-            if label not in (0, 1) or not 0.0 <= probability <= 1.0:
-                raise ValueError(
-                    f"{path}, line {line}: label {label} must be 0/1 and probability {probability} in [0, 1]."
-                )
-            if case_id in predictions.setdefault(split, {}):
-                raise ValueError(f"{path}, line {line}: case {case_id!r} appears twice in split {split!r}.")
-            predictions[split][case_id] = (label, probability)
-    return predictions
-
-
 def averaged_predictions(predictions_by_run: dict, split: str):
-    """(case_ids, labels, mean probability per case) over runs ({run name: read_predictions(...)}).
+    """(case_ids, labels, mean probability per case) over runs ({run name: read_run_predictions(...)}).
 
     Every run must have scored the same cases of `split` with the same labels: otherwise the average mixes
     different test sets, and the error names the run and cases that differ.
