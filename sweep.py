@@ -73,11 +73,8 @@ MANAGED_OPTIONS = {
     "--hub_model_id": "each run pushes to <--hub_model_id_prefix>-<model>-seed<k>",
 }
 
-# The offline demo: two tiny architectures built from configs, two seeds, settings that train in seconds on a CPU.
-# (the ViT is lymphus_ml.training.TINY_VIT_CONFIG, train_vit.py's own demo model, imported when the demo runs)
-DEMO_CONVNEXT_CONFIG = {
-    "model_type": "convnext", "image_size": 64, "hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1],
-}
+# The offline demo: two tiny architectures built from configs (lymphus_ml.demo_configs: TINY_VIT_CONFIG, train_vit.py's
+# own demo model, and TINY_CONVNEXT_CONFIG), two seeds, settings that train in seconds on a CPU.
 DEMO_MODELS = ("vit-tiny", "convnext-tiny")
 DEMO_SEEDS = "0,1"
 DEMO_PARALLEL_RUNS = 2
@@ -313,18 +310,18 @@ def apply_offline_demo(sweep_args, forwarded, output_dir) -> list[str]:
 def write_offline_demo_inputs(sweep_args, output_dir):
     """The demo's config files and synthetic export, written once (a re-run reuses them)."""
     from lymphus_ml.data import write_synthetic_export
-    from lymphus_ml.training import TINY_VIT_CONFIG
+    from lymphus_ml.demo_configs import TINY_CONVNEXT_CONFIG, TINY_VIT_CONFIG
 
     output_dir = output_dir.resolve()
     (output_dir / "configs").mkdir(parents=True, exist_ok=True)
-    for name, config in zip(DEMO_MODELS, (TINY_VIT_CONFIG, DEMO_CONVNEXT_CONFIG)):
+    for name, config in zip(DEMO_MODELS, (TINY_VIT_CONFIG, TINY_CONVNEXT_CONFIG)):
         path = output_dir / "configs" / f"{name}.json"
         if not path.is_file():
             write_text_atomic(path, json.dumps(config, indent=2) + "\n")
     export = output_dir / "synthetic-lymphus" / "export"
-    if sweep_args.dataset_name == str(export) and not (export / "README.md").is_file():
-        logger.info(f"Writing the synthetic export once, to {export}")
-        write_synthetic_export(output_dir / "synthetic-lymphus")
+    if sweep_args.dataset_name == str(export):
+        logger.info(f"The synthetic export, written once: {export}")
+        write_synthetic_export(output_dir / "synthetic-lymphus", reuse=True)
 
 
 def sweep_settings(sweep_args, forwarded) -> dict:

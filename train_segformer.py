@@ -62,6 +62,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 from lymphus_ml.cards import base_model_license, card_license, segmenter_card
 from lymphus_ml.cli import run
 from lymphus_ml.data import dataset_is_synthetic, dataset_revision, load_evaluation_sets, write_synthetic_export
+from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG
 from lymphus_ml.evaluation import SEGMENTATION_METRIC_PATH, format_metric, load_metric
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
 from lymphus_ml.images import collate_fn, model_input_size, model_num_channels
@@ -80,7 +81,6 @@ from lymphus_ml.segmentation import (
     write_cases_csv,
 )
 from lymphus_ml.training import (
-    TINY_SEGFORMER_CONFIG,
     CheckpointArguments,
     ClinicalTrainer,
     ClinicalTrainingArguments,

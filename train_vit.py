@@ -71,6 +71,7 @@ from lymphus_ml.data import (
     split_sizes,
     write_synthetic_export,
 )
+from lymphus_ml.demo_configs import TINY_VIT_CONFIG
 from lymphus_ml.evaluation import (
     CLINICAL_METRIC_PATH,
     RocAucComputeMetrics,
@@ -103,7 +104,6 @@ from lymphus_ml.saliency import (
     saliency_summary,
 )
 from lymphus_ml.training import (
-    TINY_VIT_CONFIG,
     CheckpointArguments,
     ClinicalTrainer,
     ClinicalTrainingArguments,

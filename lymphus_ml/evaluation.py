@@ -130,12 +130,21 @@ class RocAucComputeMetrics:
         return {"roc_auc": float(self.roc_auc(references, probabilities))}
 
 
-def format_metric(values, name):
-    value = values.get(name)
-    if value is None:
-        return "n/a"
-    low, high = values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")
-    if low is None or high is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} ({low:.3f}-{high:.3f})"
+# How an estimate and its interval are written: model cards and logs, the sweep leaderboard, the study report.
+INTERVAL_STYLES = {"card": "{} ({}-{})", "leaderboard": "{} ({}–{})", "report": "{} [{}, {}]"}
 
+
+def format_estimate(value, low=None, high=None, style="card", missing="n/a", digits=3) -> str:
+    """`value` to `digits` decimals with its interval [low, high] in one of INTERVAL_STYLES (the value alone when
+    the interval is missing; `missing` when the value is)."""
+    if value is None:
+        return missing
+    if low is None or high is None:
+        return f"{value:.{digits}f}"
+    return INTERVAL_STYLES[style].format(*(f"{number:.{digits}f}" for number in (value, low, high)))
+
+
+def format_metric(values, name, style="card", missing="n/a", digits=3) -> str:
+    """`values[name]` with its interval `values[name_ci_low]`-`values[name_ci_high]` (see `format_estimate`)."""
+    return format_estimate(values.get(name), values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high"), style,
+                           missing, digits)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, json_safe, metric_functions
+from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, format_estimate, json_safe, metric_functions
 from lymphus_ml.runs import RUN_SPLITS
 
 
@@ -235,11 +235,9 @@ def write_leaderboard_csv(path, rows) -> Path:
 
 
 def format_value(value, low=None, high=None) -> str:
-    if value is None:
-        return "–"
-    if low is None or high is None:
-        return f"{value:.3f}" + (" (perfectly separated: no CI)" if value in (0.0, 1.0) else "")
-    return f"{value:.3f} ({low:.3f}–{high:.3f})"
+    text = format_estimate(value, low, high, style="leaderboard", missing="–")
+    no_interval = value is not None and (low is None or high is None) and value in (0.0, 1.0)
+    return text + (" (perfectly separated: no CI)" if no_interval else "")
 
 
 def format_spread(entry) -> str:
