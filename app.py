@@ -216,11 +216,9 @@ def main(args=None):
 
     # A Space: publish this app serving the Hub models, then exit
     if app_args.push_to_space:
-        from lymphus_ml.hub import resolve_hub_token
+        from lymphus_ml.hub import require_hub_token
 
-        token = resolve_hub_token(app_args.hub_token)
-        if token is None:
-            raise ValueError("--push_to_space needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+        token = require_hub_token(app_args.hub_token, "--push_to_space")
         url = push_space(app_args.push_to_space, app_args.classifier, app_args.segmenter, token, app_args.private or None)
         logger.info(f"Space {app_args.push_to_space} updated: {url}")
         return url

@@ -51,7 +51,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from lymphus_ml.cli import DEBUG_FLAG, argument_parser, run
-from lymphus_ml.hub import HubJobArguments, check_hub_job_request, job_script_args, launch_job, resolve_hub_token
+from lymphus_ml.hub import (
+    HubJobArguments,
+    check_hub_job_request,
+    job_script_args,
+    launch_job,
+    option_name,
+    resolve_hub_token,
+)
 from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files, write_leaderboard, write_text_atomic
 from lymphus_ml.runs import RUN_SPLITS, TRAIN_VIT_SCRIPT, log_tail, read_run_metrics, read_run_predictions, run_script
 
@@ -193,7 +200,7 @@ def check_forwarded_options(forwarded, own_options):
     for argument in forwarded:
         if not argument.startswith("--"):
             continue
-        name = canonical_option(argument)
+        name = option_name(argument)
         if name in MANAGED_OPTIONS:
             raise ValueError(f"{name} is set by sweep.py for each run: {MANAGED_OPTIONS[name]}.")
         abbreviated = [option for option in own_options if option.startswith(name) and option != name]
@@ -256,21 +263,15 @@ BOOLEAN_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
                  "false": False, "f": False, "no": False, "n": False, "0": False}
 
 
-def canonical_option(argument) -> str:
-    """--output-dir=x -> --output_dir (HfArgumentParser accepts both spellings)."""
-    name = argument.split("=", 1)[0]
-    return "--" + name[2:].replace("-", "_")
-
-
 def option_names(forwarded) -> set[str]:
-    return {canonical_option(argument) for argument in forwarded if argument.startswith("--")}
+    return {option_name(argument) for argument in forwarded if argument.startswith("--")}
 
 
 def boolean_flag(forwarded, name) -> bool:
     """Whether a forwarded boolean option is on: `--push_to_hub`, `--push_to_hub True`, `--push_to_hub=false`, ..."""
     value = False
     for index, argument in enumerate(forwarded):
-        if argument.startswith("--") and canonical_option(argument) == name:
+        if argument.startswith("--") and option_name(argument) == name:
             following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
             word = argument.split("=", 1)[1] if "=" in argument else following
             value = BOOLEAN_WORDS.get(word.lower(), True)
@@ -284,7 +285,7 @@ def without_boolean_flag(forwarded, name) -> list[str]:
         if skip:
             skip = False
             continue
-        if argument.startswith("--") and canonical_option(argument) == name:
+        if argument.startswith("--") and option_name(argument) == name:
             following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
             skip = "=" not in argument and following.lower() in BOOLEAN_WORDS
             continue

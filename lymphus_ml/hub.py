@@ -44,6 +44,19 @@ def resolve_hub_token(hub_token: str | None = None) -> str | None:
     return get_token()
 
 
+def missing_token_error(what: str) -> ValueError:
+    """The one error for a Hub action without a token: `<what> needs a token: ...` and the three ways to give one."""
+    return ValueError(f"{what} needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+
+
+def require_hub_token(hub_token: str | None, what: str) -> str:
+    """The token from `resolve_hub_token`, or `missing_token_error(what)`."""
+    token = resolve_hub_token(hub_token)
+    if token is None:
+        raise missing_token_error(what)
+    return token
+
+
 # The one rule for what a results folder uploads: the model, its processor, the card, metrics, predictions and
 # plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles (training_args.bin) or
 # dotfiles (an .env holding a token, say).
@@ -135,7 +148,7 @@ def check_hub_job_request(dataset_name, push_to_hub, hub_token):
             "--launch_on_hub runs on ephemeral hardware: add --push_to_hub (and --hub_model_id) to keep the results."
         )
     if hub_token is None:
-        raise ValueError("--launch_on_hub needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+        raise missing_token_error("--launch_on_hub")
 
 
 def project_module_files(module_name: str, root=PROJECT_ROOT) -> list[str]:

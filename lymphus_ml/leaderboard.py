@@ -19,7 +19,7 @@ from lymphus_ml.runs import RUN_SPLITS
 
 # Sensitivity and specificity at the threshold chosen on validation, where that threshold is applied unchanged.
 THRESHOLD_SPLITS = ("test", "external")
-THRESHOLD_METRICS = ("sensitivity", "specificity")
+LEADERBOARD_THRESHOLD_METRICS = ("sensitivity", "specificity")
 AVERAGED_SPLITS = ("test", "external")
 SUMMARY_METRICS = (
     "validation_auc", "test_auc", "external_auc",
@@ -43,7 +43,7 @@ def metric_columns() -> list[str]:
     for split in RUN_SPLITS:
         columns += [f"{split}_auc", f"{split}_auc_ci_low", f"{split}_auc_ci_high"]
     for split in THRESHOLD_SPLITS:
-        for name in THRESHOLD_METRICS:
+        for name in LEADERBOARD_THRESHOLD_METRICS:
             columns += [f"{split}_{name}", f"{split}_{name}_ci_low", f"{split}_{name}_ci_high"]
     return columns
 
@@ -86,7 +86,7 @@ def row_from_metrics_files(metrics: dict, source="") -> dict:
             row[f"{split}_auc{suffix}"] = number(at_half.get(f"roc_auc{suffix}"))
     for split in THRESHOLD_SPLITS:
         at_youden = metrics[split]["at_youden"]
-        for name in THRESHOLD_METRICS:
+        for name in LEADERBOARD_THRESHOLD_METRICS:
             for suffix in ("", "_ci_low", "_ci_high"):
                 row[f"{split}_{name}{suffix}"] = number(at_youden.get(f"{name}{suffix}"))
     row["roi"] = metrics["external"].get("roi")
@@ -119,7 +119,7 @@ def row_from_eval_results(eval_results) -> dict:
         arguments = result.metric_args if isinstance(result.metric_args, dict) else {}
         if metric == "roc_auc":
             name = f"{split}_auc"
-        elif metric in THRESHOLD_METRICS and result.metric_config == "youden" and split in THRESHOLD_SPLITS:
+        elif metric in LEADERBOARD_THRESHOLD_METRICS and result.metric_config == "youden" and split in THRESHOLD_SPLITS:
             name = f"{split}_{metric}"
             row["youden_threshold"] = number(arguments.get("threshold"))
         else:
