@@ -17,6 +17,10 @@ from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, format_estimate, json_sa
 from lymphus_ml.runs import RUN_SPLITS
 
 
+LEADERBOARD_TEMPLATE = Path(__file__).resolve().parent.parent / "sweep_leaderboard.md"
+SHIPPED_FILES = ("sweep_leaderboard.md",)
+
+
 # Sensitivity and specificity at the threshold chosen on validation, where that threshold is applied unchanged.
 THRESHOLD_SPLITS = ("test", "external")
 LEADERBOARD_THRESHOLD_METRICS = ("sensitivity", "specificity")
@@ -278,63 +282,50 @@ def runs_table(rows) -> list[str]:
     return lines
 
 
-def problem_sections(rows) -> list[str]:
+def problem_runs(rows) -> list[dict]:
     """Failed, running and missing runs, each with what is known (exit status and log tail, job state)."""
-    lines = []
+    problems = []
     for row in rows:
         if row["status"] == "finished":
             continue
         title = f"### `{row['model_slug']}` seed {row['seed']}: {row['status']}"
         if row.get("returncode") is not None:
             title += f" (exit status {row['returncode']})"
-        lines += ["", title, ""]
-        if row.get("error"):
-            lines.append(str(row["error"]))
-        if row.get("log_tail"):
-            where = f"{row['run_dir']}/train_vit.log" if row.get("run_dir") else "its log"
-            lines += ["", f"End of {where}:", "", "```", row["log_tail"].rstrip(), "```"]
-    return ["", "## Runs not finished"] + lines if lines else []
+        problems.append({
+            "title": title,
+            "error": str(row["error"]) if row.get("error") else None,
+            "log_tail": row["log_tail"].rstrip() if row.get("log_tail") else None,
+            "where": f"{row['run_dir']}/train_vit.log" if row.get("run_dir") else "its log",
+        })
+    return problems
 
 
 def leaderboard_markdown(rows, summary, averaged, settings: dict, forest_plot: str | None) -> str:
-    """leaderboard.md: what was compared, per model (mean ± SD, seed-averaged AUC), the forest plot, every run."""
+    """leaderboard.md (the sweep_leaderboard.md template): what was compared, per model (mean ± SD, seed-averaged AUC),
+    the forest plot, every run, the runs not finished."""
+    import jinja2
+
     counts = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     levels = {row.get("confidence_level") for row in rows} - {None}
-    level = f"{levels.pop():.0%}" if len(levels) == 1 else "95%"
-    options = " ".join(settings.get("train_vit_options") or []) or "(none)"
-    lines = [
-        "# Leaderboard: train_vit.py over models × seeds",
-        "",
-        f"Dataset `{settings.get('dataset_name')}`: trained on `{settings.get('dataset_config')}`, external "
-        f"validation on every case of `{settings.get('external_config')}`. Other train_vit.py options, the same for "
-        f"every run: `{options}`.",
-        "",
-        f"{len(rows)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + ".",
-        "",
-        "## Per model, across seeds",
-        "",
-        "Mean ± SD across the model's finished runs (one per seed); SD is the sample standard deviation (ddof=1); "
-        "\"(n=1)\" where one run finished. Sensitivity and specificity are at each run's Youden threshold, chosen "
-        "on validation and applied unchanged. *Seed-averaged AUC*: the AUC of each case's probability averaged over "
-        f"the seeds (one ensemble), with its {level} DeLong confidence interval.",
-        "",
-        *summary_table(summary, averaged),
-    ]
-    if forest_plot:
-        lines += ["", f"![External AUC per run and model]({forest_plot})"]
-    lines += [
-        "",
-        "## Runs",
-        "",
-        f"ROC-AUC with its {level} bootstrap CI as train_vit.py reports it; one row per run (`leaderboard.csv` has "
-        "every column).",
-        "",
-        *runs_table(rows),
-        *problem_sections(rows),
-    ]
-    return "\n".join(lines) + "\n"
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(LEADERBOARD_TEMPLATE.parent)), keep_trailing_newline=True,
+        trim_blocks=True, undefined=jinja2.StrictUndefined,
+    )
+    return environment.get_template(LEADERBOARD_TEMPLATE.name).render(
+        dataset_name=settings.get("dataset_name"),
+        dataset_config=settings.get("dataset_config"),
+        external_config=settings.get("external_config"),
+        options=" ".join(settings.get("train_vit_options") or []) or "(none)",
+        n_runs=len(rows),
+        status_counts=", ".join(f"{n} {status}" for status, n in counts.items()),
+        level=f"{levels.pop():.0%}" if len(levels) == 1 else "95%",
+        summary_table=summary_table(summary, averaged),
+        forest_plot=forest_plot,
+        runs_table=runs_table(rows),
+        problems=problem_runs(rows),
+    )
 
 
 def plot_forest(rows, averaged, path, split="external") -> Path:
