@@ -369,7 +369,7 @@ def gradio_version():
 @pytest.mark.parametrize(
     "classifier, message",
     [
-        ("app-classifier", "was trained on --roi crop: the Space needs --segmenter"),
+        ("app-classifier", "was trained on --roi crop (the node, not the whole image): pass --segmenter"),
         ("no-such-model", "--classifier local-user/no-such-model is not a model this token can read"),
     ],
 )
