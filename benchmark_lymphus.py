@@ -77,7 +77,7 @@ from lymphus_ml.study import (
     report_estimate,
     report_p_value,
     validation_threshold,
-    write_predictions,
+    write_study_predictions,
 )
 
 
@@ -554,7 +554,7 @@ def main(args=None):
     }
     record = json_safe(record)
     (output_dir / "results.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
-    write_predictions(output_dir / "predictions.csv", prediction_rows)
+    write_study_predictions(output_dir / "predictions.csv", prediction_rows)
     (output_dir / "report.md").write_text(build_report(record))
     logger.info(f"Report in {(output_dir / 'report.md').resolve()} ({len(rows)} rows: {len(models)} models x {len(test_sets)} test sets)")
     return record

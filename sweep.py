@@ -56,8 +56,11 @@ from lymphus_ml.hub import (
     check_hub_job_request,
     job_script_args,
     launch_job,
+    boolean_flag,
     option_name,
+    option_names,
     resolve_hub_token,
+    without_boolean_flag,
 )
 from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files, write_leaderboard, write_text_atomic
 from lymphus_ml.runs import RUN_SPLITS, TRAIN_VIT_SCRIPT, log_tail, read_run_metrics, read_run_predictions, run_script
@@ -257,40 +260,6 @@ def plan_runs(models_text, seeds_text, prefix=None) -> list[SweepRun]:
                 f"Repo name {longest} is over {HUB_REPO_NAME_LIMIT} characters: shorten --hub_model_id_prefix."
             )
     return runs
-
-
-BOOLEAN_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
-                 "false": False, "f": False, "no": False, "n": False, "0": False}
-
-
-def option_names(forwarded) -> set[str]:
-    return {option_name(argument) for argument in forwarded if argument.startswith("--")}
-
-
-def boolean_flag(forwarded, name) -> bool:
-    """Whether a forwarded boolean option is on: `--push_to_hub`, `--push_to_hub True`, `--push_to_hub=false`, ..."""
-    value = False
-    for index, argument in enumerate(forwarded):
-        if argument.startswith("--") and option_name(argument) == name:
-            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
-            word = argument.split("=", 1)[1] if "=" in argument else following
-            value = BOOLEAN_WORDS.get(word.lower(), True)
-    return value
-
-
-def without_boolean_flag(forwarded, name) -> list[str]:
-    """`forwarded` less a boolean option and its optional True/False value."""
-    kept, skip = [], False
-    for index, argument in enumerate(forwarded):
-        if skip:
-            skip = False
-            continue
-        if argument.startswith("--") and option_name(argument) == name:
-            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
-            skip = "=" not in argument and following.lower() in BOOLEAN_WORDS
-            continue
-        kept.append(argument)
-    return kept
 
 
 def apply_offline_demo(sweep_args, forwarded, output_dir) -> list[str]:

@@ -104,6 +104,41 @@ def option_name(argument: str) -> str:
     return "--" + argument.split("=", 1)[0].lstrip("-").replace("-", "_")
 
 
+BOOLEAN_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
+                 "false": False, "f": False, "no": False, "n": False, "0": False}
+
+
+def option_names(forwarded) -> set[str]:
+    """The option names (`--name`, spelt canonically) in a list of command-line arguments."""
+    return {option_name(argument) for argument in forwarded if argument.startswith("--")}
+
+
+def boolean_flag(forwarded, name) -> bool:
+    """Whether a forwarded boolean option is on: `--push_to_hub`, `--push_to_hub True`, `--push_to_hub=false`, ..."""
+    value = False
+    for index, argument in enumerate(forwarded):
+        if argument.startswith("--") and option_name(argument) == name:
+            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
+            word = argument.split("=", 1)[1] if "=" in argument else following
+            value = BOOLEAN_WORDS.get(word.lower(), True)
+    return value
+
+
+def without_boolean_flag(forwarded, name) -> list[str]:
+    """`forwarded` less a boolean option and its optional True/False value."""
+    kept, skip = [], False
+    for index, argument in enumerate(forwarded):
+        if skip:
+            skip = False
+            continue
+        if argument.startswith("--") and option_name(argument) == name:
+            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
+            skip = "=" not in argument and following.lower() in BOOLEAN_WORDS
+            continue
+        kept.append(argument)
+    return kept
+
+
 def json_file_arguments(path) -> list[str]:
     """A JSON arguments file (what HfArgumentParser.parse_json_file reads) as command-line arguments."""
     arguments = []

@@ -215,7 +215,7 @@ def build_report(results: dict) -> str:
     )
 
 
-def write_predictions(path, rows) -> Path:
+def write_study_predictions(path, rows) -> Path:
     """predictions.csv: model, test_set, development_centre, case_id, label, probability, prediction_at_threshold."""
     fields = ["model", "test_set", "development_centre", "case_id", "label", "probability", "prediction_at_threshold"]
     with open(path, "w", newline="") as handle:
