@@ -30,15 +30,10 @@ from pathlib import Path
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no analytics, no version check
 
 from lymphus_ml.cli import parse_arguments, run  # noqa: E402
-from lymphus_ml.demo import (  # noqa: E402
-    load_models,
-    predict_image,
-    prepare_offline_demo,
-    push_space,
-    read_space_config,
-    synthetic_examples,
-)
+from lymphus_ml.app_prediction import load_models, predict_image  # noqa: E402
 from lymphus_ml.images import read_grayscale_image  # noqa: E402
+from lymphus_ml.offline_demo import prepare_offline_demo, synthetic_examples  # noqa: E402
+from lymphus_ml.space import push_space, read_space_config  # noqa: E402
 
 
 logger = logging.getLogger(__name__)
@@ -233,11 +228,9 @@ def main(args=None):
 
     # A Space: publish this app serving the Hub models, then exit
     if app_args.push_to_space:
-        from lymphus_ml.hub import resolve_hub_token
+        from lymphus_ml.hub import require_hub_token
 
-        token = resolve_hub_token(app_args.hub_token)
-        if token is None:
-            raise ValueError("--push_to_space needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+        token = require_hub_token(app_args.hub_token, "--push_to_space")
         url = push_space(app_args.push_to_space, app_args.classifier, app_args.segmenter, token, app_args.private or None)
         logger.info(f"Space {app_args.push_to_space} updated: {url}")
         return url

@@ -39,7 +39,14 @@ from PIL import Image, UnidentifiedImageError
 
 from lymphus_ml.cli import parse_arguments, run
 from lymphus_ml.images import read_grayscale_image
-from lymphus_ml.inference import classifier_settings, classify_images, label_at_threshold, load_classifier, load_segmenter
+from lymphus_ml.inference import (
+    check_segmenter_given,
+    classifier_settings,
+    classify_images,
+    label_at_threshold,
+    load_classifier,
+    load_segmenter,
+)
 from lymphus_ml.plots import PREDICTED_COLOR, overlay_contours
 
 
@@ -241,11 +248,7 @@ def main(args=None):
     settings = classifier_settings(classifier.config)
     roi_mode, margin, positive = settings["roi_mode"], settings["roi_margin"], settings["positive_label"]
     threshold = settings["threshold"] if predict_args.threshold is None else predict_args.threshold
-    if roi_mode != "full" and predict_args.segmenter is None:
-        raise ValueError(
-            f"Classifier {predict_args.classifier} was trained on --roi {roi_mode}: it needs the node. Pass "
-            "--segmenter (a model written by train_segformer.py) to find it without an expert mask."
-        )
+    check_segmenter_given(predict_args.classifier, roi_mode, predict_args.segmenter)
     segmenter, segmenter_processor = None, None
     if predict_args.segmenter is not None:
         segmenter, segmenter_processor = load_segmenter(predict_args.segmenter, **loading)

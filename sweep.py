@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -52,20 +51,28 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from lymphus_ml.cli import DEBUG_FLAG, argument_parser, run
-from lymphus_ml.hub import HubJobArguments, check_hub_job_request, job_script_args, launch_job, resolve_hub_token
-from lymphus_ml.leaderboard import SPLITS, read_metrics_files, read_predictions, row_from_eval_results
-from lymphus_ml.leaderboard import row_from_metrics_files, write_leaderboard, write_text_atomic
+from lymphus_ml.hub import (
+    HubJobArguments,
+    check_hub_job_request,
+    job_script_args,
+    launch_job,
+    boolean_flag,
+    option_name,
+    option_names,
+    resolve_hub_token,
+    without_boolean_flag,
+)
+from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files, write_leaderboard, write_text_atomic
+from lymphus_ml.runs import RUN_SPLITS, TRAIN_VIT_SCRIPT, log_tail, read_run_metrics, read_run_predictions, run_script
 
 
 logger = logging.getLogger(__name__)
 
-TRAIN_VIT_SCRIPT = Path(__file__).resolve().parent / "train_vit.py"
 RUN_MARKER = "sweep_run.json"
 RUN_LOG = "train_vit.log"
-RESULT_FILES = tuple(f"metrics_{split}.json" for split in SPLITS) + ("predictions.csv",)
+RESULT_FILES = tuple(f"metrics_{split}.json" for split in RUN_SPLITS) + ("predictions.csv",)
 JOB_FAILED_STAGES = ("ERROR", "CANCELED", "DELETED")
 JOB_ACTIVE_STAGES = ("RUNNING", "SCHEDULING")
-LOG_TAIL_LINES = 25
 HUB_REPO_NAME_LIMIT = 96
 
 # Options sweep.py sets for each run: refused among the options forwarded to train_vit.py.
@@ -76,11 +83,8 @@ MANAGED_OPTIONS = {
     "--hub_model_id": "each run pushes to <--hub_model_id_prefix>-<model>-seed<k>",
 }
 
-# The offline demo: two tiny architectures built from configs, two seeds, settings that train in seconds on a CPU.
-# (the ViT is lymphus_ml.training.TINY_VIT_CONFIG, train_vit.py's own demo model, imported when the demo runs)
-DEMO_CONVNEXT_CONFIG = {
-    "model_type": "convnext", "image_size": 64, "hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1],
-}
+# The offline demo: two tiny architectures built from configs (lymphus_ml.demo_configs: TINY_VIT_CONFIG, train_vit.py's
+# own demo model, and TINY_CONVNEXT_CONFIG), two seeds, settings that train in seconds on a CPU.
 DEMO_MODELS = ("vit-tiny", "convnext-tiny")
 DEMO_SEEDS = "0,1"
 DEMO_PARALLEL_RUNS = 2
@@ -199,7 +203,7 @@ def check_forwarded_options(forwarded, own_options):
     for argument in forwarded:
         if not argument.startswith("--"):
             continue
-        name = canonical_option(argument)
+        name = option_name(argument)
         if name in MANAGED_OPTIONS:
             raise ValueError(f"{name} is set by sweep.py for each run: {MANAGED_OPTIONS[name]}.")
         abbreviated = [option for option in own_options if option.startswith(name) and option != name]
@@ -258,46 +262,6 @@ def plan_runs(models_text, seeds_text, prefix=None) -> list[SweepRun]:
     return runs
 
 
-BOOLEAN_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
-                 "false": False, "f": False, "no": False, "n": False, "0": False}
-
-
-def canonical_option(argument) -> str:
-    """--output-dir=x -> --output_dir (HfArgumentParser accepts both spellings)."""
-    name = argument.split("=", 1)[0]
-    return "--" + name[2:].replace("-", "_")
-
-
-def option_names(forwarded) -> set[str]:
-    return {canonical_option(argument) for argument in forwarded if argument.startswith("--")}
-
-
-def boolean_flag(forwarded, name) -> bool:
-    """Whether a forwarded boolean option is on: `--push_to_hub`, `--push_to_hub True`, `--push_to_hub=false`, ..."""
-    value = False
-    for index, argument in enumerate(forwarded):
-        if argument.startswith("--") and canonical_option(argument) == name:
-            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
-            word = argument.split("=", 1)[1] if "=" in argument else following
-            value = BOOLEAN_WORDS.get(word.lower(), True)
-    return value
-
-
-def without_boolean_flag(forwarded, name) -> list[str]:
-    """`forwarded` less a boolean option and its optional True/False value."""
-    kept, skip = [], False
-    for index, argument in enumerate(forwarded):
-        if skip:
-            skip = False
-            continue
-        if argument.startswith("--") and canonical_option(argument) == name:
-            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
-            skip = "=" not in argument and following.lower() in BOOLEAN_WORDS
-            continue
-        kept.append(argument)
-    return kept
-
-
 def apply_offline_demo(sweep_args, forwarded, output_dir) -> list[str]:
     """The demo's defaults where the command gave none; returns the forwarded options with the demo's added."""
     output_dir = output_dir.resolve()
@@ -316,18 +280,18 @@ def apply_offline_demo(sweep_args, forwarded, output_dir) -> list[str]:
 def write_offline_demo_inputs(sweep_args, output_dir):
     """The demo's config files and synthetic export, written once (a re-run reuses them)."""
     from lymphus_ml.data import write_synthetic_export
-    from lymphus_ml.training import TINY_VIT_CONFIG
+    from lymphus_ml.demo_configs import TINY_CONVNEXT_CONFIG, TINY_VIT_CONFIG
 
     output_dir = output_dir.resolve()
     (output_dir / "configs").mkdir(parents=True, exist_ok=True)
-    for name, config in zip(DEMO_MODELS, (TINY_VIT_CONFIG, DEMO_CONVNEXT_CONFIG)):
+    for name, config in zip(DEMO_MODELS, (TINY_VIT_CONFIG, TINY_CONVNEXT_CONFIG)):
         path = output_dir / "configs" / f"{name}.json"
         if not path.is_file():
             write_text_atomic(path, json.dumps(config, indent=2) + "\n")
     export = output_dir / "synthetic-lymphus" / "export"
-    if sweep_args.dataset_name == str(export) and not (export / "README.md").is_file():
-        logger.info(f"Writing the synthetic export once, to {export}")
-        write_synthetic_export(output_dir / "synthetic-lymphus")
+    if sweep_args.dataset_name == str(export):
+        logger.info(f"The synthetic export, written once: {export}")
+        write_synthetic_export(output_dir / "synthetic-lymphus", reuse=True)
 
 
 def sweep_settings(sweep_args, forwarded) -> dict:
@@ -391,13 +355,6 @@ def read_run_marker(folder) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def log_tail(path, lines=LOG_TAIL_LINES) -> str:
-    if not Path(path).is_file():
-        return ""
-    text = Path(path).read_text(errors="replace").replace("\r", "\n")
-    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
-
-
 def error_line(tail: str) -> str:
     """The line that says what went wrong: train_vit.py's `error: ...`, else the last line of the log."""
     lines = tail.splitlines()
@@ -409,18 +366,16 @@ def run_train_vit(sweep_run, arguments, folder, env) -> dict:
     """train_vit.py for one run, as its own process (output in train_vit.log); writes and returns sweep_run.json."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RUN_MARKER).unlink(missing_ok=True)
-    command = [sys.executable, str(TRAIN_VIT_SCRIPT), *arguments]
     logger.info(f"{sweep_run.slug} seed {sweep_run.seed}: train_vit.py started, log in {folder / RUN_LOG}")
     start = time.monotonic()
-    with open(folder / RUN_LOG, "w") as log:
-        completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    returncode = run_script(TRAIN_VIT_SCRIPT, arguments, folder / RUN_LOG, env=env, check=False)
     missing = [name for name in RESULT_FILES if not (folder / name).is_file()]
-    record = {"status": "finished" if completed.returncode == 0 and not missing else "failed",
-              "returncode": completed.returncode, "seconds": round(time.monotonic() - start, 1),
+    record = {"status": "finished" if returncode == 0 and not missing else "failed",
+              "returncode": returncode, "seconds": round(time.monotonic() - start, 1),
               "model": sweep_run.model, "seed": sweep_run.seed, "train_vit_arguments": arguments}
     if record["status"] == "failed":
         record["log_tail"] = log_tail(folder / RUN_LOG)
-        record["error"] = error_line(record["log_tail"]) if completed.returncode else f"train_vit.py wrote no {missing}"
+        record["error"] = error_line(record["log_tail"]) if returncode else f"train_vit.py wrote no {missing}"
     write_text_atomic(folder / RUN_MARKER, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -444,8 +399,8 @@ def local_results(runs, output_dir, prefix=None) -> tuple[list, dict]:
         folder, row = sweep_run.folder(output_dir), base_row(sweep_run, output_dir, prefix)
         marker = read_run_marker(folder)
         if marker.get("status") == "finished":
-            row.update(row_from_metrics_files(read_metrics_files(folder), source=f"{folder}/"), status="finished")
-            predictions[sweep_run.key] = read_predictions(folder / "predictions.csv")
+            row.update(row_from_metrics_files(read_run_metrics(folder), source=f"{folder}/"), status="finished")
+            predictions[sweep_run.key] = read_run_predictions(folder / "predictions.csv")
         elif marker:
             row.update(status="failed", returncode=marker.get("returncode"), error=marker.get("error"),
                        log_tail=marker.get("log_tail"))
@@ -586,12 +541,12 @@ def hub_run_results(repo_id, token):
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
     try:
-        predictions = read_predictions(hf_hub_download(repo_id, "predictions.csv", token=token))
+        predictions = read_run_predictions(hf_hub_download(repo_id, "predictions.csv", token=token))
     except (RepositoryNotFoundError, EntryNotFoundError):
         return None
     metrics = {}
     try:
-        for split in SPLITS:
+        for split in RUN_SPLITS:
             path = hf_hub_download(repo_id, f"metrics_{split}.json", token=token)
             metrics[split] = json.loads(Path(path).read_text())
     except EntryNotFoundError:
@@ -635,7 +590,7 @@ def collect_from_hub(runs, sweep_args, output_dir, token) -> tuple[list, dict]:
         repo_id = sweep_run.repo_id(prefix) if prefix else job["repo_id"]
         row = {**base_row(sweep_run), "hub_repo": repo_id, "job_id": job["job_id"] if job else None}
         results = hub_run_results(repo_id, token)
-        complete = results is not None and all(results[0].get(f"{split}_auc") is not None for split in SPLITS)
+        complete = results is not None and all(results[0].get(f"{split}_auc") is not None for split in RUN_SPLITS)
         if complete:
             row.update(results[0], status="finished")
             predictions[sweep_run.key] = results[1]

@@ -62,9 +62,10 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 from lymphus_ml.cards import base_model_license, card_license, segmenter_card
 from lymphus_ml.cli import run
 from lymphus_ml.data import dataset_is_synthetic, dataset_revision, load_evaluation_sets, write_synthetic_export
+from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG
 from lymphus_ml.evaluation import SEGMENTATION_METRIC_PATH, format_metric, load_metric
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
-from lymphus_ml.images import collate_fn, model_input_size
+from lymphus_ml.images import collate_fn, model_input_size, model_num_channels
 from lymphus_ml.plots import plot_overlay_grid
 from lymphus_ml.segmentation import (
     ID2LABEL,
@@ -80,7 +81,6 @@ from lymphus_ml.segmentation import (
     write_cases_csv,
 )
 from lymphus_ml.training import (
-    TINY_SEGFORMER_CONFIG,
     CheckpointArguments,
     ClinicalTrainer,
     ClinicalTrainingArguments,
@@ -153,7 +153,7 @@ def load_model(model_args, do_train):
         config = AutoConfig.for_model(model_type, num_labels=len(ID2LABEL), id2label=ID2LABEL, label2id=LABEL2ID, **config_dict)
         model = AutoModelForSemanticSegmentation.from_config(config)
         size = model_args.image_size or 512
-        num_channels = getattr(config, "num_channels", 3)
+        num_channels = model_num_channels(config)
         image_processor = SegformerImageProcessor(
             size={"height": size, "width": size},
             image_mean=[0.5] * num_channels,
@@ -194,7 +194,7 @@ def load_model(model_args, do_train):
 
 def build_trainer(model, image_processor, dataset, data_args, training_args, metric):
     """ClinicalTrainer on (image, mask) pairs: cross-entropy over every pixel, model selection on validation Dice."""
-    num_channels = getattr(model.config, "num_channels", 3)
+    num_channels = model_num_channels(model.config)
     eval_transform = transform_for(image_processor, num_channels, train=False)
     train_transform = transform_for(image_processor, num_channels, train=data_args.augmentation != "none")
     columns = [data_args.image_column_name, data_args.mask_column_name, data_args.case_id_column_name]
@@ -235,7 +235,7 @@ def overlay_rows(split_dataset, cases, predictions, per_image_dice, data_args) -
 def evaluate_and_report(model, image_processor, evaluation_sets, metric, data_args, training_args, output_dir):
     """Every evaluated set at each image's original size, with bootstrap CIs; metrics_<split>.json, overlay grids
     of the best, median and worst cases, segmentation_cases.csv. Returns (split_metrics, grids)."""
-    eval_transform = transform_for(image_processor, getattr(model.config, "num_channels", 3), train=False)
+    eval_transform = transform_for(image_processor, model_num_channels(model.config), train=False)
     local_dataset = Path(data_args.dataset_name).exists()
     split_metrics, grids, case_rows = {}, {}, []
     for split, split_dataset in evaluation_sets.items():

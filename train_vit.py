@@ -71,9 +71,9 @@ from lymphus_ml.data import (
     split_sizes,
     write_synthetic_export,
 )
+from lymphus_ml.demo_configs import TINY_VIT_CONFIG
 from lymphus_ml.evaluation import (
     CLINICAL_METRIC_PATH,
-    PREDICTION_COLUMNS,
     RocAucComputeMetrics,
     apply_threshold,
     clinical_metrics_at_thresholds,
@@ -81,12 +81,20 @@ from lymphus_ml.evaluation import (
     json_safe,
     load_metric,
     positive_probabilities,
-    write_predictions_csv,
     youden_threshold,
 )
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
-from lymphus_ml.images import ROI_MODES, ClassificationTransform, PreparedCases, collate_fn, model_input_size, processor_mean_std
+from lymphus_ml.images import (
+    ROI_MODES,
+    PreparedCases,
+    collate_fn,
+    evaluation_transform,
+    model_input_size,
+    model_num_channels,
+    processor_mean_std,
+)
 from lymphus_ml.plots import plot_confusion_matrix, plot_roc
+from lymphus_ml.runs import PREDICTION_COLUMNS, write_run_predictions
 from lymphus_ml.saliency import (
     SALIENCY_METHODS,
     model_inputs_with_masks,
@@ -96,7 +104,6 @@ from lymphus_ml.saliency import (
     saliency_summary,
 )
 from lymphus_ml.training import (
-    TINY_VIT_CONFIG,
     CheckpointArguments,
     ClinicalTrainer,
     ClinicalTrainingArguments,
@@ -254,7 +261,7 @@ def load_model(model_args, data_args, class_names, do_train):
         model = AutoModelForImageClassification.from_config(config)
         image_size = getattr(config, "image_size", 224)
         height, width = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
-        num_channels = getattr(config, "num_channels", 3)
+        num_channels = model_num_channels(config)
         image_processor = ViTImageProcessor(
             size={"height": height, "width": width}, image_mean=[0.5] * num_channels, image_std=[0.5] * num_channels
         )
@@ -324,7 +331,7 @@ def build_trainer(model, image_processor, dataset, data_args, training_args, cla
     """ClinicalTrainer: selects the epoch on validation ROC-AUC, the only metric computed each epoch (the clinical
     metrics with their intervals are computed once, after training); class-weighted loss with --class_weighting
     balanced. Training and validation cases are prepared once, here."""
-    num_channels = getattr(model.config, "num_channels", 3)
+    num_channels = model_num_channels(model.config)
     compute_loss_func, train_view = None, None
     if data_args.class_weighting == "balanced" and training_args.do_train:
         weights = balanced_class_weights(dataset["train"][data_args.label_column_name], len(class_names))
@@ -357,7 +364,7 @@ def add_predicted_roi_sets(evaluation_sets, data_args, device):
 
 def predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index):
     """{split: (references 0/1, positive-class probabilities, case ids)} for every evaluated set."""
-    num_channels = getattr(trainer.model.config, "num_channels", 3)
+    num_channels = model_num_channels(trainer.model.config)
     predictions = {}
     for split, split_dataset in evaluation_sets.items():
         view = model_view(split_dataset, data_args, image_processor, num_channels)
@@ -437,16 +444,13 @@ def where_the_model_looks(model, evaluation_sets, data_args, image_processor, po
     Each split's best, median and worst case (by share of saliency in the node) go to saliency_<split>.png. The sets
     cropped with a segmenter's masks are left out: the expert mask is the reference.
     """
-    num_channels = getattr(model.config, "num_channels", 3)
-    mean, std = processor_mean_std(image_processor, num_channels)
-    size = model_input_size(image_processor)
-    transform = ClassificationTransform(size, mean, std, data_args.roi, data_args.roi_margin, False, num_channels)
+    transform = evaluation_transform(model, image_processor, data_args.roi, data_args.roi_margin)
     summaries = {}
     for split, split_dataset in evaluation_sets.items():
         if split.endswith("_predicted_roi"):
             continue
         pixel_values, masks, images = model_inputs_with_masks(
-            split_dataset, transform, size, data_args.image_column_name, data_args.mask_column_name
+            split_dataset, transform, transform.size, data_args.image_column_name, data_args.mask_column_name
         )
         maps = saliency_maps(model, pixel_values, positive_index, method=data_args.saliency)
         summary = saliency_summary(maps, masks, data_args.confidence_level)
@@ -560,7 +564,7 @@ def main(args=None):
     split_metrics, plots, prediction_rows = report_splits(
         predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
     )
-    write_predictions_csv(output_dir / "predictions.csv", prediction_rows)
+    write_run_predictions(output_dir / "predictions.csv", prediction_rows)
     save_inference_settings(trainer, youden, data_args, output_dir)
 
     # Model card

@@ -3,8 +3,9 @@
 Two numbers per run, on one device:
   pipeline     = inference.predict_masks (resize, segmenter, logits upsampled to each image's size, argmax) + the crop
                  from the predicted mask + inference.predict_probabilities (classifier), images already in memory;
-  end to end   = predict.main() on a folder of PNG files, as one command-line run: loading both models, reading
-                 the files, the pipeline, writing one mask PNG per image and predictions.csv.
+  end to end   = `python predict.py` on a folder of PNG files, as its own process (scripts never import scripts):
+                 start-up and imports, loading both models, reading the files, the pipeline, writing one mask PNG
+                 per image and predictions.csv.
 plus the segmenter and the classifier stages alone. Models are built from configs (random weights: speed only).
 
     python benchmarks/bench_predict.py                      # CPU: tiny SegFormer (64 px) + tiny ViT (32 px)
@@ -27,8 +28,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import predict  # noqa: E402
-from lymphus_ml import inference
+from lymphus_ml import inference  # noqa: E402
+from lymphus_ml.runs import PROJECT_ROOT, run_script  # noqa: E402
 
 # The tiny models of the tests (tests/test_segformer.py, tests/test_predict.py).
 TINY_SEGFORMER = {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 32, 64], "num_attention_heads": [1, 1, 2, 2],
@@ -114,7 +115,7 @@ def best_rate(function, n_images, repeats):
 def main():
     args = parse_args()
     torch.manual_seed(0)  # the random weights decide how many nodes are "found", hence how often the crop path runs
-    predict.logger.disabled = True  # one warning per empty mask would be timed too
+    inference.logger.disabled = True  # one warning per empty mask would be timed too
     images = make_images(args.n_images)
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
@@ -149,7 +150,9 @@ def main():
                 lambda: inference.predict_probabilities(classifier, classifier_processor, views, 1, args.batch_size), len(images), args.repeats
             ),
             "pipeline": best_rate(pipeline, len(images), args.repeats),
-            "end_to_end": best_rate(lambda: predict.main(argv), len(images), args.repeats),
+            "end_to_end": best_rate(
+                lambda: run_script(PROJECT_ROOT / "predict.py", argv, directory / "predict.log"), len(images), args.repeats
+            ),
         }
     if args.device.startswith("cuda"):
         device = torch.cuda.get_device_name(0)

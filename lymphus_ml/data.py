@@ -54,12 +54,17 @@ def load_lymphus(dataset_name, config, cache_dir=None):
     return load_dataset(dataset_name, config, cache_dir=cache_dir, download_mode="force_redownload" if local else None)
 
 
-def write_synthetic_export(folder, scale=0.25, cases_per_group=None, seed=0) -> str:
+def write_synthetic_export(folder, scale=0.25, cases_per_group=None, seed=0, reuse=False) -> str:
     """Synthetic LymphUs archives (official counts unless `cases_per_group`, images at `scale` x the official
-    sizes) in `folder`/archives, exported as Parquet to `folder`/export; returns the export's path."""
+    sizes) in `folder`/archives, exported as Parquet to `folder`/export; returns the export's path.
+
+    The one writer of every demo's synthetic data. With `reuse`, a complete export already there (the export moves
+    into place only when complete, its card last) is returned as it is: written once per folder."""
     import lymphus
 
     folder = Path(folder)
+    if reuse and (folder / "export" / "README.md").is_file():
+        return str(folder / "export")
     lymphus.write_synthetic_archives(folder / "archives", cases_per_group=cases_per_group, scale=scale, seed=seed)
     lymphus.export_dataset(folder / "archives", folder / "export", verification_mode="basic_checks", overwrite=True)
     return str(folder / "export")

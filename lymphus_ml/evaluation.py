@@ -1,6 +1,5 @@
 """Evaluation glue: the local evaluate modules, thresholds, probabilities, JSON-safe results and prediction files."""
 
-import csv
 import importlib.util
 import math
 from pathlib import Path
@@ -17,7 +16,6 @@ SHIPPED_FILES = (
     "metrics/clinical_classification/clinical_classification.py",
     "metrics/binary_segmentation/binary_segmentation.py",
 )
-PREDICTION_COLUMNS = ("case_id", "split", "label", "probability", "prediction_at_youden")
 
 # Metrics reported per threshold, in the card's order.
 THRESHOLD_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1")
@@ -114,34 +112,6 @@ def positive_probabilities(logits, positive_index: int) -> np.ndarray:
     return torch.softmax(logits, dim=-1)[:, positive_index].numpy()
 
 
-class ClinicalComputeMetrics:
-    """Trainer `compute_metrics`: softmax probability of the positive class -> clinical metrics at 0.5.
-
-    `roc_auc` is what model selection (`metric_for_best_model`) reads on validation.
-    """
-
-    def __init__(self, metric, positive_index: int, n_bootstrap: int = 200, seed: int = 0):
-        self.metric, self.positive_index, self.n_bootstrap, self.seed = metric, positive_index, n_bootstrap, seed
-
-    def __call__(self, eval_prediction):
-        probabilities = positive_probabilities(eval_prediction.predictions, self.positive_index)
-        references = (np.asarray(eval_prediction.label_ids) == self.positive_index).astype(int)
-        results = self.metric.compute(
-            predictions=probabilities.tolist(),
-            references=references.tolist(),
-            threshold=0.5,
-            n_bootstrap=self.n_bootstrap,
-            seed=self.seed,
-        )
-        return {
-            key: float(value)
-            for key, value in results.items()
-            if isinstance(value, (int, float, np.number))
-            and key not in ("threshold", "n_bootstrap", "confidence_level")
-            and (self.n_bootstrap > 0 or "_ci_" not in key)
-        }
-
-
 class RocAucComputeMetrics:
     """Trainer `compute_metrics` for the per-epoch validation: ROC-AUC of the positive class's softmax probability,
     the one number model selection (`metric_for_best_model="roc_auc"`) reads.
@@ -160,20 +130,21 @@ class RocAucComputeMetrics:
         return {"roc_auc": float(self.roc_auc(references, probabilities))}
 
 
-def format_metric(values, name):
-    value = values.get(name)
+# How an estimate and its interval are written: model cards and logs, the sweep leaderboard, the study report.
+INTERVAL_STYLES = {"card": "{} ({}-{})", "leaderboard": "{} ({}–{})", "report": "{} [{}, {}]"}
+
+
+def format_estimate(value, low=None, high=None, style="card", missing="n/a", digits=3) -> str:
+    """`value` to `digits` decimals with its interval [low, high] in one of INTERVAL_STYLES (the value alone when
+    the interval is missing; `missing` when the value is)."""
     if value is None:
-        return "n/a"
-    low, high = values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")
+        return missing
     if low is None or high is None:
-        return f"{value:.3f}"
-    return f"{value:.3f} ({low:.3f}-{high:.3f})"
+        return f"{value:.{digits}f}"
+    return INTERVAL_STYLES[style].format(*(f"{number:.{digits}f}" for number in (value, low, high)))
 
 
-def write_predictions_csv(path, rows) -> Path:
-    """rows: dicts with case_id, split, label, probability, prediction_at_youden."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=PREDICTION_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return Path(path)
+def format_metric(values, name, style="card", missing="n/a", digits=3) -> str:
+    """`values[name]` with its interval `values[name_ci_low]`-`values[name_ci_high]` (see `format_estimate`)."""
+    return format_estimate(values.get(name), values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high"), style,
+                           missing, digits)

@@ -44,6 +44,19 @@ def resolve_hub_token(hub_token: str | None = None) -> str | None:
     return get_token()
 
 
+def missing_token_error(what: str) -> ValueError:
+    """The one error for a Hub action without a token: `<what> needs a token: ...` and the three ways to give one."""
+    return ValueError(f"{what} needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+
+
+def require_hub_token(hub_token: str | None, what: str) -> str:
+    """The token from `resolve_hub_token`, or `missing_token_error(what)`."""
+    token = resolve_hub_token(hub_token)
+    if token is None:
+        raise missing_token_error(what)
+    return token
+
+
 # The one rule for what a results folder uploads: the model, its processor, the card, metrics, predictions and
 # plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles (training_args.bin) or
 # dotfiles (an .env holding a token, say).
@@ -91,6 +104,41 @@ def option_name(argument: str) -> str:
     return "--" + argument.split("=", 1)[0].lstrip("-").replace("-", "_")
 
 
+BOOLEAN_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
+                 "false": False, "f": False, "no": False, "n": False, "0": False}
+
+
+def option_names(forwarded) -> set[str]:
+    """The option names (`--name`, spelt canonically) in a list of command-line arguments."""
+    return {option_name(argument) for argument in forwarded if argument.startswith("--")}
+
+
+def boolean_flag(forwarded, name) -> bool:
+    """Whether a forwarded boolean option is on: `--push_to_hub`, `--push_to_hub True`, `--push_to_hub=false`, ..."""
+    value = False
+    for index, argument in enumerate(forwarded):
+        if argument.startswith("--") and option_name(argument) == name:
+            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
+            word = argument.split("=", 1)[1] if "=" in argument else following
+            value = BOOLEAN_WORDS.get(word.lower(), True)
+    return value
+
+
+def without_boolean_flag(forwarded, name) -> list[str]:
+    """`forwarded` less a boolean option and its optional True/False value."""
+    kept, skip = [], False
+    for index, argument in enumerate(forwarded):
+        if skip:
+            skip = False
+            continue
+        if argument.startswith("--") and option_name(argument) == name:
+            following = forwarded[index + 1] if index + 1 < len(forwarded) else ""
+            skip = "=" not in argument and following.lower() in BOOLEAN_WORDS
+            continue
+        kept.append(argument)
+    return kept
+
+
 def json_file_arguments(path) -> list[str]:
     """A JSON arguments file (what HfArgumentParser.parse_json_file reads) as command-line arguments."""
     arguments = []
@@ -135,7 +183,7 @@ def check_hub_job_request(dataset_name, push_to_hub, hub_token):
             "--launch_on_hub runs on ephemeral hardware: add --push_to_hub (and --hub_model_id) to keep the results."
         )
     if hub_token is None:
-        raise ValueError("--launch_on_hub needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
+        raise missing_token_error("--launch_on_hub")
 
 
 def project_module_files(module_name: str, root=PROJECT_ROOT) -> list[str]:

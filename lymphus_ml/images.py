@@ -166,6 +166,20 @@ class ClassificationTransform:
         return pixels.as_subclass(torch.Tensor).float() * self.scale + self.offset
 
 
+def model_num_channels(config) -> int:
+    """Input channels of a model (its config's `num_channels`; 3 when the config does not say)."""
+    return getattr(config, "num_channels", 3)
+
+
+def evaluation_transform(model, image_processor, roi="full", margin=0.1) -> ClassificationTransform:
+    """The classifier's evaluation transform (`ClassificationTransform(train=False)`) from its model and image
+    processor: their input size, mean/std and channels, with `roi` applied first (`full`: a view already cut)."""
+    num_channels = model_num_channels(model.config)
+    mean, std = processor_mean_std(image_processor, num_channels)
+    size = model_input_size(image_processor)
+    return ClassificationTransform(size, mean, std, roi=roi, margin=margin, train=False, num_channels=num_channels)
+
+
 def working_size(size, scale=CROP_SCALE, ratio=CROP_RATIO) -> tuple[int, int]:
     """(H, W) at which training keeps a case's ROI: large enough that the smallest random resized crop still has
     `size` pixels on each side, so augmentation never enlarges pixels.
@@ -328,25 +342,6 @@ class PreparedCases(torch.utils.data.Dataset):
         values = normalized(pixels, self.scale, self.offset).expand(-1, self.num_channels, -1, -1)
         labels = self.labels.index_select(0, index).tolist()
         return [{"pixel_values": value, "labels": label} for value, label in zip(values, labels)]
-
-
-class BatchTransform:
-    """`Dataset.set_transform` callable: a batch of rows -> {"pixel_values", "labels"}."""
-
-    def __init__(self, transform, image_column="image", mask_column="mask", label_column="label"):
-        self.transform, self.image_column, self.mask_column, self.label_column = (
-            transform,
-            image_column,
-            mask_column,
-            label_column,
-        )
-
-    def __call__(self, batch):
-        masks = batch.get(self.mask_column) or [None] * len(batch[self.image_column])
-        return {
-            "pixel_values": [self.transform(image, mask) for image, mask in zip(batch[self.image_column], masks)],
-            "labels": batch[self.label_column],
-        }
 
 
 def collate_fn(examples):

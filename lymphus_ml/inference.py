@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification, AutoModelForSemanticSegmentation
 
-from lymphus_ml.images import ROI_MODES, ClassificationTransform, model_input_size, processor_mean_std, roi_image
+from lymphus_ml.images import ROI_MODES, evaluation_transform, model_num_channels, roi_image
 from lymphus_ml.segmentation import segment_images, transform_for
 
 
@@ -66,6 +66,15 @@ def classifier_settings(config) -> dict:
     }
 
 
+def check_segmenter_given(classifier, roi_mode, segmenter) -> None:
+    """A classifier trained on the node's crop or masked crop needs a segmenter to find the node: refused without."""
+    if roi_mode != "full" and segmenter is None:
+        raise ValueError(
+            f"Classifier {classifier} was trained on --roi {roi_mode} (the node, not the whole image): pass "
+            "--segmenter (a model written by train_segformer.py) to find the node without an expert mask."
+        )
+
+
 def predict_masks(segmenter_model, segmenter_processor, images, batch_size: int = 8) -> list[np.ndarray]:
     """Predicted node masks: for each PIL image, a uint8 HxW array (0 background, 1 node) at that image's size.
 
@@ -73,8 +82,8 @@ def predict_masks(segmenter_model, segmenter_processor, images, batch_size: int 
     resized to the processor's size, its mean/std); the logits are upsampled bilinearly to the image's size, then
     argmax.
     """
-    num_channels = getattr(segmenter_model.config, "num_channels", 3)
-    return segment_images(segmenter_model, transform_for(segmenter_processor, num_channels), list(images), batch_size)
+    transform = transform_for(segmenter_processor, model_num_channels(segmenter_model.config))
+    return segment_images(segmenter_model, transform, list(images), batch_size)
 
 
 def roi_from_predicted_mask(image, mask, roi_mode: str = "crop", margin: float = 0.1, name: str = "image"):
@@ -98,15 +107,39 @@ def predict_probabilities(
     """Softmax probability of class `positive_index` per PIL image (the ROI already applied), preprocessed as
     train_vit.py evaluates."""
     parameter = next(classifier_model.parameters())
-    num_channels = getattr(classifier_model.config, "num_channels", 3)
-    mean, std = processor_mean_std(classifier_processor, num_channels)
-    size = model_input_size(classifier_processor)
-    transform = ClassificationTransform(size, mean, std, roi="full", train=False, num_channels=num_channels)
+    transform = evaluation_transform(classifier_model, classifier_processor)
     probabilities = []
     for start in range(0, len(images), batch_size):
         pixel_values = torch.stack([transform(image) for image in images[start : start + batch_size]])
         logits = classifier_model(pixel_values=pixel_values.to(parameter.device, parameter.dtype)).logits
         probabilities.append(torch.softmax(logits.float(), dim=-1)[:, positive_index].cpu().numpy())
+    return np.concatenate(probabilities) if probabilities else np.zeros(0)
+
+
+@torch.inference_mode()
+def predict_split_probabilities(classifier_model, classifier_processor, split_dataset, positive_label="malignant",
+                                batch_size: int = 16, image_column="image", mask_column="mask") -> np.ndarray:
+    """Probability of `positive_label` for every row of a dataset split, with train_vit.py's evaluation
+    preprocessing and the expert mask: the ROI mode and margin come from the classifier's config (`roi_mode`,
+    `roi_margin`, written by train_vit.py; default the whole image), so a crop model sees crops here too."""
+    config = classifier_model.config
+    label2id = {str(name): int(index) for name, index in (config.label2id or {}).items()}
+    if positive_label not in label2id:
+        raise ValueError(
+            f"Checkpoint {config.name_or_path!r} has labels {list(label2id)}, not {positive_label!r}: is it a LymphUs "
+            "classifier?"
+        )
+    roi, margin = getattr(config, "roi_mode", "full"), float(getattr(config, "roi_margin", 0.1))
+    transform = evaluation_transform(classifier_model, classifier_processor, roi, margin)
+    view = split_dataset.select_columns([image_column] + ([mask_column] if roi != "full" else []))
+    parameter = next(classifier_model.parameters())
+    probabilities = []
+    for start in range(0, len(view), batch_size):
+        batch = view[start : start + batch_size]
+        masks = batch.get(mask_column) or [None] * len(batch[image_column])
+        pixels = torch.stack([transform(image, mask) for image, mask in zip(batch[image_column], masks)])
+        logits = classifier_model(pixel_values=pixels.to(parameter.device, parameter.dtype)).logits
+        probabilities.append(torch.softmax(logits.float(), dim=-1)[:, label2id[positive_label]].cpu().numpy())
     return np.concatenate(probabilities) if probabilities else np.zeros(0)
 
 

@@ -7,20 +7,23 @@ repo) or, when those are absent, from the `model-index` of its model card; its p
 
 import csv
 import re
-import json
 import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, PREDICTION_COLUMNS, json_safe, metric_functions
+from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, format_estimate, json_safe, metric_functions
+from lymphus_ml.runs import RUN_SPLITS
 
 
-SPLITS = ("validation", "test", "external")
+LEADERBOARD_TEMPLATE = Path(__file__).resolve().parent.parent / "sweep_leaderboard.md"
+SHIPPED_FILES = ("sweep_leaderboard.md",)
+
+
 # Sensitivity and specificity at the threshold chosen on validation, where that threshold is applied unchanged.
 THRESHOLD_SPLITS = ("test", "external")
-THRESHOLD_METRICS = ("sensitivity", "specificity")
+LEADERBOARD_THRESHOLD_METRICS = ("sensitivity", "specificity")
 AVERAGED_SPLITS = ("test", "external")
 SUMMARY_METRICS = (
     "validation_auc", "test_auc", "external_auc",
@@ -41,10 +44,10 @@ CARD_SPLITS = {"validation": "validation", "test": "test", "all": "external", "e
 
 def metric_columns() -> list[str]:
     columns = []
-    for split in SPLITS:
+    for split in RUN_SPLITS:
         columns += [f"{split}_auc", f"{split}_auc_ci_low", f"{split}_auc_ci_high"]
     for split in THRESHOLD_SPLITS:
-        for name in THRESHOLD_METRICS:
+        for name in LEADERBOARD_THRESHOLD_METRICS:
             columns += [f"{split}_{name}", f"{split}_{name}_ci_low", f"{split}_{name}_ci_high"]
     return columns
 
@@ -76,7 +79,7 @@ def row_from_metrics_files(metrics: dict, source="") -> dict:
     """Leaderboard fields from train_vit.py's metrics_<split>.json contents ({split: dict}): ROC-AUC with its CI,
     sensitivity and specificity at the validation (Youden) threshold on test and external, ROI, threshold."""
     row = {}
-    for split in SPLITS:
+    for split in RUN_SPLITS:
         if split not in metrics:
             raise ValueError(f"{source}metrics_{split}.json is missing.")
         for key in ("at_0.5", "at_youden"):
@@ -87,27 +90,13 @@ def row_from_metrics_files(metrics: dict, source="") -> dict:
             row[f"{split}_auc{suffix}"] = number(at_half.get(f"roc_auc{suffix}"))
     for split in THRESHOLD_SPLITS:
         at_youden = metrics[split]["at_youden"]
-        for name in THRESHOLD_METRICS:
+        for name in LEADERBOARD_THRESHOLD_METRICS:
             for suffix in ("", "_ci_low", "_ci_high"):
                 row[f"{split}_{name}{suffix}"] = number(at_youden.get(f"{name}{suffix}"))
     row["roi"] = metrics["external"].get("roi")
     row["youden_threshold"] = number(metrics["validation"].get("youden_threshold"))
     row["confidence_level"] = number(metrics["validation"]["at_0.5"].get("confidence_level"))
     return row
-
-
-def read_metrics_files(folder) -> dict:
-    """{split: metrics_<split>.json} of a run folder."""
-    folder, metrics = Path(folder), {}
-    for split in SPLITS:
-        path = folder / f"metrics_{split}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing.")
-        try:
-            metrics[split] = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from None
-    return metrics
 
 
 # train_vit.py's cards use the Hub's metric ids where one exists (sensitivity is `recall`).
@@ -134,7 +123,7 @@ def row_from_eval_results(eval_results) -> dict:
         arguments = result.metric_args if isinstance(result.metric_args, dict) else {}
         if metric == "roc_auc":
             name = f"{split}_auc"
-        elif metric in THRESHOLD_METRICS and result.metric_config == "youden" and split in THRESHOLD_SPLITS:
+        elif metric in LEADERBOARD_THRESHOLD_METRICS and result.metric_config == "youden" and split in THRESHOLD_SPLITS:
             name = f"{split}_{metric}"
             row["youden_threshold"] = number(arguments.get("threshold"))
         else:
@@ -148,35 +137,8 @@ def row_from_eval_results(eval_results) -> dict:
     return row
 
 
-def read_predictions(path) -> dict:
-    """{split: {case_id: (label, probability)}} from train_vit.py's predictions.csv; each fault names its row."""
-    path, predictions = Path(path), {}
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in PREDICTION_COLUMNS[:4] if column not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path} has no column(s) {missing}; its header is {reader.fieldnames}.")
-        for line, record in enumerate(reader, start=2):
-            split, case_id = record["split"], record["case_id"]
-            try:
-                label, probability = int(record["label"]), float(record["probability"])
-            except ValueError:
-                raise ValueError(
-                    f"{path}, line {line}: label {record['label']!r} / probability {record['probability']!r} "
-                    "is not a number."
-                ) from None
-            if label not in (0, 1) or not 0.0 <= probability <= 1.0:
-                raise ValueError(
-                    f"{path}, line {line}: label {label} must be 0/1 and probability {probability} in [0, 1]."
-                )
-            if case_id in predictions.setdefault(split, {}):
-                raise ValueError(f"{path}, line {line}: case {case_id!r} appears twice in split {split!r}.")
-            predictions[split][case_id] = (label, probability)
-    return predictions
-
-
 def averaged_predictions(predictions_by_run: dict, split: str):
-    """(case_ids, labels, mean probability per case) over runs ({run name: read_predictions(...)}).
+    """(case_ids, labels, mean probability per case) over runs ({run name: read_run_predictions(...)}).
 
     Every run must have scored the same cases of `split` with the same labels: otherwise the average mixes
     different test sets, and the error names the run and cases that differ.
@@ -277,11 +239,9 @@ def write_leaderboard_csv(path, rows) -> Path:
 
 
 def format_value(value, low=None, high=None) -> str:
-    if value is None:
-        return "–"
-    if low is None or high is None:
-        return f"{value:.3f}" + (" (perfectly separated: no CI)" if value in (0.0, 1.0) else "")
-    return f"{value:.3f} ({low:.3f}–{high:.3f})"
+    text = format_estimate(value, low, high, style="leaderboard", missing="–")
+    no_interval = value is not None and (low is None or high is None) and value in (0.0, 1.0)
+    return text + (" (perfectly separated: no CI)" if no_interval else "")
 
 
 def format_spread(entry) -> str:
@@ -322,63 +282,50 @@ def runs_table(rows) -> list[str]:
     return lines
 
 
-def problem_sections(rows) -> list[str]:
+def problem_runs(rows) -> list[dict]:
     """Failed, running and missing runs, each with what is known (exit status and log tail, job state)."""
-    lines = []
+    problems = []
     for row in rows:
         if row["status"] == "finished":
             continue
         title = f"### `{row['model_slug']}` seed {row['seed']}: {row['status']}"
         if row.get("returncode") is not None:
             title += f" (exit status {row['returncode']})"
-        lines += ["", title, ""]
-        if row.get("error"):
-            lines.append(str(row["error"]))
-        if row.get("log_tail"):
-            where = f"{row['run_dir']}/train_vit.log" if row.get("run_dir") else "its log"
-            lines += ["", f"End of {where}:", "", "```", row["log_tail"].rstrip(), "```"]
-    return ["", "## Runs not finished"] + lines if lines else []
+        problems.append({
+            "title": title,
+            "error": str(row["error"]) if row.get("error") else None,
+            "log_tail": row["log_tail"].rstrip() if row.get("log_tail") else None,
+            "where": f"{row['run_dir']}/train_vit.log" if row.get("run_dir") else "its log",
+        })
+    return problems
 
 
 def leaderboard_markdown(rows, summary, averaged, settings: dict, forest_plot: str | None) -> str:
-    """leaderboard.md: what was compared, per model (mean ± SD, seed-averaged AUC), the forest plot, every run."""
+    """leaderboard.md (the sweep_leaderboard.md template): what was compared, per model (mean ± SD, seed-averaged AUC),
+    the forest plot, every run, the runs not finished."""
+    import jinja2
+
     counts = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     levels = {row.get("confidence_level") for row in rows} - {None}
-    level = f"{levels.pop():.0%}" if len(levels) == 1 else "95%"
-    options = " ".join(settings.get("train_vit_options") or []) or "(none)"
-    lines = [
-        "# Leaderboard: train_vit.py over models × seeds",
-        "",
-        f"Dataset `{settings.get('dataset_name')}`: trained on `{settings.get('dataset_config')}`, external "
-        f"validation on every case of `{settings.get('external_config')}`. Other train_vit.py options, the same for "
-        f"every run: `{options}`.",
-        "",
-        f"{len(rows)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + ".",
-        "",
-        "## Per model, across seeds",
-        "",
-        "Mean ± SD across the model's finished runs (one per seed); SD is the sample standard deviation (ddof=1); "
-        "\"(n=1)\" where one run finished. Sensitivity and specificity are at each run's Youden threshold, chosen "
-        "on validation and applied unchanged. *Seed-averaged AUC*: the AUC of each case's probability averaged over "
-        f"the seeds (one ensemble), with its {level} DeLong confidence interval.",
-        "",
-        *summary_table(summary, averaged),
-    ]
-    if forest_plot:
-        lines += ["", f"![External AUC per run and model]({forest_plot})"]
-    lines += [
-        "",
-        "## Runs",
-        "",
-        f"ROC-AUC with its {level} bootstrap CI as train_vit.py reports it; one row per run (`leaderboard.csv` has "
-        "every column).",
-        "",
-        *runs_table(rows),
-        *problem_sections(rows),
-    ]
-    return "\n".join(lines) + "\n"
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(LEADERBOARD_TEMPLATE.parent)), keep_trailing_newline=True,
+        trim_blocks=True, undefined=jinja2.StrictUndefined,
+    )
+    return environment.get_template(LEADERBOARD_TEMPLATE.name).render(
+        dataset_name=settings.get("dataset_name"),
+        dataset_config=settings.get("dataset_config"),
+        external_config=settings.get("external_config"),
+        options=" ".join(settings.get("train_vit_options") or []) or "(none)",
+        n_runs=len(rows),
+        status_counts=", ".join(f"{n} {status}" for status, n in counts.items()),
+        level=f"{levels.pop():.0%}" if len(levels) == 1 else "95%",
+        summary_table=summary_table(summary, averaged),
+        forest_plot=forest_plot,
+        runs_table=runs_table(rows),
+        problems=problem_runs(rows),
+    )
 
 
 def plot_forest(rows, averaged, path, split="external") -> Path:

@@ -140,3 +140,53 @@ def plot_overlay_grid(rows, path, title: str = "") -> Path:
     figure.savefig(path)
     plt.close(figure)
     return Path(path)
+
+
+def plot_roc_overlay(curves, path, title="ROC curves") -> Path:
+    """One ROC curve per model (the study report's figures), a dot at each threshold; curves: list of dicts with name, references, probabilities, roc_auc, threshold."""
+    from sklearn.metrics import roc_curve
+
+    plt = agg_pyplot()
+    figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
+    for index, curve in enumerate(curves):
+        references = np.asarray(curve["references"], dtype=int)
+        probabilities = np.asarray(curve["probabilities"], dtype=float)
+        if len(np.unique(references)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(references, probabilities)
+        auc = curve.get("roc_auc")
+        line = axes.plot(fpr, tpr, lw=2, color=f"C{index}", label=f"{curve['name']} (AUC {auc:.3f})" if auc is not None else curve["name"])[0]
+        if curve.get("threshold") is not None:
+            predicted = apply_threshold(probabilities, curve["threshold"])
+            sensitivity, specificity = predicted[references == 1].mean(), 1 - predicted[references == 0].mean()
+            axes.plot([1 - specificity], [sensitivity], "o", color=line.get_color(), markeredgecolor="black")
+    axes.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="1 - specificity", ylabel="Sensitivity")
+    axes.set_title(title, fontsize=9)
+    axes.legend(loc="lower right", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
+
+
+def plot_calibration(curves, path, title="Calibration") -> Path:
+    """Reliability curves; curves: list of dicts with name, mean_predicted, fraction_positive, brier_score."""
+    plt = agg_pyplot()
+    figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
+    axes.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    for index, curve in enumerate(curves):
+        axes.plot(
+            curve["mean_predicted"],
+            curve["fraction_positive"],
+            "o-",
+            color=f"C{index}",
+            label=f"{curve['name']} (Brier {curve['brier_score']:.3f})",
+        )
+    axes.set(xlim=(0, 1), ylim=(-0.02, 1.02), xlabel="Mean predicted probability", ylabel="Observed fraction malignant")
+    axes.set_title(title, fontsize=9)
+    axes.legend(loc="upper left", fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)

@@ -20,6 +20,9 @@ import torch
 from PIL import Image
 from scipy import stats
 
+from lymphus_ml.evaluation import metric_functions
+
+
 SALIENCY_METHODS = ("occlusion", "integrated_gradients")
 
 
@@ -201,16 +204,6 @@ def mean_t_interval(values, confidence_level: float = 0.95) -> tuple[float, floa
     return mean, float(mean - half_width), float(mean + half_width)
 
 
-def clopper_pearson_interval(successes: int, trials: int, confidence_level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) interval for a binomial proportion, from the beta quantiles; NaN with no trials."""
-    if trials == 0:
-        return float("nan"), float("nan")
-    alpha = 1 - confidence_level
-    low = stats.beta.ppf(alpha / 2, successes, trials - successes + 1) if successes > 0 else 0.0
-    high = stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes) if successes < trials else 1.0
-    return float(low), float(high)
-
-
 def saliency_scores(maps, masks) -> dict:
     """Per image: energy in node (NaN without positive saliency), pointing-game hit, node area fraction."""
     maps, masks = np.asarray(maps), np.asarray(masks)
@@ -240,7 +233,8 @@ def saliency_summary(saliency_maps, masks, confidence_level: float = 0.95) -> di
     # A share lies in [0, 1]: a t interval near either end is cut there.
     energy_low, energy_high = max(0.0, energy_low), min(1.0, energy_high)
     excess_mean, excess_low, excess_high = mean_t_interval(energy[defined] - area[defined], confidence_level)
-    hit_low, hit_high = clopper_pearson_interval(int(hits.sum()), len(hits), confidence_level)
+    # The exact interval of the metric module, the one every proportion of this project gets.
+    hit_low, hit_high = metric_functions().clopper_pearson_interval(int(hits.sum()), len(hits), confidence_level)
     return {
         "n_images": int(len(energy)),
         "n_images_with_saliency": int(defined.sum()),

@@ -139,27 +139,6 @@ def setup_logging(training_args, script_logger):
     transformers.utils.logging.set_verbosity(log_level)
     script_logger.info(f"Device: {training_args.device}, bf16: {training_args.bf16}, fp16: {training_args.fp16}")
 
-# The offline demo's model: a ViT small enough to train on 2 CPU cores in seconds.
-TINY_VIT_CONFIG = {
-    "model_type": "vit",
-    "image_size": 64,
-    "patch_size": 16,
-    "num_hidden_layers": 2,
-    "hidden_size": 64,
-    "num_attention_heads": 2,
-    "intermediate_size": 128,
-}
-# The segmentation offline demo's model: a SegFormer small enough to train on 2 CPU cores in seconds.
-# The offline demo's model: a SegFormer small enough to train on 2 CPU cores in seconds.
-TINY_SEGFORMER_CONFIG = {
-    "model_type": "segformer",
-    "depths": [1, 1, 1, 1],
-    "hidden_sizes": [8, 16, 32, 64],
-    "num_attention_heads": [1, 1, 2, 2],
-    "decoder_hidden_size": 32,
-}
-
-
 @dataclass
 class ClinicalTrainingArguments(TrainingArguments):
     """TrainingArguments whose defaults evaluate every epoch and keep the checkpoint with the best validation AUC."""

@@ -28,12 +28,13 @@ sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402
 import predict  # noqa: E402
-from lymphus_ml import demo  # noqa: E402
+from lymphus_ml import app_prediction, offline_demo  # noqa: E402
+from lymphus_ml.runs import subprocess as runs_subprocess  # noqa: E402
 from lymphus_ml.cli import run  # noqa: E402
 from lymphus_ml.hub import job_files, push_folder_to_hub  # noqa: E402
 from lymphus_ml.plots import PREDICTED_COLOR  # noqa: E402
 from lymphus_ml.segmentation import ID2LABEL, LABEL2ID  # noqa: E402
-from lymphus_ml.training import TINY_SEGFORMER_CONFIG, TINY_VIT_CONFIG  # noqa: E402
+from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG, TINY_VIT_CONFIG  # noqa: E402
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -89,12 +90,12 @@ def demo_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def models(demo_dir):
-    return demo.load_models(demo_dir / "classifier", demo_dir / "segmenter", device="cpu")
+    return app_prediction.load_models(demo_dir / "classifier", demo_dir / "segmenter", device="cpu")
 
 
 @pytest.fixture(scope="session")
 def examples(demo_dir):
-    return demo.synthetic_examples(demo_dir / "examples")
+    return offline_demo.synthetic_examples(demo_dir / "examples")
 
 
 @pytest.fixture(scope="session")
@@ -132,9 +133,9 @@ def test_offline_demo_reuses_complete_models(demo_dir, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("complete demo models were trained again")
 
-    monkeypatch.setattr(demo.subprocess, "Popen", no_training)
+    monkeypatch.setattr(runs_subprocess, "Popen", no_training)
     expected = {"classifier": demo_dir / "classifier", "segmenter": demo_dir / "segmenter"}
-    assert demo.prepare_offline_demo(demo_dir) == expected
+    assert offline_demo.prepare_offline_demo(demo_dir) == expected
     arguments = app.AppArguments(offline_demo=True, demo_dir=str(demo_dir))
     assert app.model_sources(arguments) == {name: str(path) for name, path in expected.items()}
 
@@ -154,10 +155,10 @@ def test_offline_demo_trains_what_is_missing_with_the_scripts(demo_dir, tmp_path
         record.format(calls=str(tmp_path / "train_segformer.calls")) + "print('out of memory'); sys.exit(3)\n"
     )
     with pytest.raises(RuntimeError, match=r"train_segformer.py --offline_demo failed \(exit status 3\)") as error:
-        demo.prepare_offline_demo(folder, cases_per_group=3, extra_arguments=["--max_steps", "2"], root=scripts)
+        offline_demo.prepare_offline_demo(folder, cases_per_group=3, extra_arguments=["--max_steps", "2"], root=scripts)
     assert "out of memory" in str(error.value) and "train_vit.py" not in str(error.value)
-    assert demo.model_folder_complete(folder / "classifier") and not (folder / "classifier.partial").exists()
-    assert not demo.model_folder_complete(folder / "segmenter")
+    assert offline_demo.model_folder_complete(folder / "classifier") and not (folder / "classifier.partial").exists()
+    assert not offline_demo.model_folder_complete(folder / "segmenter")
     (command,) = (tmp_path / "train_vit.calls").read_text().splitlines()
     export = folder / "synthetic-lymphus" / "export"
     assert command.split()[1:] == [
@@ -166,7 +167,7 @@ def test_offline_demo_trains_what_is_missing_with_the_scripts(demo_dir, tmp_path
     ]
     assert (export / "README.md").is_file()  # the synthetic export both scripts train on
     with pytest.raises(RuntimeError, match="train_segformer.py"):
-        demo.prepare_offline_demo(folder, root=scripts)
+        offline_demo.prepare_offline_demo(folder, root=scripts)
     assert len((tmp_path / "train_vit.calls").read_text().splitlines()) == 1  # the classifier was reused
     assert len((tmp_path / "train_segformer.calls").read_text().splitlines()) == 2
 
@@ -185,7 +186,7 @@ def test_predict_image_gives_what_predict_py_gives(models, examples, demo_dir, t
     by_name = {Path(row["file"]).name: row for row in rows}
     assert len(by_name) == len(examples) == 4
     for path in examples:
-        result = demo.predict_image(read(path), models)
+        result = app_prediction.predict_image(read(path), models)
         row = by_name[path.name]
         assert result["probability"] == pytest.approx(row["probability_malignant"], abs=1e-6)
         assert result["label"] == row["label_at_threshold"] and result["roi"] == row["roi"]
@@ -195,7 +196,7 @@ def test_predict_image_gives_what_predict_py_gives(models, examples, demo_dir, t
 
 def test_predict_image_label_outline_and_heatmap(models, examples, demo_dir):
     image = read(examples[2])
-    result = demo.predict_image(image, models)
+    result = app_prediction.predict_image(image, models)
     threshold = json.loads((demo_dir / "classifier" / "config.json").read_text())["youden_threshold"]
     assert result["threshold"] == pytest.approx(threshold)
     assert result["label"] == ("malignant" if result["probability"] >= threshold else "benign")
@@ -204,7 +205,7 @@ def test_predict_image_label_outline_and_heatmap(models, examples, demo_dir):
     assert result["outline"].size == image.size and outline.shape[2] == 3
     red = np.all(outline == PREDICTED_COLOR, axis=2)
     assert (red.sum() > 0) == (result["node_pixels"] > 0)
-    assert result["heatmap"].mode == "RGB" and max(result["heatmap"].size) == demo.HEATMAP_SIZE
+    assert result["heatmap"].mode == "RGB" and max(result["heatmap"].size) == app_prediction.HEATMAP_SIZE
     assert result["roi"] in ("crop", "full (empty predicted mask)") and result["note"].startswith("classified the")
 
 
@@ -213,30 +214,30 @@ def test_saliency_overlay_colours_only_the_positive_saliency():
     saliency = np.zeros((8, 8), dtype=np.float32)
     saliency[:4, :4] = 2.0  # top-left quarter supports the label
     saliency[4:, 4:] = -5.0  # evidence against it: not drawn
-    pixels = np.asarray(demo.saliency_overlay(view, saliency, size=(80, 40))).astype(int)
+    pixels = np.asarray(app_prediction.saliency_overlay(view, saliency, size=(80, 40))).astype(int)
     coloured = np.abs(pixels[..., 0] - pixels[..., 2]) > 10
     assert coloured[:15, :35].all() and not coloured[25:, :].any() and not coloured[:, 50:].any()
-    plain = np.asarray(demo.saliency_overlay(view, -saliency, size=(80, 40)))
+    plain = np.asarray(app_prediction.saliency_overlay(view, -saliency, size=(80, 40)))
     assert plain.shape == (40, 80, 3) and not (np.abs(plain[..., 0].astype(int) - plain[..., 2]) > 10)[:15, :35].any()
 
 
 def test_any_mode_or_bit_depth_gives_the_same_prediction(models, examples):
     pixels = np.asarray(read(examples[3]).convert("L")).copy()
     pixels[0, 0], pixels[0, 1] = 0, 255  # full range: the 16-bit copy maps back to exactly these values
-    reference = demo.predict_image(Image.fromarray(pixels), models)
+    reference = app_prediction.predict_image(Image.fromarray(pixels), models)
     sixteen_bit = Image.fromarray(pixels.astype(np.uint16) * 257)
     assert sixteen_bit.mode.startswith("I;16")
     for variant in (sixteen_bit, Image.fromarray(pixels).convert("RGB")):
-        result = demo.predict_image(variant, models)
+        result = app_prediction.predict_image(variant, models)
         assert result["probability"] == pytest.approx(reference["probability"], abs=1e-6)
         assert result["label"] == reference["label"]
-    assert "mapped from its value range [0, 65535]" in demo.predict_image(sixteen_bit, models)["note"]
+    assert "mapped from its value range [0, 65535]" in app_prediction.predict_image(sixteen_bit, models)["note"]
 
 
 def test_a_full_image_classifier_needs_no_segmenter(full_image_classifier, examples):
-    models = demo.load_models(full_image_classifier, device="cpu")
+    models = app_prediction.load_models(full_image_classifier, device="cpu")
     image = read(examples[0])
-    result = demo.predict_image(image, models)
+    result = app_prediction.predict_image(image, models)
     assert result["roi"] == "full" and result["node_pixels"] is None and "no segmenter" in result["note"]
     assert np.array_equal(np.asarray(result["outline"]), np.asarray(image.convert("RGB")))  # nothing drawn
     assert result["threshold"] == pytest.approx(0.3)
@@ -316,7 +317,7 @@ def test_push_to_space_uploads_the_app_and_what_it_imports(hub_with_spaces, hub_
     assert HfApi().space_info(space_id).sdk == "gradio"
     shipped = job_files(REPO / "app.py")
     assert space_file_names(hub, space_id) == sorted(shipped + ["README.md", "requirements.txt", "space_config.json"])
-    assert {"app.py", "lymphus_ml/demo.py", "lymphus_ml/saliency.py", "lymphus.py", "reference/official_cases.csv"} <= set(shipped)
+    assert {"app.py", "lymphus_ml/app_prediction.py", "lymphus_ml/saliency.py", "lymphus.py", "reference/official_cases.csv"} <= set(shipped)
     for path in shipped:
         assert hub.read_file(space_id, path, "space") == (REPO / path).read_bytes()
 
@@ -368,7 +369,7 @@ def gradio_version():
 @pytest.mark.parametrize(
     "classifier, message",
     [
-        ("app-classifier", "was trained on --roi crop: the Space needs --segmenter"),
+        ("app-classifier", "was trained on --roi crop (the node, not the whole image): pass --segmenter"),
         ("no-such-model", "--classifier local-user/no-such-model is not a model this token can read"),
     ],
 )
@@ -409,11 +410,11 @@ def test_the_space_serves_its_hub_models_to_gradio_client(space_app, hub_models,
     from gradio_client.exceptions import AppError
 
     client = Client(space_app, verbose=False, download_files=str(tmp_path))
-    expected = demo.predict_image(read(examples[1]), models)  # the same weights, loaded from the demo folder
+    expected = app_prediction.predict_image(read(examples[1]), models)  # the same weights, loaded from the demo folder
     probability, label, details, outline, heatmap = client.predict(handle_file(str(examples[1])), api_name="/predict")
     assert probability == pytest.approx(expected["probability"], abs=1e-4) and label == expected["label"]
     assert "validation threshold 0.4200" in details
-    assert read(outline).size == read(examples[1]).size and max(read(heatmap).size) == demo.HEATMAP_SIZE
+    assert read(outline).size == read(examples[1]).size and max(read(heatmap).size) == app_prediction.HEATMAP_SIZE
     notes = tmp_path / "notes.txt"
     notes.write_text("not pixels")
     with pytest.raises(AppError, match="notes.txt is not an image file the app can read"):
@@ -459,7 +460,7 @@ def test_a_browser_uploads_an_image_and_reads_the_result(space_app, hub_models, 
     notes.write_text("not pixels")
     screenshot = tmp_path / "app.png"
     read_off = screenshot_app(space_app, examples[2], screenshot, wrong_file=notes)
-    expected = demo.predict_image(read(examples[2]), models)
+    expected = app_prediction.predict_image(read(examples[2]), models)
     assert "Not for clinical use" in read_off["page_text"] and hub_models["classifier"] in read_off["page_text"]
     assert PROBABILITY.match(read_off["probability"]), read_off
     assert float(read_off["probability"]) == pytest.approx(expected["probability"], abs=1e-4)

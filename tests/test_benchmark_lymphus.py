@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import benchmark_lymphus as bench  # noqa: E402
-from lymphus_ml import evaluation  # noqa: E402
+from lymphus_ml import evaluation, semantic_features, study  # noqa: E402
 import lymphus  # noqa: E402
 
 TINY_VIT = '{"model_type":"vit","image_size":32,"patch_size":8,"num_hidden_layers":1,"hidden_size":32,"num_attention_heads":2,"intermediate_size":64}'
@@ -88,10 +88,10 @@ def test_delong_versus_reference_pairs_by_case_id_and_matches_definition(delong_
     semantic = np.round(np.clip(0.5 * labels + rng.normal(0.25, 0.25, n), 0, 1), 1)
     image = np.round(np.clip(0.3 * labels + rng.normal(0.35, 0.25, n), 0, 1), 2)
     order = rng.permutation(n)  # the image model wrote its cases in another order
-    reference = bench.CasePredictions(case_ids, labels, semantic)
-    other = bench.CasePredictions([case_ids[i] for i in order], labels[order], image[order])
+    reference = study.CasePredictions(case_ids, labels, semantic)
+    other = study.CasePredictions([case_ids[i] for i in order], labels[order], image[order])
 
-    result = bench.delong_versus_reference(reference, other, delong_test, other_name="vit", test_set="center1_test")
+    result = study.delong_versus_reference(reference, other, delong_test, other_name="vit", test_set="center1_test")
     expected = delong_by_definition(labels.tolist(), image.tolist(), semantic.tolist())
 
     assert result["n"] == n
@@ -103,15 +103,15 @@ def test_delong_versus_reference_pairs_by_case_id_and_matches_definition(delong_
 
 
 def test_pairing_refuses_other_cases_and_other_labels():
-    reference = bench.CasePredictions(["a", "b", "c", "d"], [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8])
-    missing = bench.CasePredictions(["a", "b", "c", "x"], [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8])
+    reference = study.CasePredictions(["a", "b", "c", "d"], [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8])
+    missing = study.CasePredictions(["a", "b", "c", "x"], [0, 1, 0, 1], [0.1, 0.9, 0.2, 0.8])
     with pytest.raises(ValueError, match=r"not scored on the same cases of center2_test.*\['d'\].*\['x'\]"):
-        bench.paired_predictions(reference, missing, "semantic-features", "vit", "center2_test")
-    relabelled = bench.CasePredictions(["d", "c", "b", "a"], [0, 0, 1, 0], [0.8, 0.2, 0.9, 0.1])
+        study.paired_predictions(reference, missing, "semantic-features", "vit", "center2_test")
+    relabelled = study.CasePredictions(["d", "c", "b", "a"], [0, 0, 1, 0], [0.8, 0.2, 0.9, 0.1])
     with pytest.raises(ValueError, match=r"disagree on the label of 1 case.*\['d'\]"):
-        bench.paired_predictions(reference, relabelled, "semantic-features", "vit", "center2_test")
+        study.paired_predictions(reference, relabelled, "semantic-features", "vit", "center2_test")
     with pytest.raises(ValueError, match=r"more than once: \['a'\]"):
-        bench.CasePredictions(["a", "a"], [0, 1], [0.1, 0.2])
+        study.CasePredictions(["a", "a"], [0, 1], [0.1, 0.2])
 
 
 # Semantic features
@@ -130,11 +130,11 @@ def test_semantic_pipeline_handles_nulls_everywhere_and_unseen_codes():
         table[column][index % n] = None
         table[column][(index + 7) % n] = None
     table["prominent_echogenicity"] = [None] * n  # a feature never recorded in this centre
-    frame = bench.semantic_frame(table, lymphus.MEASUREMENT_FEATURES + lymphus.CODED_FEATURES)
+    frame = semantic_features.semantic_frame(table, lymphus.MEASUREMENT_FEATURES + lymphus.CODED_FEATURES)
     assert frame.isna().any().all()
 
-    model = bench.build_semantic_model(lymphus.MEASUREMENT_FEATURES, lymphus.CODED_FEATURES, c=1.0, seed=0)
-    bench.fit_tabular_model(model, frame, labels)
+    model = semantic_features.build_semantic_model(lymphus.MEASUREMENT_FEATURES, lymphus.CODED_FEATURES, c=1.0, seed=0)
+    semantic_features.fit_tabular_model(model, frame, labels)
     names = list(model[:-1].get_feature_names_out())
     assert "measurement__missingindicator_maximum_diameter" in names
     assert "coded__hypoechoic_-1.0" in names  # "not recorded" is a category of its own
@@ -146,20 +146,20 @@ def test_semantic_pipeline_handles_nulls_everywhere_and_unseen_codes():
             {**{c: 1e4 for c in lymphus.MEASUREMENT_FEATURES}, **{c: 99 for c in lymphus.CODED_FEATURES}},
         ]
     )
-    probabilities = bench.positive_probability(model, bench.semantic_frame(unseen, list(unseen.columns)))
+    probabilities = semantic_features.positive_probability(model, semantic_features.semantic_frame(unseen, list(unseen.columns)))
     assert probabilities.shape == (3,) and np.all(np.isfinite(probabilities))
     assert np.all((probabilities >= 0) & (probabilities <= 1))
 
-    baseline = bench.build_axis_ratio_model()
-    bench.fit_tabular_model(baseline, frame, labels)
-    assert np.all(np.isfinite(bench.positive_probability(baseline, bench.semantic_frame(unseen, list(unseen.columns)))))
+    baseline = semantic_features.build_axis_ratio_model()
+    semantic_features.fit_tabular_model(baseline, frame, labels)
+    assert np.all(np.isfinite(semantic_features.positive_probability(baseline, semantic_features.semantic_frame(unseen, list(unseen.columns)))))
 
 
 def test_semantic_frame_names_the_bad_column():
     with pytest.raises(ValueError, match=r"\['necrosis'\] not found"):
-        bench.semantic_frame({"margin1": [1]}, ["margin1", "necrosis"])
+        semantic_features.semantic_frame({"margin1": [1]}, ["margin1", "necrosis"])
     with pytest.raises(ValueError, match="'margin1' is not numeric"):
-        bench.semantic_frame({"margin1": ["smooth"]}, ["margin1"])
+        semantic_features.semantic_frame({"margin1": ["smooth"]}, ["margin1"])
 
 
 def test_short_to_long_axis_ratio():
@@ -170,7 +170,7 @@ def test_short_to_long_axis_ratio():
             "aspect_ratio": [2.0, 4.0, 0.25, None, None],  # long/short here, short/long in the third row
         }
     )
-    ratio = bench.short_to_long_axis_ratio(frame)[:, 0]
+    ratio = semantic_features.short_to_long_axis_ratio(frame)[:, 0]
     np.testing.assert_allclose(ratio[:4], [0.5, 0.25, 0.25, 0.5])
     assert np.isnan(ratio[4])
 
@@ -202,7 +202,7 @@ def fake_results(models, test_sets):
     rows = []
     for test_set in test_sets:
         for model in models:
-            delong = None if model == bench.REFERENCE_MODEL else {"auc_difference": 0.01, "p_value": 0.5}
+            delong = None if model == study.REFERENCE_MODEL else {"auc_difference": 0.01, "p_value": 0.5}
             rows.append(
                 {
                     "model": model,
@@ -230,9 +230,9 @@ def fake_results(models, test_sets):
 
 
 def test_report_lists_every_model_and_test_set_it_was_given():
-    models = [bench.REFERENCE_MODEL, bench.BASELINE_MODEL, "vit-a", "convnext-b"]
+    models = [study.REFERENCE_MODEL, study.BASELINE_MODEL, "vit-a", "convnext-b"]
     test_sets = ["center1_test", "center1_to_center2", "center2_test", "center2_to_center1"]
-    report = bench.build_report(fake_results(models, test_sets))
+    report = study.build_report(fake_results(models, test_sets))
     # Results rows: the second cell is a model name in backticks (the test-set table has a centre there).
     table = [line for line in report.splitlines() if line.startswith("| Set ") and line.split(" | ")[1].startswith("`")]
     assert len(table) == len(models) * len(test_sets)
@@ -278,7 +278,7 @@ def read_csv(path):
 
 def test_main_end_to_end(benchmark_run, export_dir):
     output_dir, record = benchmark_run
-    models = [bench.REFERENCE_MODEL, bench.BASELINE_MODEL, "tiny-vit"]
+    models = [study.REFERENCE_MODEL, study.BASELINE_MODEL, "tiny-vit"]
     test_sets = ["center1_test", "center1_to_center2", "center2_test", "center2_to_center1"]
     results = json.loads((output_dir / "results.json").read_text())
     assert results == record
@@ -318,10 +318,10 @@ def test_main_delong_column_matches_independent_computation(benchmark_run):
     predictions = read_csv(output_dir / "predictions.csv")
     checked = set()
     for row in results["rows"]:
-        if row["model"] == bench.REFERENCE_MODEL:
+        if row["model"] == study.REFERENCE_MODEL:
             assert row["delong"] is None
             continue
-        semantic = {r["case_id"]: r for r in predictions if r["model"] == bench.REFERENCE_MODEL and r["test_set"] == row["test_set"]}
+        semantic = {r["case_id"]: r for r in predictions if r["model"] == study.REFERENCE_MODEL and r["test_set"] == row["test_set"]}
         model = [r for r in predictions if r["model"] == row["model"] and r["test_set"] == row["test_set"]]
         model.sort(key=lambda r: r["case_id"], reverse=True)  # any order: joined by case id
         labels = [int(r["label"]) for r in model]
@@ -336,7 +336,7 @@ def test_main_delong_column_matches_independent_computation(benchmark_run):
         assert row["delong"]["p_value"] == pytest.approx(expected["p_value"], rel=1e-6, abs=1e-12)
         checked.add((row["model"], row["test_set"]))
     # Every comparison on the external sets (20 cases); a 4-case internal set can leave DeLong's variance at 0.
-    assert {(m, t) for m in ("tiny-vit", bench.BASELINE_MODEL) for t in ("center1_to_center2", "center2_to_center1")} <= checked
+    assert {(m, t) for m in ("tiny-vit", study.BASELINE_MODEL) for t in ("center1_to_center2", "center2_to_center1")} <= checked
 
 
 def test_report_adjusts_p_values_and_gives_intervals_for_differences_and_brier(benchmark_run):

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import app  # noqa: E402
 import predict  # noqa: E402
-from lymphus_ml import demo, images  # noqa: E402
+from lymphus_ml import app_prediction, images  # noqa: E402
 from lymphus_ml.cli import run  # noqa: E402
 from lymphus_ml.segmentation import ID2LABEL, LABEL2ID  # noqa: E402
 from lymphus_ml.training import TINY_SEGFORMER_CONFIG, TINY_VIT_CONFIG  # noqa: E402
@@ -242,7 +242,7 @@ def test_bad_threshold_or_batch_size_is_one_message(option, value, tmp_path, cap
 
 @pytest.fixture(scope="module")
 def app_models(tiny_models):
-    return demo.load_models(tiny_models["classifier"], device="cpu")
+    return app_prediction.load_models(tiny_models["classifier"], device="cpu")
 
 
 def test_the_app_refuses_what_predict_py_refuses_with_one_message(app_models, tmp_path):
@@ -252,7 +252,7 @@ def test_the_app_refuses_what_predict_py_refuses_with_one_message(app_models, tm
     with pytest.raises(gr.Error, match=r"dot.png is 1 x 1 pixels: too small"):
         app.classify_upload(str(tmp_path / "dot.png"), app_models)
     with pytest.raises(ValueError, match=r"1 x 1 pixels: too small"):
-        demo.predict_image(noise(1, 1), app_models)
+        app_prediction.predict_image(noise(1, 1), app_models)
     save_frames(tmp_path / "cine.tif", 2, format="TIFF")
     with pytest.raises(gr.Error, match=r"cine.tif holds 2 frames \(TIFF"):
         app.classify_upload(str(tmp_path / "cine.tif"), app_models)

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForImageClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lymphus_ml import saliency  # noqa: E402
+from lymphus_ml import evaluation, saliency  # noqa: E402
 
 SIZE = 64
 
@@ -241,7 +241,7 @@ def test_saliency_summary_against_scipy(confidence_level):
 @pytest.mark.parametrize("hits", [0, 1, 9, 10])
 def test_clopper_pearson_against_scipy_at_the_edges(hits):
     reference = stats.binomtest(hits, 10).proportion_ci(method="exact")
-    assert saliency.clopper_pearson_interval(hits, 10) == pytest.approx((reference.low, reference.high))
+    assert evaluation.metric_functions().clopper_pearson_interval(hits, 10) == pytest.approx((reference.low, reference.high))
 
 
 def test_resize_mask_is_nearest_neighbour():

@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 import lymphus  # noqa: E402
 import sweep  # noqa: E402
 from lymphus_ml import leaderboard  # noqa: E402
+from lymphus_ml.runs import read_run_predictions  # noqa: E402
 
 
 TINY_MODELS = {
@@ -158,7 +159,7 @@ def test_seed_averaged_auc_matches_sklearn_and_a_brute_force_delong_interval(swe
         for row in read_csv(swept / "leaderboard.csv")
     ]
     keys = [leaderboard.run_key(row) for row in rows]
-    predictions = {key: leaderboard.read_predictions(swept / "runs" / key / "predictions.csv") for key in keys}
+    predictions = {key: read_run_predictions(swept / "runs" / key / "predictions.csv") for key in keys}
     averaged = leaderboard.seed_averaged_aucs(rows, predictions)
     markdown = (swept / "leaderboard.md").read_text()
     for slug in ("vit-micro", "convnext-micro"):
