@@ -66,3 +66,7 @@ def local_hub():
 
 
 # ======================================== end of Local Hub block ============================================
+
+# The shared session fixtures (synthetic exports, tiny trained models) live in tests/fixtures.py, loaded here after
+# the environment above is set.
+pytest_plugins = ["fixtures"]
