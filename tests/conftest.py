@@ -69,4 +69,12 @@ def local_hub():
 
 # The shared session fixtures (synthetic exports, tiny trained models) live in tests/fixtures.py, loaded here after
 # the environment above is set.
-pytest_plugins = ["fixtures"]
+from fixtures import (  # noqa: E402, F401  (pytest registers the fixtures found in this module)
+    crop_classifier,
+    full_classifier,
+    official_archives,
+    official_export,
+    run_cli,
+    segmenter,
+    small_export,
+)

@@ -1,6 +1,6 @@
 """Session fixtures shared by the test files: the synthetic exports and the tiny trained models, each built once.
 
-Loaded by tests/conftest.py (`pytest_plugins`) after its local-Hub block has set the environment, so nothing here
+Imported by tests/conftest.py after its local-Hub block has set the environment, so nothing here
 may import huggingface_hub / datasets / transformers at module level. Test files import the argument helpers:
 `from fixtures import TINY_VIT, vit_args` (tests/ is on sys.path: pytest's rootdir-relative "prepend" import mode).
 
@@ -12,6 +12,7 @@ may import huggingface_hub / datasets / transformers at module level. Test files
 - `full_classifier`: a tiny ViT trained by train_vit.py on `small_export`, --roi full, 1 epoch, with the default
   occlusion saliency (the saliency tests read it).
 - `segmenter`: a tiny SegFormer trained by train_segformer.py on `small_export`, 3 epochs.
+- `run_cli` (per test): a script's command line run in this process through `lymphus_ml.cli.run`.
 """
 
 import json
@@ -53,6 +54,27 @@ def segformer_args(dataset, output_dir, *extra, epochs=3):
     return ["--dataset_name", str(dataset), "--model_config_json", TINY_SEGFORMER, "--image_size", "64",
             "--output_dir", str(output_dir), "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "2",
             "--per_device_eval_batch_size", "4", "--learning_rate", "5e-3", "--n_bootstrap", "200", *COMMON, *extra]
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """run_cli(module, *argv) -> (exit status, stdout, stderr): a script's command line in this process, through the
+    entry point its `__main__` uses, `lymphus_ml.cli.run(main)` with sys.argv set (no interpreter start-up: the
+    errors tests read one `error:` line). Exceptions other than SystemExit propagate (as with --debug)."""
+    from lymphus_ml import cli
+
+    def run(module, *argv):
+        monkeypatch.setattr(sys, "argv", [Path(module.__file__).name, *map(str, argv)])
+        capsys.readouterr()
+        try:
+            cli.run(module.main)
+            status = 0
+        except SystemExit as exit_info:
+            status = exit_info.code if isinstance(exit_info.code, int) else (0 if exit_info.code is None else 1)
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
 
 
 @pytest.fixture(scope="session")
