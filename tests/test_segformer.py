@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import lymphus  # noqa: E402
 import train_segformer  # noqa: E402
-from fixtures import segformer_args  # noqa: E402
+from fixtures import TINY_SEGFORMER, segformer_args  # noqa: E402
 from lymphus_ml.training import TINY_SEGFORMER_CONFIG  # noqa: E402
 from lymphus_ml import evaluation, inference, plots, segmentation  # noqa: E402
 
