@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.nn import functional as nnf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F

@@ -20,7 +20,6 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lymphus  # noqa: E402
 import train_segformer  # noqa: E402
 from fixtures import TINY_SEGFORMER, segformer_args  # noqa: E402
 from lymphus_ml.training import TINY_SEGFORMER_CONFIG  # noqa: E402

@@ -20,9 +20,8 @@ from torchvision import tv_tensors
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lymphus  # noqa: E402
 import train_vit  # noqa: E402
-from fixtures import TINY_VIT, vit_args  # noqa: E402
+from fixtures import vit_args  # noqa: E402
 from lymphus_ml import data, hub, images, inference, training  # noqa: E402
 
 MODEL_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md")
