@@ -378,15 +378,23 @@ def test_launch_on_hub_refuses_a_local_dataset(export_dir, local_hub):
         train_segformer.main(["--launch_on_hub", "a10g-small", "--hub_token", local_hub.token, "--dataset_name", str(export_dir), "--output_dir", "x", "--push_to_hub"])
 
 
-def test_offline_demo_runs_without_any_download(export_dir, tmp_path):
-    """--offline_demo: the tiny SegFormer from its config, no download. The official-size synthetic export the demo
-    writes without --dataset_name is the README test's (tests/test_readme.py); here the small export is given."""
+def test_offline_demo_runs_without_any_download(export_dir, tmp_path, monkeypatch):
+    """--offline_demo: a synthetic export in the output folder and the tiny SegFormer from its config, no download.
+    The official-size export itself (data.write_synthetic_export, official counts) is the README test's
+    (tests/test_readme.py, through train_vit.py); here the call is checked and the session's small export stands in."""
     import datasets
 
     output = tmp_path / "seg-demo"
-    train_segformer.main(["--offline_demo", "--dataset_name", str(export_dir), "--output_dir", str(output),
-                          "--max_steps", "1", "--n_bootstrap", "100", "--report_to", "none", "--disable_tqdm", "True",
-                          "--use_cpu"])
+    calls = []
+
+    def small_synthetic_export(folder, *args, **kwargs):
+        calls.append((Path(folder), args, kwargs))
+        return str(export_dir)
+
+    monkeypatch.setattr(train_segformer, "write_synthetic_export", small_synthetic_export)
+    train_segformer.main(["--offline_demo", "--output_dir", str(output), "--max_steps", "1", "--n_bootstrap", "100",
+                          "--report_to", "none", "--disable_tqdm", "True", "--use_cpu"])
+    assert calls == [(output / "synthetic-lymphus", (), {})]  # official counts: no cases_per_group
     external = json.loads((output / "metrics_external.json").read_text())
     center2 = datasets.load_dataset(str(export_dir), "center2")
     assert external["n_images"] == sum(len(split) for split in center2.values())  # the whole other centre
