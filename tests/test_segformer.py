@@ -359,7 +359,7 @@ def test_push_to_hub_uploads_the_results_without_the_token(local_hub, export_dir
 
     repo_id = f"{local_hub.user}/segformer-lymphus-push"
     caplog.set_level(logging.DEBUG)
-    train_segformer.main(tiny_args(export_dir, tmp_path / "push", "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", local_hub.token, epochs=1))
+    train_segformer.main(tiny_args(export_dir, tmp_path / "push", "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", local_hub.token, "--max_steps", "1", epochs=1))
     uploaded = HfApi(token=local_hub.token).list_repo_files(repo_id)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "segmentation_cases.csv",
                  "metrics_test.json", "metrics_external.json", "overlays_test.png", "overlays_external.png"):

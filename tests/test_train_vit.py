@@ -305,7 +305,7 @@ def test_push_to_hub_uploads_everything_without_the_token(local_hub, export_dir,
         export_dir, tmp_path / "push", "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", local_hub.token
     )
     args[args.index("--num_train_epochs") + 1] = "1"
-    train_vit.main(args)
+    train_vit.main(args + ["--max_steps", "1"])
 
     files = {}
     for name in MODEL_FILES + ("predictions.csv", "threshold.json"):
