@@ -843,13 +843,15 @@ def assert_one_message(result, *culprits):
 
 
 def test_command_line_errors_are_one_message(small_archives, tmp_path, local_hub, run_cli, monkeypatch):
-    """Through lymphus.py's entry point (cli.run(main)) in this process; the process itself: the test below."""
+    """Through lymphus.py's entry point (cli.run(main)) in this process; `python lymphus.py` itself is started by
+    the killed-export tests above (its __main__: cli.run and the SIGTERM handler)."""
     base = ["export", "--data_dir", str(small_archives), "--output_dir", str(tmp_path / "out")]
     # Checksum mismatch, missing files, a mistyped option.
     assert_one_message(run_cli(lymphus, *base), "Center-", "is not the official", "basic_checks")
     (tmp_path / "empty").mkdir()
     assert_one_message(run_cli(lymphus, "export", "--data_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"), "neither", ".zip' nor the extracted folder")
     assert_one_message(run_cli(lymphus, *base, "--verification_mod", "basic_checks"), "--verification_mod", "spelt in full")
+    assert_one_message(run_cli(lymphus, "exprot"), "unknown command 'exprot'")
     # A format error found by a worker process: the worker's traceback is not shown either.
     rewrite_archive(small_archives / "Center-2.zip", replace={"Center 2/Malignant/2 Malignant Image.bmp": b"BM not really"})
     failed = run_cli(lymphus, *base, "--verification_mode", "basic_checks")
@@ -867,12 +869,6 @@ def test_command_line_errors_are_one_message(small_archives, tmp_path, local_hub
     refused = run_cli(lymphus, "push", str(tmp_path / "export"), "--repo_id", f"{local_hub.user}/refused")
     assert_one_message(refused, "401")
     assert "hf_not_a_valid_token" not in refused[1] + refused[2]
-
-
-def test_lymphus_py_main_reports_an_unknown_command_in_one_line():
-    """The one process start of lymphus.py for its errors: `python lymphus.py` reaches cli.run(main)."""
-    completed = subprocess.run([sys.executable, str(LYMPHUS_PY), "exprot"], capture_output=True, text=True, timeout=300)
-    assert_one_message((completed.returncode, completed.stdout, completed.stderr), "unknown command 'exprot'")
 
 
 # The dataset card: every number from the data exported
