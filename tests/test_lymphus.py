@@ -27,19 +27,6 @@ LYMPHUS_PY = Path(lymphus.__file__)
 OFFICIAL_COUNTS = {"center1": {"benign": 99, "malignant": 81}, "center2": {"benign": 76, "malignant": 82}}
 
 
-@pytest.fixture(scope="session")
-def official_archives(tmp_path_factory):
-    """Synthetic archives with the official counts, sizes and mask extents."""
-    directory = tmp_path_factory.mktemp("official-archives")
-    lymphus.write_synthetic_archives(directory)
-    return directory
-
-
-@pytest.fixture(scope="session")
-def official_export(official_archives, tmp_path_factory):
-    return lymphus.export_dataset(official_archives, tmp_path_factory.mktemp("exports") / "lymphus", "basic_checks")
-
-
 @pytest.fixture()
 def small_archives(tmp_path):
     directory = tmp_path / "archives"
@@ -847,40 +834,41 @@ def test_a_killed_export_leaves_no_process_and_the_next_run_cleans_up(tmp_path, 
 # Errors on the command line: one message naming the culprit, a non-zero exit, no traceback
 
 
-def run_lymphus(*arguments, env=None):
-    return subprocess.run([sys.executable, str(LYMPHUS_PY), *arguments], capture_output=True, text=True, timeout=300, env=env)
-
-
 def assert_one_message(result, *culprits):
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
-    (message,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    status, _, stderr = result
+    assert status != 0 and "Traceback" not in stderr, stderr
+    (message,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
     for culprit in culprits:
-        assert culprit in message, result.stderr
+        assert culprit in message, stderr
 
 
-def test_command_line_errors_are_one_message(small_archives, tmp_path, local_hub):
+def test_command_line_errors_are_one_message(small_archives, tmp_path, local_hub, run_cli, monkeypatch):
+    """Through lymphus.py's entry point (cli.run(main)) in this process; `python lymphus.py` itself is started by
+    the killed-export tests above (its __main__: cli.run and the SIGTERM handler)."""
     base = ["export", "--data_dir", str(small_archives), "--output_dir", str(tmp_path / "out")]
     # Checksum mismatch, missing files, a mistyped option.
-    assert_one_message(run_lymphus(*base), "Center-", "is not the official", "basic_checks")
+    assert_one_message(run_cli(lymphus, *base), "Center-", "is not the official", "basic_checks")
     (tmp_path / "empty").mkdir()
-    assert_one_message(run_lymphus("export", "--data_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"), "neither", ".zip' nor the extracted folder")
-    assert_one_message(run_lymphus(*base, "--verification_mod", "basic_checks"), "--verification_mod", "spelt in full")
-    assert_one_message(run_lymphus("exprot"), "unknown command 'exprot'")
+    assert_one_message(run_cli(lymphus, "export", "--data_dir", str(tmp_path / "empty"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"), "neither", ".zip' nor the extracted folder")
+    assert_one_message(run_cli(lymphus, *base, "--verification_mod", "basic_checks"), "--verification_mod", "spelt in full")
+    assert_one_message(run_cli(lymphus, "exprot"), "unknown command 'exprot'")
     # A format error found by a worker process: the worker's traceback is not shown either.
     rewrite_archive(small_archives / "Center-2.zip", replace={"Center 2/Malignant/2 Malignant Image.bmp": b"BM not really"})
-    failed = run_lymphus(*base, "--verification_mode", "basic_checks")
+    failed = run_cli(lymphus, *base, "--verification_mode", "basic_checks")
     assert_one_message(failed, "Center 2/Malignant/2 Malignant Image.bmp", "cannot be decoded as an image")
-    assert "Traceback" in run_lymphus(*base, "--verification_mode", "basic_checks", "--debug").stderr
+    with pytest.raises(Exception, match="cannot be decoded as an image"):  # --debug: the error itself, its traceback
+        run_cli(lymphus, *base, "--verification_mode", "basic_checks", "--debug")
     assert not list(tmp_path.glob(".out.*")) and not (tmp_path / "out").exists()
     # Another export running into the same folder.
     with lymphus.export_lock(tmp_path / "out"):
-        assert_one_message(run_lymphus(*base, "--verification_mode", "basic_checks"), "another export into", "is running")
+        assert_one_message(run_cli(lymphus, *base, "--verification_mode", "basic_checks"), "another export into", "is running")
     # The Hub refusing the token.
     lymphus.write_synthetic_archives(tmp_path / "good", cases_per_group=3, scale=0.1)
     export(tmp_path / "good", tmp_path / "export")
-    refused = run_lymphus("push", str(tmp_path / "export"), "--repo_id", f"{local_hub.user}/refused", env={**os.environ, "HF_TOKEN": "hf_not_a_valid_token"})
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_valid_token")
+    refused = run_cli(lymphus, "push", str(tmp_path / "export"), "--repo_id", f"{local_hub.user}/refused")
     assert_one_message(refused, "401")
-    assert "hf_not_a_valid_token" not in refused.stdout + refused.stderr
+    assert "hf_not_a_valid_token" not in refused[1] + refused[2]
 
 
 # The dataset card: every number from the data exported
