@@ -539,9 +539,8 @@ def main(args=None):
 
     # Hub Job: submit this same command, with the project modules it imports, and stop
     if job_args.launch_on_hub:
-        return submit_script_job(
-            Path(__file__), argv, job_args, data_args.dataset_name, push_to_hub, hub_token, job_paths(model_args, data_args, training_args)
-        )
+        paths = job_paths(model_args, data_args, training_args)
+        return submit_script_job(Path(__file__), argv, job_args, data_args.dataset_name, push_to_hub, hub_token, paths)
 
     # Logging, seed, output folder (refused unless new, empty or our own; and the offline demo's synthetic export)
     output_dir = prepare_run(training_args, logger)

@@ -5,7 +5,7 @@ Runs on a tiny synthetic export (4 cases per centre and label) with --max_steps 
 """
 
 import json
-import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +167,62 @@ def test_only_the_first_process_claims_the_folder(tmp_path):
     assert not (tmp_path / "o").exists()
     assert isinstance(training.claim_output_dir(SimpleNamespace(process_index=0, output_dir=str(tmp_path / "o")), "x"), run_folder.RunFolder)
     assert (tmp_path / "o" / run_folder.RUN_MARKER).is_file()
+
+
+TORCHRUN_DRIVER = """
+import json, os, sys
+sys.path.insert(0, os.environ["REPO"])
+import lymphus_ml.data as data
+import lymphus_ml.images as images
+
+real_export, real_draw = data.write_synthetic_export, images.BatchAugmentation.random_parameters
+
+
+def tiny_export(folder, **kwargs):  # the demo's export, tiny; each call noted with the process that made it
+    with open(os.environ["EXPORT_CALLS"], "a") as handle:
+        handle.write(os.environ["RANK"] + "\\n")
+    return real_export(folder, scale=0.1, cases_per_group=4)
+
+
+def noted_draw(self, n):  # each process's augmentation draws
+    parameters = real_draw(self, n)
+    with open(os.environ["DRAWS"] + "-" + os.environ["RANK"], "a") as handle:
+        handle.write(json.dumps(parameters["angle"].tolist()) + "\\n")
+    return parameters
+
+
+data.write_synthetic_export, images.BatchAugmentation.random_parameters = tiny_export, noted_draw
+import train_vit
+from lymphus_ml.cli import run
+
+run(lambda: train_vit.main(sys.argv[1:]))
+"""
+
+
+def test_torchrun_offline_demo_builds_once_augments_per_process_and_pushes_once(local_hub, tmp_path):
+    """One real `torchrun --nproc_per_node 2` on CPU (gloo): ~25 CPU-s."""
+    (tmp_path / "driver.py").write_text(TORCHRUN_DRIVER)
+    output_dir, repo_id = tmp_path / "out", f"{local_hub.user}/hardening-torchrun"
+    env = {**os.environ, "REPO": str(REPO), "EXPORT_CALLS": str(tmp_path / "calls"), "DRAWS": str(tmp_path / "draws"),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(tmp_path / "driver.py"),
+               "--offline_demo", "--output_dir", str(output_dir), "--model_config_json", TINY_VIT, "--max_steps", "2",
+               "--per_device_train_batch_size", "2", "--saliency", "none", "--n_bootstrap", "0", "--use_cpu",
+               "--report_to", "none", "--disable_tqdm", "True", "--push_to_hub", "--hub_model_id", repo_id,
+               "--hub_token", local_hub.token]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    log = completed.stdout + completed.stderr
+    assert (tmp_path / "calls").read_text() == "0\n"  # the export, built by the first process only
+    first_draws = [(tmp_path / f"draws-{rank}").read_text().splitlines()[0] for rank in (0, 1)]
+    assert first_draws[0] != first_draws[1]  # each process its own augmentation
+    assert log.count("Results in") == 1 and log.count("Pushed to") == 1
+    assert [commit["title"] for commit in local_hub.commits(repo_id)].count("LymphUs classifier") == 1
+    marker = json.loads((output_dir / run_folder.RUN_MARKER).read_text())
+    assert marker["status"] == "complete" and run_folder.run_folder_discrepancies(output_dir) == []
+    assert "checkpoint-2/rng_state_1.pth" in marker["files"]  # the other process's part of the checkpoint: ours
+    rows = (output_dir / "predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(set(rows)) == 2 + 2 + 8  # validation, test and external once each (4 cases per group)
 
 
 # 4. --launch_on_hub with a local path
