@@ -49,7 +49,9 @@ class 0, and the model would learn to paint every pixel as node. The loss is the
 
 Outputs in --output_dir: the model (safetensors) + image processor, metrics_<split>.json (mean Dice, IoU and HD95
 in pixels with bootstrap CIs, per centre when a split mixes centres), segmentation_cases.csv (per case),
-overlays_<split>.png (best, median and worst cases) and README.md (the model card). Use the model with predict.py.
+overlays_<split>.png (best, median and worst cases) and README.md (the model card), listed in .lymphus-run.json
+(the folder must be new, empty or an earlier run's; --push_to_hub uploads only what this run wrote). Use the model
+with predict.py.
 """
 
 import json

@@ -48,7 +48,9 @@ The same run on Hub hardware: the script submits itself, with the project module
     python train_vit.py --launch_on_hub a10g-small --dataset_name <user>/lymphus ... --push_to_hub --hub_model_id <user>/...
 
 Outputs in --output_dir: the model (safetensors) + image processor, metrics_<split>.json, predictions.csv,
-roc_<split>.png, confusion_matrix_<split>.png, threshold.json and README.md (the model card).
+roc_<split>.png, confusion_matrix_<split>.png, threshold.json and README.md (the model card); .lymphus-run.json
+lists them. The folder must be new, empty or written by an earlier run (lymphus_ml.run_folder); --push_to_hub
+uploads only what this run wrote.
 """
 
 import json

@@ -79,6 +79,19 @@ def test_push_refuses_a_folder_no_finished_run_wrote(tmp_path):
         hub.push_folder_to_hub(tmp_path, "someone/repo", "hf_not_used")
 
 
+def test_push_with_hub_private_repo_refuses_an_existing_public_repo(local_hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    repo_id = f"{local_hub.user}/hardening-public"
+    HfApi(token=local_hub.token).create_repo(repo_id, private=False)
+    run = run_folder.RunFolder.claim(tmp_path, "train_vit.py")
+    (tmp_path / "README.md").write_text("# card\n")
+    run.record("complete")
+    with pytest.raises(ValueError, match="already exists and is public.*nothing was uploaded"):
+        hub.push_folder_to_hub(tmp_path, repo_id, local_hub.token, private=True)
+    assert HfApi(token=local_hub.token).list_repo_files(repo_id) in ([], [".gitattributes"])
+
+
 # 2. --output_dir: refused unless new, empty or ours
 
 
