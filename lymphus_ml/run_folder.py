@@ -6,7 +6,7 @@ earlier run of ours: its checkpoints may be resumed, rotated and its files rewri
 named, and left as it is. The marker is written at the start (status "running"), after each checkpoint and at
 the end ("complete"); each file is listed with its size, SHA-256 and the run that wrote it, so a push uploads
 exactly the files this run wrote, never a user's `patients.csv` that was put beside them or a stale result of an
-earlier run.
+earlier run. A folder whose run is still going on (its process alive on this host) is refused too.
 """
 
 import fnmatch
@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -118,6 +119,7 @@ class RunFolder:
         self.folder, self.script, self.run_id = Path(folder), script, run_id
         self.files = files  # relative path -> {"bytes", "sha256", "run"}, as in the marker
         self.folders = folders
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._seen = {}  # relative path -> (size, mtime_ns) when its entry was made: unchanged files are not rehashed
 
     @classmethod
@@ -133,13 +135,20 @@ class RunFolder:
         if problems:
             more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
             raise OutputFolderError(
-                f"--output_dir {folder} holds {', '.join(problems[:3])}{more}, which no run of {script} or "
-                f"train_*.py wrote (their files are listed in {RUN_MARKER}): nothing was trained, written or deleted. "
-                "A run writes only into a new or empty folder, or one of its own earlier runs (whose checkpoints it "
-                "may resume and rotate). Move those files out, or choose another --output_dir."
+                f"--output_dir {folder} holds {', '.join(problems[:3])}{more}, which no training run wrote (a run "
+                f"lists its files in {RUN_MARKER}): nothing was trained, written or deleted. A run writes only into a "
+                "new or empty folder, or one its own earlier runs wrote (whose checkpoints it may resume and rotate). "
+                "Move those files out, or choose another --output_dir."
+            )
+        marker = read_run_marker(folder) if folder.is_dir() else None
+        running = running_process(marker)
+        if running is not None:
+            raise OutputFolderError(
+                f"--output_dir {folder} is being written by another run ({running}, started {marker.get('started')}): "
+                "nothing was written. Wait for it to end or stop it, or choose another --output_dir."
             )
         folder.mkdir(parents=True, exist_ok=True)
-        marker = read_run_marker(folder) or {"files": {}, "folders": []}
+        marker = marker or {"files": {}, "folders": []}
         run_id = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
         run = cls(folder, script, run_id, dict(marker["files"]), list(marker.get("folders", [])))
         for name in run.files:
@@ -172,12 +181,35 @@ class RunFolder:
         return sorted(name for name, entry in self.files.items() if entry.get("run") == self.run_id)
 
     def write_marker(self, status: str) -> None:
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         marker = {"format": RUN_FORMAT, "script": self.script, "run": self.run_id, "status": status,
-                  "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "host": socket.gethostname(), "pid": os.getpid(), "started": self.started, "updated": now,
                   "folders": self.folders, "files": self.files}
         partial = self.folder / f"{RUN_MARKER}.partial-{secrets.token_hex(3)}"
         partial.write_text(json.dumps(marker, indent=1) + "\n")
         os.replace(partial, self.folder / RUN_MARKER)
+
+
+def running_process(marker) -> str | None:
+    """`pid N on host` if `marker` is a running run's whose process is still alive here (the same script in its
+    command line: a reused pid is not mistaken for it), else None."""
+    if not marker or marker.get("status") != "running" or marker.get("host") != socket.gethostname():
+        return None
+    pid = marker.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        if str(marker.get("script")).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
+    except OSError:
+        pass  # no /proc: alive is all we know
+    return f"pid {pid} on {marker['host']}"
 
 
 def files_written_by_last_run(folder) -> list[str]:

@@ -146,6 +146,20 @@ def test_our_own_interrupted_run_is_resumed_in_place_and_a_changed_file_refused(
         train_vit.main(tiny_args(tiny_export, output_dir))
 
 
+def test_a_folder_another_live_run_is_writing_is_refused(tmp_path):
+    run_folder.RunFolder.claim(tmp_path, "train_vit.py")
+    marker = json.loads((tmp_path / run_folder.RUN_MARKER).read_text())
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "train_vit.py"])
+    try:
+        (tmp_path / run_folder.RUN_MARKER).write_text(json.dumps({**marker, "pid": other.pid}))
+        with pytest.raises(run_folder.OutputFolderError, match=f"being written by another run \\(pid {other.pid} on"):
+            run_folder.RunFolder.claim(tmp_path, "train_vit.py")
+    finally:
+        other.kill()
+        other.wait()
+    run_folder.RunFolder.claim(tmp_path, "train_vit.py")  # that run is gone: an interrupted run of ours, reusable
+
+
 def test_sweeps_own_files_do_not_make_a_folder_foreign(tmp_path):
     (tmp_path / "train_vit.log").write_text("log\n")
     run = run_folder.RunFolder.claim(tmp_path, "train_vit.py")
