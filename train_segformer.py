@@ -65,7 +65,7 @@ from lymphus_ml.cards import base_model_license, card_license, segmenter_card
 from lymphus_ml.cli import run
 from lymphus_ml.data import dataset_is_synthetic, dataset_revision, load_evaluation_sets
 from lymphus_ml.evaluation import SEGMENTATION_METRIC_PATH, format_metric, load_metric
-from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
+from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_run_to_hub, submit_script_job
 from lymphus_ml.images import collate_fn, model_input_size
 from lymphus_ml.plots import plot_overlay_grid
 from lymphus_ml.segmentation import (
@@ -376,7 +376,7 @@ def main(args=None):
 
     # Push: one commit of the files this run wrote
     if push_to_hub:
-        url = push_folder_to_hub(
+        url = push_run_to_hub(
             output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs node segmenter"
         )
         logger.info(f"Pushed to {url}")

@@ -85,7 +85,7 @@ from lymphus_ml.evaluation import (
     write_predictions_csv,
     youden_threshold,
 )
-from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
+from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_run_to_hub, submit_script_job
 from lymphus_ml.images import ROI_MODES, ClassificationTransform, PreparedCases, collate_fn, model_input_size, processor_mean_std
 from lymphus_ml.plots import plot_confusion_matrix, plot_roc
 from lymphus_ml.saliency import (
@@ -594,7 +594,7 @@ def main(args=None):
 
     # Push: one commit of the files this run wrote, with the final card
     if push_to_hub:
-        url = push_folder_to_hub(
+        url = push_run_to_hub(
             output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier"
         )
         logger.info(f"Pushed to {url}")

@@ -44,9 +44,9 @@ def resolve_hub_token(hub_token: str | None = None) -> str | None:
     return get_token()
 
 
-# Of the files a run wrote (its run marker), what a push uploads: the model, its processor, the card, metrics,
-# predictions and plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles (training_args.bin) or
-# dotfiles (an .env holding a token, say).
+# What a push uploads (of the files a run wrote, per its run marker): the model, its processor, the card, metrics,
+# predictions and plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles
+# (training_args.bin) or dotfiles (an .env holding a token, say).
 UPLOAD_IGNORE_PATTERNS = [
     "checkpoint-*", "checkpoint-*/**", "synthetic-lymphus/**", "runs/**", "_*", "*.bin", "*.pkl", ".*", "**/.*",
 ]
@@ -64,6 +64,29 @@ def hub_repo_id(hub_model_id: str | None, output_dir, token) -> str:
 
 
 def push_folder_to_hub(
+    output_dir,
+    repo_id: str,
+    token: str | None = None,
+    *,
+    private: bool | None = None,
+    commit_message: str = "Upload LymphUs results",
+) -> str:
+    """Create `repo_id` if needed and upload all of `output_dir` as ONE commit under UPLOAD_IGNORE_PATTERNS; returns
+    the commit URL. For a folder the project wrote whole (the tests' models); a training run uses `push_run_to_hub`."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        ignore_patterns=UPLOAD_IGNORE_PATTERNS,
+        commit_message=commit_message,
+    )
+    return commit.commit_url
+
+
+def push_run_to_hub(
     output_dir,
     repo_id: str,
     token: str | None = None,

@@ -76,7 +76,7 @@ def test_push_uploads_only_the_files_the_run_wrote(local_hub, tiny_export, tmp_p
 def test_push_refuses_a_folder_no_finished_run_wrote(tmp_path):
     (tmp_path / "patients.csv").write_text("x\n")
     with pytest.raises(run_folder.OutputFolderError, match="no complete .lymphus-run.json"):
-        hub.push_folder_to_hub(tmp_path, "someone/repo", "hf_not_used")
+        hub.push_run_to_hub(tmp_path, "someone/repo", "hf_not_used")
 
 
 def test_push_with_hub_private_repo_refuses_an_existing_public_repo(local_hub, tmp_path):
@@ -88,7 +88,7 @@ def test_push_with_hub_private_repo_refuses_an_existing_public_repo(local_hub, t
     (tmp_path / "README.md").write_text("# card\n")
     run.record("complete")
     with pytest.raises(ValueError, match="already exists and is public.*nothing was uploaded"):
-        hub.push_folder_to_hub(tmp_path, repo_id, local_hub.token, private=True)
+        hub.push_run_to_hub(tmp_path, repo_id, local_hub.token, private=True)
     assert HfApi(token=local_hub.token).list_repo_files(repo_id) in ([], [".gitattributes"])
 
 
