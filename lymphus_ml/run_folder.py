@@ -3,12 +3,13 @@
 The export's rule (lymphus.py, `.lymphus-export.json`) applied to training folders. A run claims its output folder
 before writing anything: a missing or empty folder, or one whose RUN_MARKER lists every file in it unchanged (an
 earlier run of ours: its checkpoints may be resumed, rotated and its files rewritten). Anything else is refused,
-named, and left as it is. The marker is written at the start (status "running"), after each checkpoint and at
-the end ("complete"); each file is listed with its size, SHA-256 and the run that wrote it, so a push uploads
+named, and left as it is. The marker is written at the start (status "running"), after each checkpoint, at an
+exit after an error ("failed") and at the end ("complete"); each file is listed with its size, SHA-256 and the run that wrote it, so a push uploads
 exactly the files this run wrote, never a user's `patients.csv` that was put beside them or a stale result of an
 earlier run. A folder whose run is still going on (its process alive on this host) is refused too.
 """
 
+import atexit
 import fnmatch
 import hashlib
 import json
@@ -155,7 +156,17 @@ class RunFolder:
             stat = (folder / name).stat()
             run._seen[name] = (stat.st_size, stat.st_mtime_ns)
         run.write_marker("running")
+        atexit.register(run.record_if_unfinished)
         return run
+
+    def record_if_unfinished(self) -> None:
+        """At exit after an error or Ctrl-C (not SIGKILL): list what the run wrote so far (status "failed"), so that
+        the next run may resume or rewrite it instead of refusing it. Never pushed: only a complete run is."""
+        if self.status != "complete":
+            try:
+                self.record("failed")
+            except OSError:
+                pass  # the folder is gone
 
     def record(self, status: str = "running") -> None:
         """List the folder's files now: unchanged ones as they were, new or rewritten ones that a run writes
@@ -175,12 +186,15 @@ class RunFolder:
         self.files = entries
         self.folders = [name for name in folders if name in listed or is_run_output(name + "/x")]
         self.write_marker(status)
+        if status == "complete":
+            atexit.unregister(self.record_if_unfinished)
 
     def written(self) -> list[str]:
         """The files this run wrote (as of the last `record`)."""
         return sorted(name for name, entry in self.files.items() if entry.get("run") == self.run_id)
 
     def write_marker(self, status: str) -> None:
+        self.status = status
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         marker = {"format": RUN_FORMAT, "script": self.script, "run": self.run_id, "status": status,
                   "host": socket.gethostname(), "pid": os.getpid(), "started": self.started, "updated": now,

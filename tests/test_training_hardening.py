@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -146,11 +147,34 @@ def test_our_own_interrupted_run_is_resumed_in_place_and_a_changed_file_refused(
         train_vit.main(tiny_args(tiny_export, output_dir))
 
 
+def test_a_run_that_failed_after_writing_reports_leaves_a_folder_it_may_reuse(tiny_export, tmp_path, monkeypatch):
+    output_dir, claimed = tmp_path / "failed", []
+    claim = training.claim_output_dir
+    monkeypatch.setattr(train_vit, "claim_output_dir", lambda *args: claimed.append(claim(*args)) or claimed[-1])
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train_vit, "save_inference_settings", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train_vit.main(tiny_args(tiny_export, output_dir))
+    claimed[0].record_if_unfinished()  # what the exit of the process does
+    marker = json.loads((output_dir / run_folder.RUN_MARKER).read_text())
+    assert marker["status"] == "failed" and "metrics_validation.json" in marker["files"]
+    with pytest.raises(run_folder.OutputFolderError, match="no complete"):
+        hub.push_run_to_hub(output_dir, "someone/repo", "hf_not_used")  # a failed run is never pushed
+    run_folder.RunFolder.claim(output_dir, "train_vit.py")  # the next run may reuse it
+
+
 def test_a_folder_another_live_run_is_writing_is_refused(tmp_path):
     run_folder.RunFolder.claim(tmp_path, "train_vit.py")
     marker = json.loads((tmp_path / run_folder.RUN_MARKER).read_text())
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "train_vit.py"])
     try:
+        for _ in range(100):  # its command line shows once its exec is done
+            if b"train_vit.py" in Path(f"/proc/{other.pid}/cmdline").read_bytes():
+                break
+            time.sleep(0.05)
         (tmp_path / run_folder.RUN_MARKER).write_text(json.dumps({**marker, "pid": other.pid}))
         with pytest.raises(run_folder.OutputFolderError, match=f"being written by another run \\(pid {other.pid} on"):
             run_folder.RunFolder.claim(tmp_path, "train_vit.py")
