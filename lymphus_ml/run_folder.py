@@ -189,6 +189,17 @@ class RunFolder:
         if status == "complete":
             atexit.unregister(self.record_if_unfinished)
 
+    def complete(self) -> list[str]:
+        """The run's end: delete the results an earlier run left at the top of the folder that this run did not
+        rewrite (a metrics file of a split no longer evaluated, a figure no longer drawn: provably ours, and stale),
+        then record the folder as complete. Checkpoints and the demo's export stay. Returns the deleted names."""
+        self.record("running")
+        stale = sorted(name for name, entry in self.files.items() if "/" not in name and entry.get("run") != self.run_id)
+        for name in stale:
+            (self.folder / name).unlink()
+        self.record("complete")
+        return stale
+
     def written(self) -> list[str]:
         """The files this run wrote (as of the last `record`)."""
         return sorted(name for name, entry in self.files.items() if entry.get("run") == self.run_id)

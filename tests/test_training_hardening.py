@@ -87,7 +87,7 @@ def test_push_with_hub_private_repo_refuses_an_existing_public_repo(local_hub, t
     HfApi(token=local_hub.token).create_repo(repo_id, private=False)
     run = run_folder.RunFolder.claim(tmp_path, "train_vit.py")
     (tmp_path / "README.md").write_text("# card\n")
-    run.record("complete")
+    run.complete()
     with pytest.raises(ValueError, match="already exists and is public.*nothing was uploaded"):
         hub.push_run_to_hub(tmp_path, repo_id, local_hub.token, private=True)
     assert HfApi(token=local_hub.token).list_repo_files(repo_id) in ([], [".gitattributes"])
@@ -184,11 +184,25 @@ def test_a_folder_another_live_run_is_writing_is_refused(tmp_path):
     run_folder.RunFolder.claim(tmp_path, "train_vit.py")  # that run is gone: an interrupted run of ours, reusable
 
 
+def test_a_rerun_deletes_only_the_earlier_runs_stale_results(tmp_path):
+    first = run_folder.RunFolder.claim(tmp_path, "train_vit.py")
+    (tmp_path / "checkpoint-9").mkdir()
+    for name in ("metrics_test_predicted_roi.json", "metrics_test.json", "checkpoint-9/model.safetensors"):
+        (tmp_path / name).write_text("first\n")
+    assert first.complete() == []
+    second = run_folder.RunFolder.claim(tmp_path, "train_vit.py")
+    (tmp_path / "metrics_test.json").write_text("second\n")
+    assert second.complete() == ["metrics_test_predicted_roi.json"]  # stale, ours: gone
+    assert (tmp_path / "checkpoint-9" / "model.safetensors").is_file()  # a checkpoint of ours stays (resume, rotation)
+    assert run_folder.files_written_by_last_run(tmp_path) == ["metrics_test.json"]
+    assert run_folder.run_folder_discrepancies(tmp_path) == []
+
+
 def test_sweeps_own_files_do_not_make_a_folder_foreign(tmp_path):
     (tmp_path / "train_vit.log").write_text("log\n")
     run = run_folder.RunFolder.claim(tmp_path, "train_vit.py")
     (tmp_path / "metrics_test.json").write_text("{}\n")
-    run.record("complete")
+    run.complete()
     assert run.written() == ["metrics_test.json"] and run_folder.files_written_by_last_run(tmp_path) == ["metrics_test.json"]
 
 
