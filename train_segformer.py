@@ -372,9 +372,7 @@ def main(args=None):
         dataset_revision=dataset_revision(data_args.dataset_name),
     )
     card.save(output_dir / "README.md")
-    stale = run_folder.complete()
-    if stale:
-        logger.info(f"Deleted what an earlier run in {output_dir} wrote and this one did not rewrite: {', '.join(stale)}")
+    run_folder.complete()
 
     # Push: one commit of the files this run wrote
     if push_to_hub:

@@ -590,9 +590,7 @@ def main(args=None):
     fields["saliency"] = saliency
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
-    stale = run_folder.complete()
-    if stale:
-        logger.info(f"Deleted what an earlier run in {output_dir} wrote and this one did not rewrite: {', '.join(stale)}")
+    run_folder.complete()
 
     # Push: one commit of the files this run wrote, with the final card
     if push_to_hub:

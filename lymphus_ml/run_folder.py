@@ -13,12 +13,15 @@ import atexit
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
+
+logger = logging.getLogger(__name__)
 
 RUN_MARKER = ".lymphus-run.json"
 RUN_FORMAT = "lymphus-run"
@@ -197,6 +200,8 @@ class RunFolder:
         stale = sorted(name for name, entry in self.files.items() if "/" not in name and entry.get("run") != self.run_id)
         for name in stale:
             (self.folder / name).unlink()
+        if stale:
+            logger.warning(f"Deleted what an earlier run in {self.folder} wrote and this one did not rewrite: {', '.join(stale)}")
         self.record("complete")
         return stale
 
