@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 import train_segformer  # noqa: E402
 from fixtures import TINY_SEGFORMER, segformer_args  # noqa: E402
 from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG  # noqa: E402
-from lymphus_ml import evaluation, inference, plots, segmentation  # noqa: E402
+from lymphus_ml import data, evaluation, inference, plots, segmentation  # noqa: E402
 
 
 
@@ -391,7 +391,7 @@ def test_offline_demo_runs_without_any_download(export_dir, tmp_path, monkeypatc
         calls.append((Path(folder), args, kwargs))
         return str(export_dir)
 
-    monkeypatch.setattr(train_segformer, "write_synthetic_export", small_synthetic_export)
+    monkeypatch.setattr(data, "write_synthetic_export", small_synthetic_export)
     train_segformer.main(["--offline_demo", "--output_dir", str(output), "--max_steps", "1", "--n_bootstrap", "100",
                           "--report_to", "none", "--disable_tqdm", "True", "--use_cpu"])
     assert calls == [(output / "synthetic-lymphus", (), {})]  # official counts: no cases_per_group
