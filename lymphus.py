@@ -1568,7 +1568,7 @@ def main(argv=None):
     command, argv = argv[0], argv[1:]
     if command == "push" and argv and not argv[0].startswith("-"):
         argv = ["--export_dir", *argv]  # `push OUT --repo_id ID`
-    (args,) = parse_arguments([COMMANDS[command]], argv)
+    (args,) = parse_arguments([COMMANDS[command]], argv, plain=True)  # no transformers: a dataset tool starts fast
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if command == "synth":
         paths = write_synthetic_archives(args.output_dir, cases_per_group=args.cases_per_group, scale=args.scale, seed=args.seed)
