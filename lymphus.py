@@ -25,6 +25,7 @@ and the new export replaces the old one in a single rename, so the path always h
 
 import contextlib
 import csv
+import errno
 import functools
 import hashlib
 import io
@@ -215,6 +216,10 @@ class LymphUsFormatError(ValueError):
 
 class OutputFolderError(FileExistsError):
     """The output folder cannot be written or replaced safely (not ours, the data folder, another export running)."""
+
+
+class ExportMarkerError(ValueError):
+    """An export marker that is not what `export` writes (edited, truncated): it vouches for nothing."""
 
 
 @dataclass
@@ -989,11 +994,23 @@ def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwri
             render_card(built).save(staging / "README.md")
             (staging / "id2label.json").write_text(json.dumps({str(k): v for k, v in MASK_LABELS.items()}, indent=2) + "\n")
             write_export_marker(staging)  # last: from here on the staging folder is a complete export
-        except BaseException:
+        except BaseException as error:
             remove_quietly(staging)
+            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full_error(error, output_dir) from None
             raise
         put_in_place(staging, output_dir, overwrite)
     return output_dir
+
+
+def disk_full_error(error, output_dir):
+    """One sentence for a full disk (or quota), instead of the error of whichever write hit it."""
+    where = f" writing '{error.filename}'" if error.filename else ""
+    return OSError(
+        error.errno,
+        f"{error.strerror}{where}: nothing was exported to '{output_dir}' (the partial files are deleted). "
+        f"Free some space on that disk, or choose an --output_dir on another one.",
+    )
 
 
 def build_centres(data_dir, staging, verification_mode):
@@ -1074,8 +1091,8 @@ def build_centre_parquet(centre, data_dir, staging, verification_mode):
     try:
         builder.download_and_prepare(str(build_dir), file_format="parquet", verification_mode=verification_mode)
     except DatasetGenerationError as error:
-        if isinstance(error.__cause__, LymphUsFormatError):
-            raise error.__cause__ from None  # the case at fault, not datasets' generic wrapper
+        if isinstance(error.__cause__, (LymphUsFormatError, OSError)):
+            raise error.__cause__ from None  # the case (or the disk) at fault, not datasets' generic wrapper
         raise
     image_sizes = []
     for split in SPLITS:
@@ -1269,26 +1286,48 @@ def refuse_unless_export(folder):
 
 
 def read_export_marker(folder):
-    """The marker of an export (a dict listing its files), or None if the folder has none or it is not one of ours."""
+    """The files an export's marker lists, {relative name: {"bytes": int, "sha256": hex}}; None if it has no marker.
+
+    A marker that is not what `export` writes (not JSON, other types, a name outside the folder) vouches for nothing:
+    ExportMarkerError names what is wrong with it.
+    """
+    path = Path(folder) / EXPORT_MARKER
+    if not path.is_file() or path.is_symlink():
+        return None
     try:
-        marker = json.loads((Path(folder) / EXPORT_MARKER).read_text())
-    except (OSError, ValueError):
-        return None
+        marker = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ExportMarkerError(f"a {EXPORT_MARKER} that is not valid JSON ({error})") from None
     if not isinstance(marker, dict) or marker.get("format") != "lymphus-export" or not isinstance(marker.get("files"), dict):
-        return None
-    return marker
+        raise ExportMarkerError(f'a {EXPORT_MARKER} that is not an export marker (no "format": "lymphus-export" and "files" object)')
+    for name, entry in marker["files"].items():
+        if not is_export_file_name(name):
+            raise ExportMarkerError(f"a {EXPORT_MARKER} that lists {name!r}, which is not a file name inside the export")
+        if not (isinstance(entry, dict) and type(entry.get("bytes")) is int and entry["bytes"] >= 0 and isinstance(entry.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
+            raise ExportMarkerError(f'a {EXPORT_MARKER} that gives {name!r} as {entry!r}, not {{"bytes": <size>, "sha256": <64 hex digits>}}')
+    return marker["files"]
 
 
-def export_discrepancies(folder):
+def is_export_file_name(name):
+    """A relative POSIX path below the export folder, written the one way: no '..', '//', backslash or dotfile."""
+    if not isinstance(name, str) or not name or "\\" in name or "\0" in name:
+        return False
+    return all(part and not part.startswith(".") for part in name.split("/"))  # the export writes no dotfiles
+
+
+def export_discrepancies(folder, complete=False):
     """What in `folder` its export marker does not vouch for; [] means the folder is exactly an export we wrote
-    (each file listed, with the same size and SHA-256, and nothing else), so deleting it deletes nothing of a user's."""
+    (each file listed, with the same size and SHA-256, and nothing else), so deleting it deletes nothing of a user's.
+    complete: also report listed files that are missing (an upload must hold them all; a deletion does not care)."""
     folder = Path(folder)
-    marker = read_export_marker(folder)
-    if marker is None:
+    try:
+        listed = read_export_marker(folder)
+    except ExportMarkerError as error:
+        return [str(error)]
+    if listed is None:
         return [f"no {EXPORT_MARKER} (it was not written by `lymphus.py export`)"]
-    listed = marker["files"]
     listed_folders = {parent.as_posix() for name in listed for parent in Path(name).parents}
-    problems = []
+    problems, found = [], set()
     for directory, subfolders, files in os.walk(folder):
         for name in sorted(subfolders) + sorted(files):
             path = Path(directory) / name
@@ -1304,6 +1343,10 @@ def export_discrepancies(folder):
                 problems.append(f"'{relative}' (not written by the export)")
             elif path.stat().st_size != listed[relative]["bytes"] or sha256_of_file(path) != listed[relative]["sha256"]:
                 problems.append(f"'{relative}' (changed since the export)")
+            else:
+                found.add(relative)
+    if complete:
+        problems += [f"'{name}' (listed in {EXPORT_MARKER} but missing)" for name in sorted(set(listed) - found) if not (folder / name).is_file()]
     return problems
 
 
@@ -1379,7 +1422,6 @@ def exchange_paths(first, second):
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
-    import errno
 
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
@@ -1470,18 +1512,25 @@ def remove_quietly(path):
 def push_export(export_dir, repo_id, private=False, token=None):
     """Upload an export folder as a dataset repo; `datasets.load_dataset(repo_id, config)` then works.
 
-    Only a folder written by `export` (its marker) is pushed, and never its dotfiles (the marker itself, an .env)
-    or links. Returns (repo URL, whether the repo is private). The token comes from `token`, else
-    huggingface_hub.get_token() (HF_TOKEN or `hf auth login`), and is never printed.
+    Exactly the files the export's marker lists are uploaded, and only if the folder holds nothing else and none of
+    them changed (the rule `--overwrite` follows): a file a user added (a `patients.csv`, an .env) is never published.
+    Returns (repo URL, whether the repo is private). The token comes from `token`, else huggingface_hub.get_token()
+    (HF_TOKEN or `hf auth login`), and is never printed.
     """
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise FileNotFoundError(f"{export_dir} is not a folder: give a folder written by `python lymphus.py export`.")
-    if read_export_marker(export_dir) is None:
-        raise ValueError(f"{export_dir} has no {EXPORT_MARKER}: only a folder written by `python lymphus.py export` is pushed.")
-    files = upload_files(export_dir)
+    problems = export_discrepancies(export_dir, complete=True)
+    if problems:
+        more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise ValueError(
+            f"{export_dir} has {', '.join(problems[:10])}{more}: `push` uploads only an unchanged folder written by "
+            f"`python lymphus.py export`, exactly the files its {EXPORT_MARKER} lists. Nothing was uploaded: move "
+            f"other files out (or export again), then push."
+        )
+    files = sorted(read_export_marker(export_dir))
     token = token or get_token()
     if token is None:
         raise ValueError("No Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again.")
@@ -1496,20 +1545,6 @@ def push_export(export_dir, repo_id, private=False, token=None):
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(export_dir / name)) for name in files]
     api.create_commit(repo_id, operations, repo_type="dataset", commit_message="Upload LymphUs export")
     return repo_url, is_private
-
-
-def upload_files(export_dir):
-    """The export's files to upload: every file but dotfiles (and what is inside dot-folders); a link is refused."""
-    files = []
-    for directory, subfolders, names in os.walk(export_dir):
-        subfolders[:] = sorted(s for s in subfolders if not s.startswith("."))
-        for name in sorted(names) + subfolders:
-            path = Path(directory) / name
-            if path.is_symlink():
-                raise ValueError(f"{path} is a link: `push` uploads no links (an export holds none); remove it and push again.")
-            if name in names and not name.startswith("."):
-                files.append(path.relative_to(export_dir).as_posix())
-    return files
 
 
 # Command line

@@ -137,7 +137,12 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 def error_message(error: BaseException) -> str:
     """The error's own words; for a wrapped error (datasets wraps the builder's), the innermost cause's."""
-    while isinstance(error.__cause__, Exception) and type(error).__name__ == "DatasetGenerationError":
+    # A worker process's error arrives with its traceback as text for a cause (_RemoteTraceback): never shown.
+    while (
+        isinstance(error.__cause__, Exception)
+        and type(error).__name__ == "DatasetGenerationError"
+        and type(error.__cause__).__name__ != "_RemoteTraceback"
+    ):
         error = error.__cause__
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     return text or type(error).__name__
