@@ -22,6 +22,7 @@ import time
 import zipfile
 from pathlib import Path
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import datasets  # noqa: E402
@@ -58,7 +59,9 @@ def time_export(archives, work):
 
 def time_imagefolder(folder, work):
     start = time.perf_counter()
-    dataset = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train", cache_dir=str(work / f"cache-{time.perf_counter_ns()}"))
+    dataset = datasets.load_dataset(
+        "imagefolder", data_dir=str(folder), split="train", cache_dir=str(work / f"cache-{time.perf_counter_ns()}")
+    )
     dataset.to_parquet(str(work / f"imagefolder-{time.perf_counter_ns()}.parquet"))
     return time.perf_counter() - start, len(dataset)
 
@@ -79,22 +82,28 @@ def time_process(command):
 
 def time_export_process(archives, work):
     output_dir = work / f"export-{time.perf_counter_ns()}"
-    lymphus_py = Path(lymphus.__file__)
-    return time_process([sys.executable, str(lymphus_py), "export", "--data_dir", str(archives), "--output_dir", str(output_dir), "--verification_mode", "basic_checks"])
+    options = ["--data_dir", str(archives), "--output_dir", str(output_dir), "--verification_mode", "basic_checks"]
+    return time_process([sys.executable, str(Path(lymphus.__file__)), "export", *options])
 
 
 def time_imagefolder_process(folder, work):
     stamp = time.perf_counter_ns()
-    return time_process([sys.executable, "-c", IMAGEFOLDER_PROCESS, str(folder), str(work / f"cache-{stamp}"), str(work / f"imagefolder-{stamp}.parquet")])
+    paths = [str(folder), str(work / f"cache-{stamp}"), str(work / f"imagefolder-{stamp}.parquet")]
+    return time_process([sys.executable, "-c", IMAGEFOLDER_PROCESS, *paths])
 
 
 def report(title, export_times, imagefolder_times):
     export_seconds, imagefolder_seconds = min(export_times), min(imagefolder_times)
+    median_ratio = statistics.median(export_times) / statistics.median(imagefolder_times)
     print(title)
-    print(f"  (a) lymphus export, all subsets:      {export_seconds:.2f} s   (runs: {', '.join(f'{t:.2f}' for t in export_times)})")
-    print(f"  (b) ImageFolder load + to_parquet:    {imagefolder_seconds:.2f} s   (runs: {', '.join(f'{t:.2f}' for t in imagefolder_times)})")
+    print(f"  (a) lymphus export, all subsets:      {export_seconds:.2f} s   (runs: {runs(export_times)})")
+    print(f"  (b) ImageFolder load + to_parquet:    {imagefolder_seconds:.2f} s   (runs: {runs(imagefolder_times)})")
     print(f"  ratio (a)/(b), best runs:   {export_seconds / imagefolder_seconds:.2f}  (target <= 1.0)")
-    print(f"  ratio (a)/(b), median runs: {statistics.median(export_times) / statistics.median(imagefolder_times):.2f}")
+    print(f"  ratio (a)/(b), median runs: {median_ratio:.2f}")
+
+
+def runs(times):
+    return ", ".join(f"{t:.2f}" for t in times)
 
 
 def main():

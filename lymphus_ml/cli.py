@@ -94,7 +94,15 @@ class PlainArgumentParser(argparse.ArgumentParser):
 
     def instances(self, values):
         for dataclass_type in self.dataclass_types:
-            yield dataclass_type(**{name: values[name] for name in init_field_names(dataclass_type) if name in values})
+            fields = [field for field in dataclasses.fields(dataclass_type) if field.init]
+            missing = [
+                field.name
+                for field in fields
+                if field.name not in values and field.default is field.default_factory is dataclasses.MISSING
+            ]
+            if missing:
+                raise ValueError(f"missing option(s) {', '.join('--' + name for name in missing)}")
+            yield dataclass_type(**{field.name: values[field.name] for field in fields if field.name in values})
 
 
 def init_field_names(dataclass_type):

@@ -560,7 +560,7 @@ def test_a_full_disk_is_one_message_and_leaves_nothing_that_looks_complete(small
     assert sorted(path.name for path in tmp_path.iterdir()) == ["archives"]  # no export, staging folder or lock
 
 
-def test_plain_parser_reads_the_options_as_hf_argument_parser(capsys):
+def test_plain_parser_reads_the_options_as_hf_argument_parser(tmp_path, capsys):
     from transformers import HfArgumentParser
 
     from lymphus_ml.cli import PlainArgumentParser
@@ -588,6 +588,14 @@ def test_plain_parser_reads_the_options_as_hf_argument_parser(capsys):
         for argv in argvs:
             assert outcome(plain, argv) == outcome(reference, argv), argv
     assert outcome(plain, ["--export_dir", "e"])[0] == "exit"  # the comparison sees failures too
+    # The options as a JSON file, as transformers' examples take them.
+    options = tmp_path / "export.json"
+    options.write_text(json.dumps({"output_dir": "o", "data_dir": "d", "overwrite": True}))
+    reference = HfArgumentParser([lymphus.ExportArguments], allow_abbrev=False).parse_json_file(str(options))
+    assert PlainArgumentParser([lymphus.ExportArguments]).parse_json_file(str(options)) == reference
+    options.write_text(json.dumps({"output_dir": "o", "overwrite": True, "hub_token": "hf_x"}))
+    with pytest.raises(ValueError, match=r"unknown keys \['hub_token'\]"):
+        PlainArgumentParser([lymphus.ExportArguments]).parse_json_file(str(options))
 
 
 def test_the_commands_load_neither_transformers_nor_torch(tmp_path, local_hub):
