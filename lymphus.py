@@ -52,6 +52,10 @@ from PIL import Image
 
 
 logger = logging.getLogger(__name__)
+# datasets rebinds a builder module's `open`, `os`, `Path`... to streaming wrappers (and imports scipy to do so) unless
+# the module says it is done. This builder reads local files only: it keeps the standard ones, and each export worker
+# starts about 0.2 s sooner.
+_patched_for_streaming = True
 
 _CITATION = """\
 @article{mohammadi2026lymphus,
@@ -1147,8 +1151,9 @@ def build_centres(data_dir, staging, verification_mode):
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
-        for future in done:
-            future.result()  # raises the first worker error
+        for centre in CENTRES:  # raises the first worker error (in CENTRES order when both have failed)
+            if futures[centre] in done:
+                futures[centre].result()
         return {centre: future.result() for centre, future in futures.items()}
     except BaseException:
         for process in list((getattr(pool, "_processes", None) or {}).values()):  # no public way before Python 3.14
