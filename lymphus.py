@@ -19,8 +19,9 @@ The builder class is instantiated directly (datasets >= 4 has no loading scripts
     >>> dataset = builder.as_dataset()
 
 The export folder is ours alone: `--overwrite` replaces only a folder holding the marker an export writes
-(EXPORT_MARKER, which lists every file with its SHA-256), one export runs per folder at a time (a lock beside it),
-and the new export replaces the old one in a single rename, so the path always holds one complete export.
+(EXPORT_MARKER, which lists every file with its SHA-256) and nothing else, one export runs per folder at a time (a lock
+beside it), and the new export replaces the old one in a single rename, so the path always holds one complete export.
+`push` uploads exactly the files the marker lists, and nothing at all from a folder holding any other or changed file.
 """
 
 import contextlib
