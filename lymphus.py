@@ -1132,6 +1132,10 @@ def build_centres(data_dir, staging, verification_mode):
     """
     import multiprocessing
 
+    import openpyxl  # noqa: F401 (imported once here, not in each worker: forked workers inherit it)
+
+    Image.init()  # every PIL plugin (TIFF masks, and datasets' list of formats need them), once rather than per worker
+
     # Forked (Linux's default up to Python 3.13, pinned here): each worker is the export's own child, which is what
     # _worker_init ties its life to.
     pool = ProcessPoolExecutor(
