@@ -1007,10 +1007,10 @@ def test_a_killed_export_leaves_no_process_and_the_next_run_cleans_up(tmp_path, 
     assert not any(alive(pid) for pid in workers), f"workers {workers} outlived the export"
     assert not out.exists(), (process.returncode, stderr[-3000:])
     if signal_number == signal.SIGTERM:  # stopped cleanly: nothing left, no traceback
-        assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+        assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, (process.returncode, stderr[-3000:])
         assert not list(tmp_path.glob(".out.*"))
     else:
-        assert list(tmp_path.glob(".out.incomplete-*"))
+        assert list(tmp_path.glob(".out.incomplete-*")), (process.returncode, stderr[-3000:])
     export(tmp_path / "archives", out)
     assert is_complete_export(out) and sorted(p.name for p in tmp_path.iterdir()) == ["archives", "out"]
 
