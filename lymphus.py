@@ -1174,12 +1174,29 @@ def _worker_init(parent_pid):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by the export while it forked this worker
+    own_progress_bar_lock()
     if not die_with_parent():
         import threading
 
         threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     if os.getppid() != parent_pid:  # the export died before the line above took effect
         os._exit(1)
+
+
+def own_progress_bar_lock():
+    """Give this worker a tqdm lock of its own. tqdm's default one is a multiprocessing lock, shared with the export
+    across fork: a worker killed while drawing a progress bar (the export kills the other worker on an error) would
+    leave it held, and the next progress bar of the export's process would wait for it forever."""
+    import threading
+
+    from tqdm import tqdm
+
+    classes = [tqdm]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        if cls is tqdm or "_lock" in vars(cls):
+            cls.set_lock(threading.RLock())
 
 
 def die_with_parent():

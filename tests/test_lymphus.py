@@ -562,6 +562,33 @@ def test_a_full_disk_is_one_message_and_leaves_nothing_that_looks_complete(small
     assert sorted(path.name for path in tmp_path.iterdir()) == ["archives"]  # no export, staging folder or lock
 
 
+def hold_the_progress_bar_lock_or_fail(centre, *args):
+    """An export worker: centre1 draws a progress bar for ever (holding tqdm's lock); centre 2 fails."""
+    import time
+
+    from tqdm import tqdm
+
+    if centre == "center1":
+        tqdm.get_lock().acquire()
+        time.sleep(120)
+    time.sleep(0.5)
+    raise lymphus.LymphUsFormatError("center2 member: cannot be decoded")
+
+
+def test_a_worker_killed_while_drawing_a_progress_bar_leaves_the_export_able_to_draw_one(small_archives, tmp_path, monkeypatch):
+    from tqdm import tqdm
+    from tqdm.std import TqdmDefaultWriteLock
+
+    tqdm.get_lock()  # tqdm's lock exists before the workers fork, as it does after any progress bar
+    monkeypatch.setattr(lymphus, "build_centre_parquet", hold_the_progress_bar_lock_or_fail)  # forked: inherited
+    with pytest.raises(lymphus.LymphUsFormatError, match="cannot be decoded"):
+        export(small_archives, tmp_path / "out")  # centre 2 fails: the export kills centre 1 holding its lock
+    if TqdmDefaultWriteLock.mp_lock is not None:
+        assert TqdmDefaultWriteLock.mp_lock.acquire(True, 10), "tqdm's lock is held by a dead worker"
+        TqdmDefaultWriteLock.mp_lock.release()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["archives"]
+
+
 def test_plain_parser_reads_the_options_as_hf_argument_parser(tmp_path, capsys):
     from transformers import HfArgumentParser
 
