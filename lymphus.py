@@ -1036,24 +1036,14 @@ def _worker_init(parent_pid):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by the export while it forked this worker
-    if not die_with_parent():
+    from lymphus_ml.runs import die_with_parent  # light: the standard library only
+
+    if not die_with_parent(signal.SIGKILL):
         import threading
 
         threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     if os.getppid() != parent_pid:  # the export died before the line above took effect
         os._exit(1)
-
-
-def die_with_parent():
-    """Ask Linux to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG); False where unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return False
 
 
 def _exit_when_orphaned(parent_pid):
