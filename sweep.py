@@ -37,7 +37,14 @@ writes its sweep_run.json with "status": "finished". Running the same command ag
 the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
 then exits with status 1 (train_vit.py refusing the options stops it at once). --output_dir and --dataset_* are
 sweep.py's own; the options it sets per run (--model_name_or_path, --model_config_json, --seed, --hub_model_id) are
-refused among the forwarded ones, and so are abbreviations of its own.
+refused among the forwarded ones, and so are abbreviations of its own; every other forwarded option must be one of
+train_vit.py's (read from `train_vit.py --help`), and a value that looks like a Hub token is refused wherever it is
+given but --hub_token, all before anything is written or submitted.
+
+One sweep per --output_dir at a time (a lock on <output_dir>/.sweep.lock: a second fails at once). The train_vit.py
+runs die with the sweep, even when it is SIGKILLed; SIGINT or SIGTERM ends them, says so and exits non-zero.
+--collect counts a Hub run as finished only when its Job completed and its repo was pushed after the Job was created:
+an earlier sweep's results in a repo of the same name are never shown as this sweep's.
 """
 
 import difflib
@@ -420,7 +427,7 @@ def run_train_vit(sweep_run, arguments, folder, env) -> dict:
         record["log_tail"] = log_tail(folder / RUN_LOG)
         record["error"] = error_line(record["log_tail"]) if returncode else f"train_vit.py wrote no {missing}"
         if returncode < 0:
-            record["error"] = f"train_vit.py was ended by {signal.Signals(-returncode).name} (the sweep was stopped)"
+            record["error"] = f"train_vit.py was ended by {signal.Signals(-returncode).name} (the sweep stopping, or from outside)"
     write_text_atomic(folder / RUN_MARKER, json.dumps(record, indent=2) + "\n")
     return record
 

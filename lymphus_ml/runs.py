@@ -120,7 +120,10 @@ def _popen(command, **kwargs) -> subprocess.Popen:
     """subprocess.Popen from the spawner thread, the child tied to this process (SIGTERM when it dies)."""
     _prctl()  # resolved here, not in the forked child
     preexec = functools.partial(_child_dies_with, os.getpid())
-    return _spawner().submit(lambda: subprocess.Popen(command, preexec_fn=preexec, **kwargs)).result()
+    # preexec_fn and threads: the child only calls the prctl resolved above and os.getppid before exec.
+    return _spawner().submit(
+        lambda: subprocess.Popen(command, preexec_fn=preexec, **kwargs)  # noqa: PLW1509
+    ).result()
 
 
 def start_script(script, arguments, log_path=None, env=None, cwd=None) -> ScriptRun:

@@ -146,7 +146,7 @@ def test_a_stopped_sweep_ends_its_runs_and_records_them_as_stopped(sleeper, tmp_
     for item in planned[:2]:
         marker = json.loads((item.folder(output_dir) / sweep.RUN_MARKER).read_text())
         assert marker["status"] == "failed" and marker["returncode"] == -signal.SIGTERM
-        assert marker["error"] == "train_vit.py was ended by SIGTERM (the sweep was stopped)"
+        assert marker["error"] == "train_vit.py was ended by SIGTERM (the sweep stopping, or from outside)"
     assert not planned[2].folder(output_dir).exists()  # the third run never started
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers given back
 
@@ -164,7 +164,7 @@ def test_a_run_ended_by_a_signal_is_recorded_as_such(sleeper, tmp_path, monkeypa
     threading.Thread(target=kill_child, daemon=True).start()
     record = sweep.run_train_vit(sweep_run, [str(folder)], folder, dict(os.environ))
     assert record["status"] == "failed" and record["returncode"] == -signal.SIGTERM
-    assert record["error"] == "train_vit.py was ended by SIGTERM (the sweep was stopped)"
+    assert record["error"] == "train_vit.py was ended by SIGTERM (the sweep stopping, or from outside)"
     assert json.loads((folder / sweep.RUN_MARKER).read_text())["error"] == record["error"]
 
 
