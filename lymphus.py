@@ -1174,8 +1174,10 @@ def _worker_init(parent_pid):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by the export while it forked this worker
+    from lymphus_ml.runs import die_with_parent  # light: the standard library only
+
     own_progress_bar_lock()
-    if not die_with_parent():
+    if not die_with_parent(signal.SIGKILL):
         import threading
 
         threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
@@ -1197,18 +1199,6 @@ def own_progress_bar_lock():
         classes += cls.__subclasses__()
         if cls is tqdm or "_lock" in vars(cls):
             cls.set_lock(threading.RLock())
-
-
-def die_with_parent():
-    """Ask Linux to SIGKILL this process when its parent exits (prctl PR_SET_PDEATHSIG); False where unavailable."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return False
 
 
 def _exit_when_orphaned(parent_pid):
