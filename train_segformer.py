@@ -49,7 +49,9 @@ class 0, and the model would learn to paint every pixel as node. The loss is the
 
 Outputs in --output_dir: the model (safetensors) + image processor, metrics_<split>.json (mean Dice, IoU and HD95
 in pixels with bootstrap CIs, per centre when a split mixes centres), segmentation_cases.csv (per case),
-overlays_<split>.png (best, median and worst cases) and README.md (the model card). Use the model with predict.py.
+overlays_<split>.png (best, median and worst cases) and README.md (the model card), listed in .lymphus-run.json
+(the folder must be new, empty or an earlier run's; --push_to_hub uploads only what this run wrote). Use the model
+with predict.py.
 """
 
 import json
@@ -61,10 +63,10 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 
 from lymphus_ml.cards import base_model_license, card_license, segmenter_card
 from lymphus_ml.cli import run
-from lymphus_ml.data import dataset_is_synthetic, dataset_revision, load_evaluation_sets, write_synthetic_export
+from lymphus_ml.data import dataset_is_synthetic, dataset_revision, load_evaluation_sets
 from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG
 from lymphus_ml.evaluation import SEGMENTATION_METRIC_PATH, format_metric, load_metric
-from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
+from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_run_to_hub, submit_script_job
 from lymphus_ml.images import collate_fn, model_input_size, model_num_channels
 from lymphus_ml.plots import plot_overlay_grid
 from lymphus_ml.segmentation import (
@@ -85,6 +87,8 @@ from lymphus_ml.training import (
     ClinicalTrainer,
     ClinicalTrainingArguments,
     LymphUsDataArguments,
+    claim_output_dir,
+    offline_demo_export,
     parse_training_arguments,
     read_model_config_json,
     prepare_run,
@@ -137,9 +141,9 @@ class SegmentationTrainingArguments(ClinicalTrainingArguments):
     metric_for_best_model: str | None = field(default="dice", metadata={"help": "Model selection metric (mean Dice)."})
 
 
-def apply_offline_demo(data_args, model_args, output_dir):
-    """Offline demo: synthetic archives in the official format -> export -> a tiny SegFormer from a config."""
-    data_args.dataset_name = data_args.dataset_name or write_synthetic_export(output_dir / "synthetic-lymphus")
+def apply_offline_demo(data_args, model_args, training_args, output_dir):
+    """Offline demo: synthetic archives in the official format -> export (built once) -> a tiny SegFormer from a config."""
+    data_args.dataset_name = data_args.dataset_name or offline_demo_export(training_args, output_dir)
     data_args.dataset_config = data_args.dataset_config or "center1"
     data_args.external_config = data_args.external_config or "center2"
     model_args.model_config_json = model_args.model_config_json or json.dumps(TINY_SEGFORMER_CONFIG)
@@ -290,6 +294,17 @@ def hyperparameters_of(data_args, training_args, image_processor) -> dict:
     }
 
 
+def job_paths(model_args, data_args, training_args) -> dict:
+    """{option: value} of the options that name a file or folder, which a Hub Job cannot read when local."""
+    return {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--model_config_json": model_args.model_config_json,
+        "--image_processor_name": model_args.image_processor_name,
+        "--resume_from_checkpoint": training_args.resume_from_checkpoint,
+        "--metric_path": data_args.metric_path if data_args.metric_path != str(DEFAULT_METRIC_PATH) else None,
+    }
+
+
 def main(args=None):
     # Arguments
     dataclass_types = (ModelArguments, DataTrainingArguments, SegmentationTrainingArguments, HubJobArguments)
@@ -299,12 +314,14 @@ def main(args=None):
 
     # Hub Job: submit this same command, with the project modules it imports, and stop
     if job_args.launch_on_hub:
-        return submit_script_job(Path(__file__), argv, job_args, data_args.dataset_name, push_to_hub, hub_token)
+        paths = job_paths(model_args, data_args, training_args)
+        return submit_script_job(Path(__file__), argv, job_args, data_args.dataset_name, push_to_hub, hub_token, paths)
 
-    # Logging, seed, output folder (and the offline demo's synthetic export)
+    # Logging, seed, output folder (refused unless new, empty or our own; and the offline demo's synthetic export)
     output_dir = prepare_run(training_args, logger)
+    run_folder = claim_output_dir(training_args, Path(__file__).name)
     if data_args.offline_demo:
-        apply_offline_demo(data_args, model_args, output_dir)
+        apply_offline_demo(data_args, model_args, training_args, output_dir)
 
     # Data
     dataset, evaluation_sets = load_evaluation_sets(
@@ -323,7 +340,9 @@ def main(args=None):
     metric = load_metric(data_args.metric_path)
     trainer = build_trainer(model, image_processor, dataset, data_args, training_args, metric)
     if training_args.do_train:
-        train_and_save(trainer, training_args.resume_from_checkpoint)
+        train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
+    if not trainer.is_world_process_zero():
+        return None  # under torchrun the first process evaluates, writes the reports and pushes
 
     # Evaluate
     split_metrics, grids = evaluate_and_report(
@@ -353,10 +372,11 @@ def main(args=None):
         dataset_revision=dataset_revision(data_args.dataset_name),
     )
     card.save(output_dir / "README.md")
+    run_folder.complete()
 
-    # Push
+    # Push: one commit of the files this run wrote
     if push_to_hub:
-        url = push_folder_to_hub(
+        url = push_run_to_hub(
             output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs node segmenter"
         )
         logger.info(f"Pushed to {url}")

@@ -48,7 +48,9 @@ The same run on Hub hardware: the script submits itself, with the project module
     python train_vit.py --launch_on_hub a10g-small --dataset_name <user>/lymphus ... --push_to_hub --hub_model_id <user>/...
 
 Outputs in --output_dir: the model (safetensors) + image processor, metrics_<split>.json, predictions.csv,
-roc_<split>.png, confusion_matrix_<split>.png, threshold.json and README.md (the model card).
+roc_<split>.png, confusion_matrix_<split>.png, threshold.json and README.md (the model card); .lymphus-run.json
+lists them. The folder must be new, empty or written by an earlier run (lymphus_ml.run_folder); --push_to_hub
+uploads only what this run wrote.
 """
 
 import json
@@ -69,7 +71,6 @@ from lymphus_ml.data import (
     empty_mask_cases,
     load_evaluation_sets,
     split_sizes,
-    write_synthetic_export,
 )
 from lymphus_ml.demo_configs import TINY_VIT_CONFIG
 from lymphus_ml.evaluation import (
@@ -83,7 +84,7 @@ from lymphus_ml.evaluation import (
     positive_probabilities,
     youden_threshold,
 )
-from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_folder_to_hub, submit_script_job
+from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_run_to_hub, submit_script_job
 from lymphus_ml.images import (
     ROI_MODES,
     PreparedCases,
@@ -110,6 +111,8 @@ from lymphus_ml.training import (
     LymphUsDataArguments,
     WeightedCrossEntropyLoss,
     balanced_class_weights,
+    claim_output_dir,
+    offline_demo_export,
     parse_training_arguments,
     read_model_config_json,
     prepare_run,
@@ -200,9 +203,9 @@ class ModelArguments(CheckpointArguments):
     )
 
 
-def apply_offline_demo(data_args, model_args, output_dir):
-    """Offline demo: synthetic archives in the official format -> export -> a tiny ViT from a config."""
-    data_args.dataset_name = data_args.dataset_name or write_synthetic_export(output_dir / "synthetic-lymphus")
+def apply_offline_demo(data_args, model_args, training_args, output_dir):
+    """Offline demo: synthetic archives in the official format -> export (built once) -> a tiny ViT from a config."""
+    data_args.dataset_name = data_args.dataset_name or offline_demo_export(training_args, output_dir)
     data_args.dataset_config = data_args.dataset_config or "center1"
     data_args.external_config = data_args.external_config or "center2"
     model_args.model_config_json = model_args.model_config_json or json.dumps(TINY_VIT_CONFIG)
@@ -521,6 +524,18 @@ def card_fields(data_args, model_args, training_args, dataset, evaluation_sets, 
     )
 
 
+def job_paths(model_args, data_args, training_args) -> dict:
+    """{option: value} of the options that name a file or folder, which a Hub Job cannot read when local."""
+    return {
+        "--model_name_or_path": model_args.model_name_or_path,
+        "--model_config_json": model_args.model_config_json,
+        "--image_processor_name": model_args.image_processor_name,
+        "--segmenter_name_or_path": data_args.segmenter_name_or_path,
+        "--resume_from_checkpoint": training_args.resume_from_checkpoint,
+        "--metric_path": data_args.metric_path if data_args.metric_path != str(DEFAULT_METRIC_PATH) else None,
+    }
+
+
 def main(args=None):
     # Arguments
     dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments)
@@ -530,12 +545,14 @@ def main(args=None):
 
     # Hub Job: submit this same command, with the project modules it imports, and stop
     if job_args.launch_on_hub:
-        return submit_script_job(Path(__file__), argv, job_args, data_args.dataset_name, push_to_hub, hub_token)
+        paths = job_paths(model_args, data_args, training_args)
+        return submit_script_job(Path(__file__), argv, job_args, data_args.dataset_name, push_to_hub, hub_token, paths)
 
-    # Logging, seed, output folder (and the offline demo's synthetic export)
+    # Logging, seed, output folder (refused unless new, empty or our own; and the offline demo's synthetic export)
     output_dir = prepare_run(training_args, logger)
+    run_folder = claim_output_dir(training_args, Path(__file__).name)
     if data_args.offline_demo:
-        apply_offline_demo(data_args, model_args, output_dir)
+        apply_offline_demo(data_args, model_args, training_args, output_dir)
 
     # Data
     dataset, evaluation_sets, class_names, positive_index = load_data(data_args, model_args, training_args)
@@ -550,7 +567,7 @@ def main(args=None):
     metric = load_metric(data_args.metric_path)
     trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
     if training_args.do_train:
-        train_and_save(trainer, training_args.resume_from_checkpoint)
+        train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
 
     # Evaluate: validation picks the threshold, test and external use it unchanged
     if data_args.roi_source == "predicted":
@@ -558,6 +575,8 @@ def main(args=None):
     predictions = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
     youden = youden_threshold(*predictions["validation"][:2], data_args.metric_path)
     logger.info(f"Youden threshold on validation: {youden:.4f}")
+    if not trainer.is_world_process_zero():
+        return None  # under torchrun every process holds all predictions; the first writes the reports and pushes
     saliency = {}
     if data_args.saliency != "none":
         saliency = where_the_model_looks(trainer.model, evaluation_sets, data_args, image_processor, positive_index, output_dir)
@@ -575,10 +594,11 @@ def main(args=None):
     fields["saliency"] = saliency
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
+    run_folder.complete()
 
-    # Push: one commit with the final card
+    # Push: one commit of the files this run wrote, with the final card
     if push_to_hub:
-        url = push_folder_to_hub(
+        url = push_run_to_hub(
             output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier"
         )
         logger.info(f"Pushed to {url}")

@@ -57,9 +57,9 @@ def require_hub_token(hub_token: str | None, what: str) -> str:
     return token
 
 
-# The one rule for what a results folder uploads: the model, its processor, the card, metrics, predictions and
-# plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles (training_args.bin) or
-# dotfiles (an .env holding a token, say).
+# What a push uploads (of the files a run wrote, per its run marker): the model, its processor, the card, metrics,
+# predictions and plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles
+# (training_args.bin) or dotfiles (an .env holding a token, say).
 UPLOAD_IGNORE_PATTERNS = [
     "checkpoint-*", "checkpoint-*/**", "synthetic-lymphus/**", "runs/**", "_*", "*.bin", "*.pkl", ".*", "**/.*",
 ]
@@ -84,8 +84,8 @@ def push_folder_to_hub(
     private: bool | None = None,
     commit_message: str = "Upload LymphUs results",
 ) -> str:
-    """Create `repo_id` if needed and upload `output_dir` as ONE commit under UPLOAD_IGNORE_PATTERNS; returns the
-    commit URL."""
+    """Create `repo_id` if needed and upload all of `output_dir` as ONE commit under UPLOAD_IGNORE_PATTERNS; returns
+    the commit URL. For a folder the project wrote whole (the tests' models); a training run uses `push_run_to_hub`."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
@@ -96,6 +96,36 @@ def push_folder_to_hub(
         ignore_patterns=UPLOAD_IGNORE_PATTERNS,
         commit_message=commit_message,
     )
+    return commit.commit_url
+
+
+def push_run_to_hub(
+    output_dir,
+    repo_id: str,
+    token: str | None = None,
+    *,
+    private: bool | None = None,
+    commit_message: str = "Upload LymphUs results",
+) -> str:
+    """Create `repo_id` if needed and upload, as ONE commit, exactly the files the run that just finished in
+    `output_dir` wrote (its run marker, lymphus_ml.run_folder), less UPLOAD_IGNORE_PATTERNS: never a file that was
+    there before, put beside them, or changed since. Returns the commit URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    from lymphus_ml.run_folder import files_written_by_last_run
+
+    output_dir = Path(output_dir)
+    names = list(filter_repo_objects(files_written_by_last_run(output_dir), ignore_patterns=UPLOAD_IGNORE_PATTERNS))
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if private and not api.repo_info(repo_id).private:
+        raise ValueError(
+            f"The model repo {repo_id} already exists and is public, but --hub_private_repo was given: nothing was "
+            "uploaded. Make it private in its settings on the Hub, or push without --hub_private_repo."
+        )
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(output_dir / name)) for name in names]
+    commit = api.create_commit(repo_id, operations, commit_message=commit_message)
     return commit.commit_url
 
 
@@ -274,9 +304,33 @@ def launch_job(script, script_args: list[str], flavor: str, token: str, *, timeo
     return job
 
 
-def submit_script_job(script, argv, job_args, dataset_name, push_to_hub: bool, token):
-    """A trainer's --launch_on_hub: check the request, then the same command (less local-only options) as a Job."""
+def check_job_paths(paths: dict) -> None:
+    """A Hub Job cannot read this machine's files: refuse an option (a local model, processor, segmenter, checkpoint
+    or metric folder, a .json config file) naming one, before anything is submitted. `paths`: {option: value}."""
+    for option, value in paths.items():
+        if not value or not isinstance(value, str):
+            continue
+        if option == "--model_config_json":
+            if not value.strip().endswith(".json"):
+                continue  # the JSON itself travels in the command
+            try:
+                inline = json.dumps(json.loads(Path(value).read_text()), separators=(",", ":"))
+                fix = f"pass the JSON itself, which the script accepts too: --model_config_json '{inline}'"
+            except (OSError, ValueError):
+                fix = "pass the JSON itself, which the script accepts too: --model_config_json '{\"model_type\": ...}'"
+            raise ValueError(f"--model_config_json {value} is a file, which a Hub Job cannot read; {fix}.")
+        if Path(value).exists():
+            raise ValueError(
+                f"{option} {value} is a local path, which a Hub Job cannot read; upload it to the Hub "
+                f"(`hf upload <user>/<name> {value}`) and pass its Hub id."
+            )
+
+
+def submit_script_job(script, argv, job_args, dataset_name, push_to_hub: bool, token, paths: dict | None = None):
+    """A trainer's --launch_on_hub: check the request (`paths`: {option: value} of the options naming a model, a
+    config or a folder, none of which may be local), then the same command (less local-only options) as a Job."""
     check_hub_job_request(dataset_name, push_to_hub, token)
+    check_job_paths(paths or {})
     return launch_job(
         script, job_script_args(argv), job_args.launch_on_hub, token, timeout=job_args.job_timeout,
         namespace=job_args.job_namespace,

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from lymphus_ml.run_folder import RunFolder
 
 
 logger = logging.getLogger(__name__)
@@ -113,14 +115,69 @@ def parse_training_arguments(dataclass_types, args=None):
 
 
 def prepare_run(training_args, script_logger) -> Path:
-    """Logging, the seed and the output folder of a training run; returns the output folder."""
+    """Logging and the seed of a training run; returns the output folder (created by `claim_output_dir`)."""
     import transformers
 
     setup_logging(training_args, script_logger)
     transformers.set_seed(training_args.seed)
-    output_dir = Path(training_args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    return output_dir
+    return Path(training_args.output_dir)
+
+
+def claim_output_dir(training_args, script: str) -> RunFolder | None:
+    """The first process claims --output_dir before anything is written (lymphus_ml.run_folder: refused unless new,
+    empty or written by our own earlier runs); under torchrun the other processes get None: they write only what
+    the Trainer has every process write (checkpoint RNG states)."""
+    if training_args.process_index != 0:
+        return None
+    return RunFolder.claim(training_args.output_dir, script)
+
+
+def offline_demo_export(training_args, output_dir) -> str:
+    """The offline demo's synthetic export in <output_dir>/synthetic-lymphus, built by the first process only while
+    the others wait (torchrun / accelerate launch); returns its path."""
+    from lymphus_ml import data
+
+    folder = Path(output_dir) / "synthetic-lymphus"
+    export = None
+    with training_args.main_process_first(local=False, desc="the offline demo's synthetic export"):
+        if training_args.process_index == 0:
+            export = data.write_synthetic_export(folder)
+    return export or str(folder / "export")
+
+
+def process_seed(seed: int, process_index: int) -> int:
+    """The seed of one process of a distributed run: each draws its own augmentation (transformers' seed_worker
+    does the same for DataLoader workers)."""
+    return seed + process_index
+
+
+class ProcessSeedCallback(TrainerCallback):
+    """The Trainer seeds every process alike (set_seed(args.seed)), so under torchrun every process drew the same
+    augmentation for its shard (BatchAugmentation draws from torch's generator). At the start of training each
+    process is reseeded with `process_seed`, after the data sampler took its seed (shards stay disjoint); a resumed
+    run then restores each process's own saved state (rng_state_<rank>.pth). A single process is left as it is."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            import transformers
+
+            transformers.set_seed(process_seed(args.seed, args.process_index))
+
+
+class RunFolderCallback(TrainerCallback):
+    """After each checkpoint (every process's part written, old ones rotated), the first process records the output
+    folder in its run marker: checkpoints of an interrupted run stay ours to resume and rotate."""
+
+    def __init__(self, run_folder: RunFolder | None):
+        self.run_folder = run_folder
+
+    def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+        if self.run_folder is not None:
+            self.run_folder.record("running")
 
 
 def setup_logging(training_args, script_logger):
@@ -184,8 +241,13 @@ class ClinicalTrainer(Trainer):
     transformers 5 saves checkpoints under the original parameter names (`save_original_format=True`) but
     `Trainer` reloads them as a raw state dict, so for remapped architectures such as ViT the encoder was silently
     left out when loading the best model or resuming (huggingface/transformers#43701). `from_pretrained` applies
-    the conversion; strict loading then guarantees every weight came from the checkpoint.
+    the conversion; strict loading then guarantees every weight came from the checkpoint. Under torchrun each
+    process draws its own augmentation (ProcessSeedCallback).
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(ProcessSeedCallback())
 
     def _restore_weights(self, checkpoint, model=None) -> bool:
         model = self.accelerator.unwrap_model(model if model is not None else self.model)
@@ -209,8 +271,10 @@ class ClinicalTrainer(Trainer):
             super()._load_best_model()
 
 
-def train_and_save(trainer, resume_from_checkpoint=None):
-    """Train (resuming from a checkpoint path, or the last one for "true"/"last"), then save model, metrics, state."""
+def train_and_save(trainer, resume_from_checkpoint=None, run_folder: RunFolder | None = None):
+    """Train (resuming from a checkpoint path, or the last one for "true"/"last"), then save model, metrics, state;
+    `run_folder` (the first process's) records the folder after each checkpoint and at the end."""
+    trainer.add_callback(RunFolderCallback(run_folder))
     if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "last"):
         resume_from_checkpoint = True
     train_result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
@@ -218,6 +282,8 @@ def train_and_save(trainer, resume_from_checkpoint=None):
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
+    if run_folder is not None:
+        run_folder.record("running")
     return train_result
 
 

@@ -66,3 +66,22 @@ def local_hub():
 
 
 # ======================================== end of Local Hub block ============================================
+
+# One torch thread per process, in this process and in every script the tests start (they inherit it), unless the
+# environment says otherwise: the tiny models gain nothing from a second thread, and on a shared 2-core machine
+# idle threads spin and cost CPU time (tests/test_predict.py: 31 CPU-s with 2 threads, 18 with 1).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (a plugin): set it there too
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# The shared session fixtures (synthetic exports, tiny trained models) live in tests/fixtures.py, loaded here after
+# the environment above is set.
+from fixtures import (  # noqa: E402, F401  (pytest registers the fixtures found in this module)
+    crop_classifier,
+    full_classifier,
+    official_archives,
+    official_export,
+    run_cli,
+    segmenter,
+    small_export,
+)

@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import benchmark_lymphus as bench  # noqa: E402
+from fixtures import TINY_VIT  # noqa: E402
 from lymphus_ml import evaluation, semantic_features, study  # noqa: E402
 import lymphus  # noqa: E402
 
-TINY_VIT = '{"model_type":"vit","image_size":32,"patch_size":8,"num_hidden_layers":1,"hidden_size":32,"num_attention_heads":2,"intermediate_size":64}'
 TINY_TRAIN_VIT = [
     "--model_config_json", TINY_VIT,
     "--roi", "crop",
@@ -32,6 +32,7 @@ TINY_TRAIN_VIT = [
     "--per_device_eval_batch_size", "8",
     "--learning_rate", "1e-3",
     "--n_bootstrap", "20",
+    "--saliency", "none",
     "--use_cpu",
     "--report_to", "none",
     "--disable_tqdm", "True",
@@ -248,10 +249,8 @@ def test_report_lists_every_model_and_test_set_it_was_given():
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("benchmark-data")
-    lymphus.write_synthetic_archives(root / "archives", cases_per_group=10, scale=0.15)
-    return lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
+def export_dir(small_export):
+    return small_export
 
 
 @pytest.fixture(scope="module")

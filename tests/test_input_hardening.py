@@ -29,7 +29,7 @@ import predict  # noqa: E402
 from lymphus_ml import app_prediction, images  # noqa: E402
 from lymphus_ml.cli import run  # noqa: E402
 from lymphus_ml.segmentation import ID2LABEL, LABEL2ID  # noqa: E402
-from lymphus_ml.training import TINY_SEGFORMER_CONFIG, TINY_VIT_CONFIG  # noqa: E402
+from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG, TINY_VIT_CONFIG  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.nn import functional as nnf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -21,19 +20,15 @@ from torchvision.transforms.v2 import functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lymphus  # noqa: E402
 from lymphus_ml import evaluation, images  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory):
-    """A small split of a synthetic export (10 cases), images ~40-120 px."""
+def split(small_export):
+    """A small split of the session's synthetic export, images ~40-120 px."""
     from datasets import load_dataset
 
-    root = tmp_path_factory.mktemp("pipeline-data")
-    lymphus.write_synthetic_archives(root / "archives", cases_per_group=8, scale=0.15)
-    export = lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
-    return load_dataset(str(export), "center1", split="train")
+    return load_dataset(str(small_export), "center1", split="train")
 
 
 def node_image(size=64, box=(16, 12, 48, 40)):

@@ -19,41 +19,23 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lymphus  # noqa: E402
 import predict  # noqa: E402
-import train_segformer  # noqa: E402
-import train_vit  # noqa: E402
-from lymphus_ml import images, inference
+from lymphus_ml import images, inference  # noqa: E402
 
-TINY_SEGFORMER = '{"model_type":"segformer","depths":[1,1,1,1],"hidden_sizes":[8,16,32,64],"num_attention_heads":[1,1,2,2],"decoder_hidden_size":32}'
-TINY_VIT = '{"model_type":"vit","image_size":32,"patch_size":8,"num_hidden_layers":1,"hidden_size":32,"num_attention_heads":2,"intermediate_size":64}'
-COMMON = ["--dataset_config", "center1", "--external_config", "center2", "--per_device_eval_batch_size", "4", "--n_bootstrap", "50",
-          "--seed", "0", "--use_cpu", "--report_to", "none", "--disable_tqdm", "True", "--save_total_limit", "1"]
+@pytest.fixture(scope="session")
+def predict_export(small_export):
+    return small_export
 
 
 @pytest.fixture(scope="session")
-def predict_export(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict-data")
-    lymphus.write_synthetic_archives(root / "archives", cases_per_group=5, scale=0.15)
-    return lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
+def segmenter_dir(segmenter):
+    return segmenter
 
 
 @pytest.fixture(scope="session")
-def segmenter_dir(predict_export, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("predict-seg") / "segmenter"
-    train_segformer.main(["--dataset_name", str(predict_export), "--model_config_json", TINY_SEGFORMER, "--image_size", "64",
-                          "--num_train_epochs", "6", "--learning_rate", "5e-3", "--per_device_train_batch_size", "2",
-                          "--output_dir", str(output_dir), *COMMON])
-    return output_dir
-
-
-@pytest.fixture(scope="session")
-def classifier_dir(predict_export, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("predict-vit") / "classifier"
-    train_vit.main(["--dataset_name", str(predict_export), "--model_config_json", TINY_VIT, "--roi", "crop",
-                    "--num_train_epochs", "1", "--learning_rate", "1e-3", "--per_device_train_batch_size", "4",
-                    "--output_dir", str(output_dir), *COMMON])
-    return output_dir
+def classifier_dir(crop_classifier):
+    """A crop classifier: predict.py must segment first."""
+    return crop_classifier
 
 
 @pytest.fixture(scope="session")

@@ -20,47 +20,25 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lymphus  # noqa: E402
 import train_segformer  # noqa: E402
-from lymphus_ml import evaluation, inference, plots, segmentation
+from fixtures import TINY_SEGFORMER, segformer_args  # noqa: E402
+from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG  # noqa: E402
+from lymphus_ml import data, evaluation, inference, plots, segmentation  # noqa: E402
 
-TINY_SEGFORMER = '{"model_type":"segformer","depths":[1,1,1,1],"hidden_sizes":[8,16,32,64],"num_attention_heads":[1,1,2,2],"decoder_hidden_size":32}'
-
-
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory):
-    """Synthetic archives in the official format, exported: 5 cases per centre and label, images ~40-120 px."""
-    root = tmp_path_factory.mktemp("seg-data")
-    lymphus.write_synthetic_archives(root / "archives", cases_per_group=5, scale=0.15)
-    return lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
-
-
-def tiny_args(export_dir, output_dir, *extra, epochs=6):
-    return [
-        "--dataset_name", str(export_dir),
-        "--dataset_config", "center1",
-        "--external_config", "center2",
-        "--model_config_json", TINY_SEGFORMER,
-        "--image_size", "64",
-        "--output_dir", str(output_dir),
-        "--num_train_epochs", str(epochs),
-        "--per_device_train_batch_size", "2",
-        "--per_device_eval_batch_size", "4",
-        "--learning_rate", "5e-3",
-        "--n_bootstrap", "200",
-        "--seed", "0",
-        "--use_cpu",
-        "--report_to", "none",
-        "--disable_tqdm", "True",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="session")
-def trained(export_dir, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("seg-run") / "out"
-    train_segformer.main(tiny_args(export_dir, output_dir))
-    return output_dir
+def export_dir(small_export):
+    return small_export
+
+
+def tiny_args(export_dir, output_dir, *extra, epochs=3):
+    return segformer_args(export_dir, output_dir, *extra, epochs=epochs)
+
+
+@pytest.fixture(scope="session")
+def trained(segmenter):
+    return segmenter
 
 
 @pytest.fixture(scope="session")
@@ -349,7 +327,7 @@ def test_reported_metrics_match_the_saved_model_and_numpy(trained, export_dir):
     external = datasets.concatenate_datasets(list(datasets.load_dataset(str(export_dir), "center2").values()))
     masks = inference.predict_masks(model, processor, list(external["image"]))
     reported = {c["case_id"]: c for c in json.loads((trained / "metrics_external.json").read_text())["cases"]}
-    assert any(m.any() for m in masks), "the tiny model should find some nodes after 6 epochs"
+    assert any(m.any() for m in masks), "the tiny model should find some nodes after its training"
     for case_id, reference, prediction in zip(external["case_id"], external["mask"], masks):
         reference = np.asarray(reference)
         dice, iou = numpy_dice_iou(prediction, reference)
@@ -381,7 +359,7 @@ def test_push_to_hub_uploads_the_results_without_the_token(local_hub, export_dir
 
     repo_id = f"{local_hub.user}/segformer-lymphus-push"
     caplog.set_level(logging.DEBUG)
-    train_segformer.main(tiny_args(export_dir, tmp_path / "push", "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", local_hub.token, epochs=1))
+    train_segformer.main(tiny_args(export_dir, tmp_path / "push", "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", local_hub.token, "--max_steps", "1", epochs=1))
     uploaded = HfApi(token=local_hub.token).list_repo_files(repo_id)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "segmentation_cases.csv",
                  "metrics_test.json", "metrics_external.json", "overlays_test.png", "overlays_external.png"):
@@ -400,11 +378,26 @@ def test_launch_on_hub_refuses_a_local_dataset(export_dir, local_hub):
         train_segformer.main(["--launch_on_hub", "a10g-small", "--hub_token", local_hub.token, "--dataset_name", str(export_dir), "--output_dir", "x", "--push_to_hub"])
 
 
-def test_offline_demo_runs_without_any_download(tmp_path):
+def test_offline_demo_runs_without_any_download(export_dir, tmp_path, monkeypatch):
+    """--offline_demo: a synthetic export in the output folder and the tiny SegFormer from its config, no download.
+    The official-size export itself (data.write_synthetic_export, official counts) is the README test's
+    (tests/test_readme.py, through train_vit.py); here the call is checked and the session's small export stands in."""
+    import datasets
+
     output = tmp_path / "seg-demo"
-    train_segformer.main(["--offline_demo", "--output_dir", str(output), "--num_train_epochs", "1", "--n_bootstrap", "100",
+    calls = []
+
+    def small_synthetic_export(folder, *args, **kwargs):
+        calls.append((Path(folder), args, kwargs))
+        return str(export_dir)
+
+    monkeypatch.setattr(data, "write_synthetic_export", small_synthetic_export)
+    train_segformer.main(["--offline_demo", "--output_dir", str(output), "--max_steps", "1", "--n_bootstrap", "100",
                           "--report_to", "none", "--disable_tqdm", "True", "--use_cpu"])
+    assert calls == [(output / "synthetic-lymphus", (), {})]  # official counts: no cases_per_group
     external = json.loads((output / "metrics_external.json").read_text())
-    assert external["n_images"] == 158  # the whole other centre, official counts
+    center2 = datasets.load_dataset(str(export_dir), "center2")
+    assert external["n_images"] == sum(len(split) for split in center2.values())  # the whole other centre
+    assert json.loads((output / "config.json").read_text())["hidden_sizes"] == TINY_SEGFORMER_CONFIG["hidden_sizes"]
     assert (output / "overlays_external.png").is_file()
     assert "synthetic" in (output / "README.md").read_text().lower()

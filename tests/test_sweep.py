@@ -22,7 +22,6 @@ from sklearn.metrics import recall_score, roc_auc_score
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lymphus  # noqa: E402
 import sweep  # noqa: E402
 from lymphus_ml import leaderboard  # noqa: E402
 from lymphus_ml.runs import read_run_predictions  # noqa: E402
@@ -35,14 +34,12 @@ TINY_MODELS = {
                        "depths": [1, 1, 1, 1]},
 }
 FORWARDED = ["--roi", "crop", "--max_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3",
-             "--n_bootstrap", "50", "--use_cpu", "--report_to", "none", "--disable_tqdm", "True"]
+             "--n_bootstrap", "50", "--saliency", "none", "--use_cpu", "--report_to", "none", "--disable_tqdm", "True"]
 
 
 @pytest.fixture(scope="session")
-def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep-data")
-    lymphus.write_synthetic_archives(root / "archives", cases_per_group=10, scale=0.25)
-    return lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
+def export_dir(small_export):
+    return small_export
 
 
 @pytest.fixture(scope="session")

@@ -20,59 +20,26 @@ from torchvision import tv_tensors
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lymphus  # noqa: E402
 import train_vit  # noqa: E402
-from lymphus_ml import data, hub, images, inference, training
+from fixtures import vit_args  # noqa: E402
+from lymphus_ml import data, hub, images, inference, training  # noqa: E402
 
 MODEL_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md")
 
-TINY_VIT = json.dumps(
-    {
-        "model_type": "vit",
-        "image_size": 32,
-        "patch_size": 8,
-        "num_hidden_layers": 1,
-        "hidden_size": 32,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-    }
-)
 
 
 @pytest.fixture(scope="session")
-def export_dir(tmp_path_factory):
-    """Synthetic archives in the official format, exported: 10 cases per centre and label, images ~40-120 px."""
-    root = tmp_path_factory.mktemp("vit-data")
-    lymphus.write_synthetic_archives(root / "archives", cases_per_group=10, scale=0.15)
-    return lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
+def export_dir(small_export):
+    return small_export
 
 
 def tiny_args(export_dir, output_dir, *extra):
-    return [
-        "--dataset_name", str(export_dir),
-        "--dataset_config", "center1",
-        "--external_config", "center2",
-        "--model_config_json", TINY_VIT,
-        "--roi", "crop",
-        "--output_dir", str(output_dir),
-        "--num_train_epochs", "2",
-        "--per_device_train_batch_size", "4",
-        "--per_device_eval_batch_size", "8",
-        "--learning_rate", "1e-3",
-        "--n_bootstrap", "200",
-        "--seed", "0",
-        "--use_cpu",
-        "--report_to", "none",
-        "--disable_tqdm", "True",
-        *extra,
-    ]
+    return vit_args(export_dir, output_dir, *extra)
 
 
 @pytest.fixture(scope="session")
-def trained(export_dir, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("vit-run") / "out"
-    train_vit.main(tiny_args(export_dir, output_dir, "--class_weighting", "balanced"))
-    return output_dir
+def trained(crop_classifier):
+    return crop_classifier
 
 
 def read_predictions(output_dir):
@@ -297,7 +264,7 @@ def test_model_card_is_honest_and_complete(trained):
 
 
 def test_same_seed_gives_the_same_metrics(trained, export_dir, tmp_path):
-    train_vit.main(tiny_args(export_dir, tmp_path / "again", "--class_weighting", "balanced"))
+    train_vit.main(tiny_args(export_dir, tmp_path / "again"))
     for split in ("validation", "test", "external"):
         again = json.loads((tmp_path / "again" / f"metrics_{split}.json").read_text())
         assert again == json.loads((trained / f"metrics_{split}.json").read_text())
@@ -310,7 +277,7 @@ def test_resume_from_checkpoint_continues_the_same_run(trained, export_dir, tmp_
 
     first, last = sorted(trained.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     train_vit.main(
-        tiny_args(export_dir, tmp_path / "resumed", "--class_weighting", "balanced", "--resume_from_checkpoint", str(first))
+        tiny_args(export_dir, tmp_path / "resumed", "--resume_from_checkpoint", str(first))
     )
     resumed = load_file(tmp_path / "resumed" / last.name / "model.safetensors")
     original = load_file(last / "model.safetensors")
@@ -338,7 +305,7 @@ def test_push_to_hub_uploads_everything_without_the_token(local_hub, export_dir,
         export_dir, tmp_path / "push", "--push_to_hub", "--hub_model_id", repo_id, "--hub_token", local_hub.token
     )
     args[args.index("--num_train_epochs") + 1] = "1"
-    train_vit.main(args)
+    train_vit.main(args + ["--max_steps", "1"])
 
     files = {}
     for name in MODEL_FILES + ("predictions.csv", "threshold.json"):
@@ -428,7 +395,8 @@ def test_roi_source_predicted_evaluates_with_the_segmenters_masks(export_dir, tm
     monkeypatch.setattr(inference, "load_segmenter", lambda name, device=None: (None, None))
     monkeypatch.setattr(inference, "predict_masks", expert_segmenter)
     output = tmp_path / "predicted-roi"
-    train_vit.main(tiny_args(export_dir, output, "--roi_source", "predicted", "--segmenter_name_or_path", "fake"))
+    train_vit.main(tiny_args(export_dir, output, "--roi_source", "predicted", "--segmenter_name_or_path", "fake",
+                             "--max_steps", "1"))  # the comparison is within this run: one step is enough
     rows = read_predictions(output)
     probability = {(row["split"], row["case_id"]): float(row["probability"]) for row in rows}
     for split in ("test", "external"):

@@ -14,34 +14,26 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import lymphus  # noqa: E402
 import predict  # noqa: E402
 import train_vit  # noqa: E402
+from fixtures import TINY_VIT, full_vit_args  # noqa: E402
 from lymphus_ml import cards, hub, images  # noqa: E402
 
-TINY_VIT = json.dumps({"model_type": "vit", "image_size": 32, "patch_size": 8, "num_hidden_layers": 1, "hidden_size": 32,
-                       "num_attention_heads": 2, "intermediate_size": 64})
 
 
-@pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trust-data")
-    lymphus.write_synthetic_archives(root / "archives", cases_per_group=10, scale=0.15)
-    return lymphus.export_dataset(root / "archives", root / "export", verification_mode="basic_checks")
+@pytest.fixture(scope="session")
+def export_dir(small_export):
+    return small_export
 
 
 def run_args(dataset, output_dir, roi="full", *extra):
-    return ["--dataset_name", str(dataset), "--dataset_config", "center1", "--external_config", "center2",
-            "--model_config_json", TINY_VIT, "--roi", roi, "--output_dir", str(output_dir), "--num_train_epochs", "1",
-            "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--n_bootstrap", "50", "--seed", "0",
-            "--use_cpu", "--report_to", "none", "--disable_tqdm", "True", *extra]
+    return full_vit_args(dataset, output_dir, roi, *extra)
 
 
-@pytest.fixture(scope="module")
-def full_model(export_dir, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("full-model") / "out"
-    train_vit.main(run_args(export_dir, output_dir, "full"))
-    return output_dir
+@pytest.fixture(scope="session")
+def full_model(full_classifier):
+    """A full-image classifier trained with the default occlusion saliency (read by the saliency test below)."""
+    return full_classifier
 
 
 def read_csv(path):
@@ -76,11 +68,10 @@ def test_card_licence_is_the_users_else_the_base_models_else_the_data_terms():
     assert cards.card_license(None, None)["license"] == "other"
 
 
-def test_a_crop_model_turns_the_widget_off_and_points_to_predict(export_dir, tmp_path):
+def test_a_crop_model_turns_the_widget_off_and_points_to_predict(crop_classifier):
     from huggingface_hub import ModelCard
 
-    train_vit.main(run_args(export_dir, tmp_path / "crop", "crop", "--max_steps", "1"))
-    card = ModelCard.load(tmp_path / "crop" / "README.md")
+    card = ModelCard.load(crop_classifier / "README.md")
     assert card.data.inference is False
     first_lines = card.text.strip().splitlines()[:4]
     assert any("needs the node crop" in line and "predict.py" in line for line in first_lines)
@@ -131,7 +122,7 @@ def test_push_is_one_commit_with_the_final_card_and_no_pickles(local_hub, export
     from huggingface_hub import HfApi
 
     repo_id = f"{local_hub.user}/trust-push"
-    train_vit.main(run_args(export_dir, tmp_path / "push", "full", "--max_steps", "1", "--push_to_hub",
+    train_vit.main(run_args(export_dir, tmp_path / "push", "full", "--max_steps", "1", "--saliency", "none", "--push_to_hub",
                             "--hub_model_id", repo_id, "--hub_token", local_hub.token))
     titles = [commit["title"] for commit in local_hub.commits(repo_id)]
     assert titles == ["initial commit", "LymphUs classifier"]  # the repo's creation, then one push
@@ -156,13 +147,10 @@ def test_a_json_arguments_file_with_the_token_is_never_shipped_to_a_job(tmp_path
     assert hub.job_script_args(["--hub-token", "hf_secret", "--seed", "1", "--debug"]) == ["--seed", "1"]
 
 
-def test_an_abbreviated_option_is_refused_without_echoing_its_value():
-    completed = subprocess.run(
-        [sys.executable, "train_vit.py", "--hub_tok", "hf_secret_value", "--dataset_name", "x"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert completed.returncode != 0 and "Traceback" not in completed.stderr
-    assert "--hub_tok" in completed.stderr and "hf_secret_value" not in completed.stdout + completed.stderr
+def test_an_abbreviated_option_is_refused_without_echoing_its_value(run_cli):
+    status, out, err = run_cli(train_vit, "--hub_tok", "hf_secret_value", "--dataset_name", "x")
+    assert status != 0 and "Traceback" not in err
+    assert "--hub_tok" in err and "hf_secret_value" not in out + err
 
 
 def test_evaluate_only_refuses_a_checkpoint_whose_head_does_not_fit(export_dir, tmp_path):
@@ -247,12 +235,23 @@ def test_where_the_model_looks_is_in_the_metrics_and_the_card(full_model):
     ],
     ids=lambda command: command[0],
 )
-def test_every_cli_reports_a_missing_input_in_one_line(command, tmp_path):
+def test_every_cli_reports_a_missing_input_in_one_line(command, tmp_path, run_cli):
+    import importlib
+
     missing = str(tmp_path / "no-such-export")
     argv = [part.format(missing=missing, out=tmp_path / "out") for part in command]
-    completed = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=300,
-                               env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
-    assert completed.returncode == 1, completed.stderr[-2000:]
-    assert "Traceback" not in completed.stderr + completed.stdout
+    status, out, err = run_cli(importlib.import_module(Path(argv[0]).stem), *argv[1:])
+    assert status == 1, err[-2000:]
+    assert "Traceback" not in err + out
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no-such-export" in errors[0]
+
+
+def test_benchmark_lymphus_main_is_wired_to_one_line_errors(tmp_path):
+    """The one process start of benchmark_lymphus.py: `python benchmark_lymphus.py` reaches cli.run(main)."""
+    completed = subprocess.run([sys.executable, "benchmark_lymphus.py", "--dataset_name", str(tmp_path / "no-such-export"),
+                                "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                               timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
     errors = [line for line in completed.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "no-such-export" in errors[0]

@@ -1,0 +1,128 @@
+"""Session fixtures shared by the test files: the synthetic exports and the tiny trained models, each built once.
+
+Imported by tests/conftest.py after its local-Hub block has set the environment, so nothing here
+may import huggingface_hub / datasets / transformers at module level. Test files import the argument helpers:
+`from fixtures import TINY_VIT, vit_args` (tests/ is on sys.path: pytest's rootdir-relative "prepend" import mode).
+
+- `small_export`: synthetic archives in the official format, 10 cases per centre and label, images ~40-120 px, exported.
+- `official_archives` / `official_export`: synthetic archives with the official counts, sizes and mask extents,
+  and their export (338 cases).
+- `crop_classifier`: a tiny ViT trained by train_vit.py on `small_export`, --roi crop, 2 epochs, balanced class
+  weights, no saliency.
+- `full_classifier`: a tiny ViT trained by train_vit.py on `small_export`, --roi full, 1 epoch, with the default
+  occlusion saliency (the saliency tests read it).
+- `segmenter`: a tiny SegFormer trained by train_segformer.py on `small_export`, 3 epochs.
+- `run_cli` (per test): a script's command line run in this process through `lymphus_ml.cli.run`.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TINY_VIT = json.dumps({"model_type": "vit", "image_size": 32, "patch_size": 8, "num_hidden_layers": 1, "hidden_size": 32,
+                       "num_attention_heads": 2, "intermediate_size": 64})
+TINY_SEGFORMER = json.dumps({"model_type": "segformer", "depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 32, 64],
+                             "num_attention_heads": [1, 1, 2, 2], "decoder_hidden_size": 32})
+COMMON = ["--dataset_config", "center1", "--external_config", "center2", "--seed", "0", "--use_cpu", "--report_to",
+          "none", "--disable_tqdm", "True"]
+SMALL_EXPORT = {"cases_per_group": 10, "scale": 0.15}
+
+
+def vit_args(dataset, output_dir, *extra):
+    """train_vit.py arguments of `crop_classifier` (a tiny crop ViT, 2 epochs, no saliency); `extra` appended."""
+    return ["--dataset_name", str(dataset), "--model_config_json", TINY_VIT, "--roi", "crop", "--output_dir",
+            str(output_dir), "--num_train_epochs", "2", "--per_device_train_batch_size", "4",
+            "--per_device_eval_batch_size", "8", "--learning_rate", "1e-3", "--n_bootstrap", "200",
+            "--class_weighting", "balanced", "--saliency", "none", *COMMON, *extra]
+
+
+def full_vit_args(dataset, output_dir, roi="full", *extra):
+    """train_vit.py arguments of `full_classifier` (1 epoch, occlusion saliency on); `extra` appended."""
+    return ["--dataset_name", str(dataset), "--model_config_json", TINY_VIT, "--roi", roi, "--output_dir",
+            str(output_dir), "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--learning_rate",
+            "1e-3", "--n_bootstrap", "50", *COMMON, *extra]
+
+
+def segformer_args(dataset, output_dir, *extra, epochs=3):
+    """train_segformer.py arguments of `segmenter` (a tiny SegFormer at 64 px); `extra` appended."""
+    return ["--dataset_name", str(dataset), "--model_config_json", TINY_SEGFORMER, "--image_size", "64",
+            "--output_dir", str(output_dir), "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "2",
+            "--per_device_eval_batch_size", "4", "--learning_rate", "5e-3", "--n_bootstrap", "200", *COMMON, *extra]
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """run_cli(module, *argv) -> (exit status, stdout, stderr): a script's command line in this process, through the
+    entry point its `__main__` uses, `lymphus_ml.cli.run(main)` with sys.argv set (no interpreter start-up: the
+    errors tests read one `error:` line). Exceptions other than SystemExit propagate (as with --debug)."""
+    from lymphus_ml import cli
+
+    def run(module, *argv):
+        monkeypatch.setattr(sys, "argv", [Path(module.__file__).name, *map(str, argv)])
+        capsys.readouterr()
+        try:
+            cli.run(module.main)
+            status = 0
+        except SystemExit as exit_info:
+            status = exit_info.code if isinstance(exit_info.code, int) else (0 if exit_info.code is None else 1)
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory):
+    from lymphus_ml.data import write_synthetic_export
+
+    return Path(write_synthetic_export(tmp_path_factory.mktemp("small-data"), **SMALL_EXPORT))
+
+
+@pytest.fixture(scope="session")
+def official_archives(tmp_path_factory):
+    """Synthetic archives with the official counts, sizes and mask extents."""
+    import lymphus
+
+    directory = tmp_path_factory.mktemp("official-archives")
+    lymphus.write_synthetic_archives(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def official_export(official_archives, tmp_path_factory):
+    import lymphus
+
+    return lymphus.export_dataset(official_archives, tmp_path_factory.mktemp("exports") / "lymphus", "basic_checks")
+
+
+@pytest.fixture(scope="session")
+def crop_classifier(small_export, tmp_path_factory):
+    import train_vit
+
+    output_dir = tmp_path_factory.mktemp("crop-classifier") / "out"
+    train_vit.main(vit_args(small_export, output_dir))
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def full_classifier(small_export, tmp_path_factory):
+    import train_vit
+
+    output_dir = tmp_path_factory.mktemp("full-classifier") / "out"
+    train_vit.main(full_vit_args(small_export, output_dir))
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def segmenter(small_export, tmp_path_factory):
+    import train_segformer
+
+    output_dir = tmp_path_factory.mktemp("segmenter") / "out"
+    train_segformer.main(segformer_args(small_export, output_dir))
+    return output_dir
