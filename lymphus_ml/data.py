@@ -76,13 +76,7 @@ def export_problems(folder) -> list[str]:
     marker does not list or that changed since, a file it lists that is missing; [] for a complete export."""
     import lymphus
 
-    folder = Path(folder)
-    marker = lymphus.read_export_marker(folder)
-    if marker is None:
-        return [f"no {lymphus.EXPORT_MARKER} (it was not written, or not finished, by `lymphus.py export`)"]
-    problems = lymphus.export_discrepancies(folder)
-    problems += [f"'{name}' (missing)" for name in sorted(marker["files"]) if not (folder / name).is_file()]
-    return problems
+    return lymphus.export_discrepancies(folder, complete=True)
 
 
 def split_sizes(dataset, label_column, class_names) -> dict:

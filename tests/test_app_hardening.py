@@ -10,8 +10,12 @@ import functools
 import hashlib
 import json
 import re
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,6 +153,72 @@ def test_nothing_is_replaced_without_the_demos_record(demo, case):
     assert snapshot(folder) == before and calls(scripts, "train_vit.py") == 0
 
 
+def test_a_run_cut_short_is_cleaned_up_by_the_next_start(demo):
+    folder, scripts = demo
+    record = offline_demo.read_demo_record(folder)
+    staging = offline_demo.claim(folder, ".classifier.partial-0123abcd", record)  # as a killed start leaves them
+    (staging / "config.json").write_text("{}")
+    shutil.rmtree(folder / "classifier")
+    offline_demo.prepare_offline_demo(folder, root=scripts)
+    assert offline_demo.model_folder_complete(folder / "classifier") and not staging.exists()
+    assert ".classifier.partial-0123abcd" not in offline_demo.read_demo_record(folder)
+
+
+SLEEPING_TRAINER = (
+    "import os, pathlib, sys, time\n"
+    "pathlib.Path({pids!r}, pathlib.Path(sys.argv[0]).name).write_text(str(os.getpid()))\ntime.sleep(300)\n"
+)
+
+
+def alive(pid) -> bool:
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_the_app_during_demo_training_leaves_no_trainer(tmp_path, sig):
+    """app.py --offline_demo killed while its training scripts run: they end too (runs.py's PR_SET_PDEATHSIG,
+    from the `sweep` branch), and the next start recovers the folder."""
+    scripts, pids = tmp_path / "scripts", tmp_path / "pids"
+    scripts.mkdir(), pids.mkdir()
+    for script in ("train_vit.py", "train_segformer.py"):
+        (scripts / script).write_text(SLEEPING_TRAINER.format(pids=str(pids)))
+    folder = tmp_path / "demo"
+    driver = (
+        "import functools, app\nfrom lymphus_ml import offline_demo\nfrom lymphus_ml.cli import run\n"
+        f"app.prepare_offline_demo = functools.partial(offline_demo.prepare_offline_demo, cases_per_group=3, "
+        f"root={str(scripts)!r})\nrun(app.main)\n"
+    )
+    with open(tmp_path / "app.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "-c", driver, "--offline_demo", "--demo_dir", str(folder)],
+                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    started = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(started) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+            started = [int(path.read_text()) for path in pids.iterdir() if path.read_text()]
+        assert len(started) == 2, (tmp_path / "app.log").read_text()
+        process.send_signal(sig)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(alive(pid) for pid in started), "a training script outlived the app"
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    stand_in_scripts(scripts)
+    offline_demo.prepare_offline_demo(folder, root=scripts)
+    assert all(offline_demo.model_folder_complete(folder / name) for name in ("classifier", "segmenter"))
+    assert not list(folder.glob(".*.partial-*"))
+
+
 # 2. A failed training, an incomplete export
 
 
@@ -171,7 +241,7 @@ def test_an_incomplete_export_is_rebuilt_if_ours_refused_if_not(demo):
     parquet = sorted(name for name in marker["files"] if name.endswith(".parquet"))[0]
     (export / parquet).unlink()
     shutil.rmtree(folder / "segmenter")
-    assert data.export_problems(export) == [f"'{parquet}' (missing)"]
+    assert data.export_problems(export) == [f"'{parquet}' (listed in .lymphus-export.json but missing)"]
     offline_demo.prepare_offline_demo(folder, cases_per_group=3, root=scripts)
     assert data.export_problems(export) == [] and (export / parquet).is_file()  # rebuilt, then trained on
     assert calls(scripts, "train_segformer.py") == 1
