@@ -178,7 +178,9 @@ def claim(folder, name, record, is_folder=True) -> Path:
     except FileExistsError:
         del record[name]
         write_demo_record(folder, record)
-        raise DemoFolderError(f"'{path}' appeared while the offline demo was preparing it: it is not replaced.") from None
+        raise DemoFolderError(
+            f"'{path}' appeared while the offline demo was preparing it: it is not replaced."
+        ) from None
     return path
 
 

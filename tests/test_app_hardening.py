@@ -9,8 +9,8 @@ demo folder's handling, not training. The Space tests push the tiny models of te
 import functools
 import hashlib
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from test_app import REPO, app, demo_dir, hub_models, hub_with_spaces, offline_demo, run  # noqa: F401 (fixtures)
+
 from lymphus_ml import data
 from lymphus_ml.runs import subprocess as runs_subprocess
+
 
 assert str(REPO) in sys.path
 
@@ -130,7 +131,8 @@ def test_the_demos_own_incomplete_model_is_replaced_a_user_file_in_it_refused(de
     (folder / "segmenter" / "config.json").unlink()
     (folder / "segmenter" / "patients.csv").write_text("mine\n")  # a user's file in the demo's folder: refused
     before = snapshot(folder)
-    with pytest.raises(offline_demo.DemoFolderError, match=r"segmenter/patients.csv' \(not written by the offline demo\)"):
+    message = r"segmenter/patients.csv' \(not written by the offline demo\)"
+    with pytest.raises(offline_demo.DemoFolderError, match=message):
         offline_demo.prepare_offline_demo(folder, root=scripts)
     assert snapshot(folder) == before and calls(scripts, "train_segformer.py") == 0
 
