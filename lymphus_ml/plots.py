@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from lymphus_ml.evaluation import apply_threshold
 
@@ -90,6 +89,8 @@ def contour(mask, thickness: int = 1) -> np.ndarray:
     inside = np.asarray(mask) > 0
     if not inside.any():
         return inside
+    from scipy import ndimage  # here, not at the top: not every script that imports this module draws contours
+
     cross = ndimage.generate_binary_structure(2, 1)
     eroded = ndimage.binary_erosion(inside, structure=cross, iterations=thickness, border_value=0)
     return inside & ~eroded
