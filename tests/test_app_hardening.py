@@ -180,17 +180,14 @@ def alive(pid) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killing_the_app_during_demo_training_leaves_no_trainer(prepared_demo, tmp_path, sig):
+def test_killing_the_app_during_demo_training_leaves_no_trainer(tmp_path, sig):
     """app.py --offline_demo killed while its training scripts run: they end too (runs.py's PR_SET_PDEATHSIG,
-    from the `sweep` branch), and the next start recovers the folder. The demo's export is there already (a copy
-    of `prepared_demo` without its models): the app only trains."""
+    from the `sweep` branch), and the next start recovers the folder."""
     scripts, pids = tmp_path / "scripts", tmp_path / "pids"
     scripts.mkdir(), pids.mkdir()
     for script in ("train_vit.py", "train_segformer.py"):
         (scripts / script).write_text(SLEEPING_TRAINER.format(pids=str(pids)))
     folder = tmp_path / "demo"
-    shutil.copytree(prepared_demo[0], folder)
-    shutil.rmtree(folder / "classifier"), shutil.rmtree(folder / "segmenter")
     driver = (
         "import functools, app\nfrom lymphus_ml import offline_demo\nfrom lymphus_ml.cli import run\n"
         f"app.prepare_offline_demo = functools.partial(offline_demo.prepare_offline_demo, cases_per_group=3, "
