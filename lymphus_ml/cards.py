@@ -5,7 +5,13 @@ Python builds the `model-index` results (`EvalResult`s) and the table rows; the 
 
 from pathlib import Path
 
-from lymphus_ml.evaluation import METRIC_DISPLAY_NAMES, THRESHOLD_METRICS, format_metric
+from lymphus_ml.evaluation import (
+    DEGENERATE_INTERVAL,
+    METRIC_DISPLAY_NAMES,
+    THRESHOLD_METRICS,
+    degenerate_interval,
+    format_metric,
+)
 from lymphus_ml.segmentation import METRIC_DISPLAY_NAMES as SEGMENTATION_DISPLAY_NAMES
 from lymphus_ml.segmentation import SEGMENTATION_METRICS
 
@@ -63,15 +69,31 @@ def reporting_order(splits) -> list[str]:
     return sorted(splits, key=lambda split: REPORTING_ORDER.index(split) if split in REPORTING_ORDER else len(REPORTING_ORDER))
 
 
+def perfect_separation_bound(values, level: int) -> str:
+    """The one-sided bound Newcombe's interval leaves a perfectly separated AUC (of 1: a lower bound; of 0: upper)."""
+    if values.get("roc_auc_ci_low") is None:
+        return "no interval"
+    if values["roc_auc"] >= 1.0:
+        return f"{level}% CI lower bound {values['roc_auc_ci_low']:.3f} (Newcombe)"
+    return f"{level}% CI upper bound {values['roc_auc_ci_high']:.3f} (Newcombe)"
+
+
 def auc_text(values, level: int) -> str:
-    """ROC-AUC with its bootstrap and DeLong intervals, or why there is none."""
+    """ROC-AUC with its Newcombe interval (the headline) and DeLong's and the bootstrap's beside it, or, for perfectly
+    separated classes, Newcombe's one-sided bound."""
     if values.get("roc_auc") is None:
         return "n/a (one class only)"
     if values.get("perfect_separation"):
-        return f"{values['roc_auc']:.3f}: the classes are perfectly separated in this set, so no interval can be estimated"
+        return (f"{values['roc_auc']:.3f}: the classes are perfectly separated in this set; "
+                f"{perfect_separation_bound(values, level)}")
     text = format_metric(values, "roc_auc")
-    if values.get("roc_auc_delong_ci_low") is not None:
-        text += f"; DeLong {level}% CI {values['roc_auc_delong_ci_low']:.3f}-{values['roc_auc_delong_ci_high']:.3f}"
+    if values.get("roc_auc_ci_low") is not None:
+        text += f" ({level}% CI, Newcombe)"
+    others = [(method, values.get(f"roc_auc_{key}_ci_low"), values.get(f"roc_auc_{key}_ci_high"))
+              for method, key in (("DeLong", "delong"), ("stratified bootstrap", "bootstrap"))]
+    others = [f"{method} {low:.3f}-{high:.3f}" for method, low, high in others if low is not None and high is not None]
+    if others:
+        text += f"; for comparison {', '.join(others)} (both too narrow below 30 cases a class)"
     return text
 
 
@@ -129,7 +151,10 @@ def classification_eval_results(
             if config_name is not None:
                 label += f" @ {'Youden ' if config_name == 'youden' else ''}threshold {values['threshold']:.3f}"
             if name == "roc_auc" and values.get("perfect_separation"):
-                label += " (perfectly separated: no interval)"
+                # Not in the "(95% CI low-high" form: the leaderboard reads that as a two-sided interval.
+                label += f" (perfectly separated; {perfect_separation_bound(values, level)})"
+            elif degenerate_interval(values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")):
+                label += f" ({DEGENERATE_INTERVAL})"
             elif values.get(f"{name}_ci_low") is not None:
                 method = values.get(f"{name}_ci_method", "").replace("-", " ")
                 label += f" ({level}% CI {values[f'{name}_ci_low']:.3f}-{values[f'{name}_ci_high']:.3f}{', ' + method if method else ''})"
@@ -167,6 +192,30 @@ def split_note(split, values) -> str:
     return " ".join(notes)
 
 
+def prevalence_text(values) -> str:
+    """The evaluated set's prevalence of malignancy, at which its PPV and NPV hold."""
+    if not values.get("n"):
+        return "n/a"
+    return f"{values.get('n_positive', 0) / values['n']:.0%} malignant ({values.get('n_positive')}/{values['n']})"
+
+
+def threshold_stability_text(values, level: int) -> str:
+    """How far the Youden threshold's choice on the validation split moves this set's sensitivity and specificity
+    (`youden_threshold_stability`'s keys in the at-Youden metrics); empty when not computed."""
+    keys = [f"{name}_range_{end}" for name in ("threshold", "sensitivity_threshold", "specificity_threshold")
+            for end in ("low", "high")]
+    if any(values.get(key) is None for key in keys):
+        return ""
+    return (
+        f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of the "
+        f"validation split moves it over {values['threshold_range_low']:.3f}-{values['threshold_range_high']:.3f} "
+        f"(central {level}%), which gives sensitivity {values['sensitivity_threshold_range_low']:.3f}-"
+        f"{values['sensitivity_threshold_range_high']:.3f} and specificity {values['specificity_threshold_range_low']:.3f}-"
+        f"{values['specificity_threshold_range_high']:.3f} on this set: the part of the operating point that is the "
+        "luck of the threshold."
+    )
+
+
 def classification_results(split_metrics, sources, plots, level=95) -> list[dict]:
     """One entry per evaluated split, held-out first, for the card's Results section."""
     results = []
@@ -181,6 +230,8 @@ def classification_results(split_metrics, sources, plots, level=95) -> list[dict
                 "n": at_half.get("n"),
                 "roc_auc": auc_text(at_half, level),
                 "youden_threshold": at_youden["threshold"],
+                "prevalence": prevalence_text(at_half),
+                "threshold_stability": threshold_stability_text(at_youden, level),
                 "rows": [
                     (METRIC_DISPLAY_NAMES[name], format_metric(at_youden, name), format_metric(at_half, name))
                     for name in THRESHOLD_METRICS

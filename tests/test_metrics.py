@@ -768,3 +768,59 @@ def test_newcombe_interval_covers_at_the_validation_split_size():
         interval = cc.newcombe_ci(labels, scores)
         hits += interval["roc_auc_ci_low"] <= true_auc <= interval["roc_auc_ci_high"]
     assert hits / 300 >= 0.90
+
+
+# ------------------------------------------------------------------ classification: power and the threshold's luck
+
+
+@pytest.mark.parametrize("auc, m, n, correlation", [(0.75, 16, 20, 0.0), (0.8, 80, 80, 0.5), (0.7, 40, 60, 0.3)])
+def test_minimum_detectable_auc_difference_has_the_stated_power(auc, m, n, correlation):
+    from statsmodels.stats.power import NormalIndPower
+
+    difference = cc.minimum_detectable_auc_difference(auc, m, n, power=0.8, alpha=0.05, correlation=correlation)
+    assert 0.0 < difference < 1.0 - auc
+
+    def hanley_mcneil(theta):  # written out from Hanley & McNeil (1982), Table/eq. 2
+        q1, q2 = theta / (2 - theta), 2 * theta**2 / (1 + theta)
+        return (theta * (1 - theta) + (m - 1) * (q1 - theta**2) + (n - 1) * (q2 - theta**2)) / (m * n)
+
+    va, vb = hanley_mcneil(auc), hanley_mcneil(auc + difference)
+    standard_error = math.sqrt(va + vb - 2 * correlation * math.sqrt(va * vb))
+    # A one-sample two-sided z test of effect size difference / SE with one observation: statsmodels' power.
+    power = NormalIndPower().power(effect_size=difference / standard_error, nobs1=1, alpha=0.05, ratio=0)
+    assert power == pytest.approx(0.8, abs=1e-6)
+    assert cc.hanley_mcneil_variance(auc, m, n) == pytest.approx(va, rel=1e-12)
+    # A larger set detects a smaller difference; 8 / 10 cases detect no gain up to AUC 1 from 0.75.
+    assert cc.minimum_detectable_auc_difference(auc, 2 * m, 2 * n, correlation=correlation) < difference
+    assert math.isnan(cc.minimum_detectable_auc_difference(0.75, 8, 10))
+
+
+def test_youden_threshold_stability_matches_an_explicit_bootstrap_loop():
+    rng = np.random.default_rng(21)
+    validation_labels = np.r_[np.ones(8, int), np.zeros(10, int)]
+    validation_scores = np.round(np.clip(rng.normal(0.45 + 0.2 * validation_labels, 0.2), 0, 1), 2)
+    labels = np.r_[np.ones(16, int), np.zeros(20, int)]
+    scores = np.round(np.clip(rng.normal(0.45 + 0.2 * labels, 0.2), 0, 1), 2)
+    result = cc.youden_threshold_stability(validation_labels, validation_scores, labels, scores, n_bootstrap=200, seed=4)
+    # The same stratified draws (positives first, then negatives), Youden's J maximised with sklearn's roc_curve.
+    draws = np.random.default_rng(4)
+    positives, negatives = validation_scores[validation_labels == 1], validation_scores[validation_labels == 0]
+    positive_draws, negative_draws = draws.integers(0, 8, (200, 8)), draws.integers(0, 10, (200, 10))
+    sensitivities, specificities = [], []
+    for p, q in zip(positive_draws, negative_draws):
+        resampled = np.r_[positives[p], negatives[q]]
+        fpr, tpr, _ = roc_curve(np.r_[np.ones(8), np.zeros(10)], resampled)
+        best = np.flatnonzero(np.isclose(tpr - fpr, (tpr - fpr).max()))[-1]  # ties: the most positives
+        called = (tpr[best], fpr[best])
+        # The chosen cut-off calls positive every resampled score at or above the lowest one it needs.
+        threshold = cc.youden_threshold(np.r_[np.ones(8, int), np.zeros(10, int)], resampled)
+        assert (np.mean(positives[p] >= threshold), np.mean(negatives[q] >= threshold)) == pytest.approx(called)
+        sensitivities.append(np.mean(scores[labels == 1] >= threshold))
+        specificities.append(np.mean(scores[labels == 0] < threshold))
+    assert result["sensitivity_threshold_range_low"] == pytest.approx(np.percentile(sensitivities, 2.5))
+    assert result["sensitivity_threshold_range_high"] == pytest.approx(np.percentile(sensitivities, 97.5))
+    assert result["specificity_threshold_range_low"] == pytest.approx(np.percentile(specificities, 2.5))
+    assert result["specificity_threshold_range_high"] == pytest.approx(np.percentile(specificities, 97.5))
+    assert result["threshold_range_low"] < result["threshold_range_high"]
+    one_class = cc.youden_threshold_stability([1, 1], [0.2, 0.3], labels, scores, n_bootstrap=10)
+    assert math.isnan(one_class["sensitivity_threshold_range_low"])

@@ -430,6 +430,49 @@ def youden_threshold(references, probabilities):
     return _threshold_below(levels, best)
 
 
+def youden_threshold_stability(
+    validation_references, validation_probabilities, references, probabilities, n_bootstrap=1000,
+    confidence_level=0.95, seed=0,
+):
+    """How much the Youden threshold, chosen on a small validation set, moves the operating point on another set.
+
+    The threshold is re-chosen (`youden_threshold`) on each of `n_bootstrap` stratified bootstrap resamples of the
+    validation set (malignant and benign cases resampled separately), and each re-chosen threshold is applied to
+    the evaluated set (`references`, `probabilities`). Returns the central `confidence_level` percentile range of
+    the thresholds and of the sensitivity and specificity they give there: dict(threshold_range_low,
+    threshold_range_high, sensitivity_threshold_range_low, ..._high, specificity_threshold_range_low, ..._high,
+    threshold_range_n_bootstrap). A range, not a confidence interval of the point estimate: it shows how much of
+    the evaluated set's sensitivity and specificity is the luck of the threshold. NaN where undefined (a class
+    absent from either set, or `n_bootstrap` 0).
+    """
+    validation_labels, validation_scores = _validated(validation_references, validation_probabilities)
+    labels, scores = _validated(references, probabilities)
+    n_bootstrap = _check_n_bootstrap(n_bootstrap)
+    confidence_level = _check_confidence_level(confidence_level)
+    keys = ("threshold", "sensitivity_threshold", "specificity_threshold")
+    results = {f"{key}_range_{end}": float("nan") for key in keys for end in ("low", "high")}
+    results["threshold_range_n_bootstrap"] = n_bootstrap
+    positive = validation_labels == 1
+    if n_bootstrap == 0 or positive.all() or not positive.any():
+        return results
+    rng = np.random.default_rng(seed)
+    positive_scores, negative_scores = validation_scores[positive], validation_scores[~positive]
+    positive_draws = _resample(rng, positive_scores.size, n_bootstrap)
+    negative_draws = _resample(rng, negative_scores.size, n_bootstrap)
+    resampled_labels = np.r_[np.ones(positive_scores.size, dtype=np.int64), np.zeros(negative_scores.size, dtype=np.int64)]
+    thresholds = np.array([
+        youden_threshold(resampled_labels, np.r_[positive_scores[p], negative_scores[n]])
+        for p, n in zip(positive_draws, negative_draws)
+    ])
+    predicted = scores[None, :] >= thresholds[:, None]
+    evaluated_positive = labels == 1
+    sensitivity = _divide(predicted[:, evaluated_positive].sum(axis=1), np.full(n_bootstrap, evaluated_positive.sum()))
+    specificity = _divide((~predicted[:, ~evaluated_positive]).sum(axis=1), np.full(n_bootstrap, (~evaluated_positive).sum()))
+    for key, values in zip(keys, (thresholds, sensitivity, specificity)):
+        results[f"{key}_range_low"], results[f"{key}_range_high"] = _percentile_interval(values, confidence_level)
+    return results
+
+
 def _threshold_below(levels, index):
     """Threshold calling levels[index:] positive: midway to the next lower level, 0.0 below the lowest."""
     if index == 0:
@@ -708,6 +751,45 @@ def newcombe_ci(references, probabilities, confidence_level=0.95):
     n_positive = int(labels.sum())
     low, high = newcombe_interval(auc, n_positive, labels.size - n_positive, confidence_level)
     return {"roc_auc": auc, "roc_auc_ci_low": low, "roc_auc_ci_high": high}
+
+
+def hanley_mcneil_variance(theta, n_positive, n_negative):
+    """Hanley & McNeil's (1982) variance of an AUC of `theta` from m positives and n negatives (exponential model):
+    [theta(1-theta) + (m-1)(Q1-theta^2) + (n-1)(Q2-theta^2)] / (mn), Q1 = theta/(2-theta), Q2 = 2theta^2/(1+theta)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    q1, q2 = theta / (2.0 - theta), 2.0 * theta**2 / (1.0 + theta)
+    m, n = n_positive, n_negative
+    return (theta * (1.0 - theta) + (m - 1) * (q1 - theta**2) + (n - 1) * (q2 - theta**2)) / (m * n)
+
+
+def auc_difference_power(difference, auc, n_positive, n_negative, alpha=0.05, correlation=0.0):
+    """Power of the two-sided paired z test (DeLong's, asymptotically) to detect AUC auc + difference against auc.
+
+    The variance of the difference is V(auc) + V(auc + difference) - 2 r sqrt(V(auc) V(auc + difference)), with
+    `hanley_mcneil_variance` at the set's sizes and r the correlation of the two AUCs (Obuchowski & McClish 1997's
+    design: r = 0 for independent readings, larger when both models rank the same cases alike).
+    """
+    other = auc + difference
+    v_a, v_b = hanley_mcneil_variance(auc, n_positive, n_negative), hanley_mcneil_variance(other, n_positive, n_negative)
+    standard_error = float(np.sqrt(v_a + v_b - 2.0 * correlation * np.sqrt(v_a * v_b)))
+    z = float(ndtri(1.0 - alpha / 2.0))
+    if standard_error == 0:
+        return 1.0 if difference != 0 else alpha
+    shift = difference / standard_error
+    return float(ndtr(shift - z) + ndtr(-shift - z))
+
+
+def minimum_detectable_auc_difference(auc, n_positive, n_negative, power=0.8, alpha=0.05, correlation=0.0):
+    """Smallest AUC gain over `auc` that a set of this size detects with `power` (two-sided `alpha`), by
+    `auc_difference_power`; NaN when even an AUC of 1 would not be detected that often (or auc is NaN)."""
+    if auc is None or not 0.0 < auc < 1.0 or n_positive < 1 or n_negative < 1:
+        return float("nan")
+    if auc_difference_power(1.0 - auc, auc, n_positive, n_negative, alpha, correlation) < power:
+        return float("nan")
+    return float(brentq(
+        lambda d: auc_difference_power(d, auc, n_positive, n_negative, alpha, correlation) - power,
+        1e-9, 1.0 - auc, xtol=1e-12,
+    ))
 
 
 # --------------------------------------------------------------------------- DeLong
