@@ -665,6 +665,30 @@ def test_missed_nodes_count_at_the_worst_case(segmentation):
     assert bs.hausdorff_distance_95(far, _square((25, 60), 0, 0, 1)) < np.hypot(25, 60)
 
 
+def test_segmentation_is_reported_in_two_parts(segmentation):
+    # 5 images with a node: 3 found (one exactly, one shifted), 1 missed (empty), 1 predicted elsewhere
+    # (no overlap: not detected either); 1 image without a node, correctly left empty.
+    shape = (40, 40)
+    references = [_square(shape, 5, 5, 10) for _ in range(5)] + [np.zeros(shape, np.uint8)]
+    predictions = [references[0], _square(shape, 5, 8, 10), references[2], np.zeros(shape, np.uint8),
+                   _square(shape, 25, 25, 10), np.zeros(shape, np.uint8)]
+    result = segmentation.compute(predictions=predictions, references=references, n_bootstrap=200)
+    assert (result["n_with_node"], result["n_detected"]) == (5, 3) and result["detection_rate"] == 0.6
+    low, high = proportion_confint(3, 5, alpha=0.05, method="beta")
+    assert result["detection_rate_ci_low"] == pytest.approx(low, abs=1e-10)
+    assert result["detection_rate_ci_high"] == pytest.approx(high, abs=1e-10)
+    assert result["per_image_detected"] == [True, True, True, False, False, None]
+    detected = [0, 1, 2]
+    for name in ("dice", "iou", "hd95"):
+        per_image = np.array(result[f"per_image_{name}"])[detected]
+        assert result[f"{name}_detected"] == pytest.approx(per_image.mean(), abs=1e-12), name
+    assert result["hd95_detected"] == pytest.approx(bs.hausdorff_distance_95(predictions[1], references[1]) / 3)
+    # The worst-case mean (misses at the image diagonal) stays, and is the larger figure.
+    assert result["hd95"] > result["hd95_detected"] and result["dice"] < result["dice_detected"]
+    none_found = segmentation.compute(predictions=[np.zeros(shape, np.uint8)], references=[references[0]], n_bootstrap=10)
+    assert none_found["detection_rate"] == 0.0 and math.isnan(none_found["hd95_detected"])
+
+
 @pytest.mark.parametrize("shift, dice, iou", [((0, 3), 0.7, 70 / 130), ((2, 3), 0.56, 56 / 144), ((0, 10), 0.0, 0.0)])
 def test_shifted_square_has_analytic_overlap(segmentation, shift, dice, iou):
     reference = _square((40, 40), 10, 10, 10)
