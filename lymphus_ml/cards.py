@@ -373,7 +373,8 @@ def classifier_card(
 def segmentation_eval_results(
     split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95, dataset_revision=None
 ):
-    """`EvalResult`s for model-index: mean Dice, IoU and HD95 over images, per evaluated split, held-out first."""
+    """`EvalResult`s for model-index, per evaluated split, held-out first: the detection rate (exact CI), Dice and HD95
+    of the detected nodes, then the worst-case means of Dice, IoU and HD95 over all images (misses at the worst)."""
     from huggingface_hub import EvalResult
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
@@ -382,14 +383,17 @@ def segmentation_eval_results(
     for split in reporting_order(split_metrics):
         metrics = split_metrics[split]
         config = external_config if split == "external" else dataset_config
-        for name in SEGMENTATION_METRICS:
+        for name in SEGMENTATION_REPORTED:
             if metrics.get(name) is None:
                 continue
-            label = f"{SEGMENTATION_DISPLAY_NAMES[name]}, mean over images"
+            label = SEGMENTATION_LABELS[name]
             if split == "validation":
                 label += " [model-selection set, optimistic]"
-            if metrics.get(f"{name}_ci_low") is not None:
-                label += f" ({level}% CI {metrics[f'{name}_ci_low']:.3f}-{metrics[f'{name}_ci_high']:.3f})"
+            method = ", clopper pearson" if name == "detection_rate" else ", bootstrap"
+            if degenerate_interval(metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")):
+                label += f" ({DEGENERATE_INTERVAL})"
+            elif metrics.get(f"{name}_ci_low") is not None:
+                label += f" ({level}% CI {metrics[f'{name}_ci_low']:.3f}-{metrics[f'{name}_ci_high']:.3f}{method})"
             eval_results.append(
                 EvalResult(
                     task_type="image-segmentation",
@@ -406,21 +410,41 @@ def segmentation_eval_results(
     return eval_results
 
 
+# The segmentation card's figures in its order: (1) detection, (2) the detected nodes, (3) worst-case means.
+SEGMENTATION_REPORTED = ("detection_rate", "dice_detected", "hd95_detected") + SEGMENTATION_METRICS
+SEGMENTATION_LABELS = {
+    "detection_rate": "Detection rate (predicted mask overlaps the expert's node)",
+    "dice_detected": "Dice of the detected nodes, mean",
+    "hd95_detected": "HD95 (pixels) of the detected nodes, mean",
+    **{name: f"{SEGMENTATION_DISPLAY_NAMES[name]}, worst-case mean over images (misses at the worst)"
+       for name in SEGMENTATION_METRICS},
+}
+
+
+def detection_text(metrics) -> str:
+    """The detection rate as "k/n = rate (CI)" (n/a when no expert mask has a node)."""
+    if metrics.get("detection_rate") is None:
+        return "n/a"
+    return f"{metrics.get('n_detected')}/{metrics.get('n_with_node')} = {format_metric(metrics, 'detection_rate')}"
+
+
+def segmentation_row(title, metrics) -> list[str]:
+    """One row of the card's results table: n, detection, detected Dice and HD95, worst-case Dice, IoU, HD95, misses."""
+    worst = [format_metric(metrics, name) for name in SEGMENTATION_METRICS]
+    worst[-1] += f" (n={metrics.get('n_hd95_defined')})"
+    return ([title, str(metrics.get("n_images")), detection_text(metrics), format_metric(metrics, "dice_detected"),
+             format_metric(metrics, "hd95_detected")] + worst + [missed_text(metrics)])
+
+
 def segmentation_result_rows(split_metrics, sources) -> list[list[str]]:
     """Rows of the card's results table: per split, then per centre when the split mixes centres."""
     rows = []
     for split in reporting_order(split_metrics):
         metrics = split_metrics[split]
-        values = [format_metric(metrics, name) for name in SEGMENTATION_METRICS]
-        values[-1] += f" (n={metrics.get('n_hd95_defined')})"
         title = "validation (model selection, optimistic)" if split == "validation" else split
-        rows.append([f"{title} ({sources.get(split, split)})", str(metrics.get("n_images"))] + values + [missed_text(metrics)])
+        rows.append(segmentation_row(f"{title} ({sources.get(split, split)})", metrics))
         for centre, by_centre in (metrics.get("by_centre") or {}).items():
-            rows.append(
-                [f"{split}, {centre} only", str(by_centre.get("n_images"))]
-                + [format_metric(by_centre, name) for name in SEGMENTATION_METRICS]
-                + [missed_text(by_centre)]
-            )
+            rows.append(segmentation_row(f"{split}, {centre} only", by_centre))
     return rows
 
 
