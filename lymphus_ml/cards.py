@@ -86,14 +86,18 @@ def auc_text(values, level: int) -> str:
     if values.get("perfect_separation"):
         return (f"{values['roc_auc']:.3f}: the classes are perfectly separated in this set; "
                 f"{perfect_separation_bound(values, level)}")
-    text = format_metric(values, "roc_auc")
-    if values.get("roc_auc_ci_low") is not None:
-        text += f" ({level}% CI, Newcombe)"
+    low, high = values.get("roc_auc_ci_low"), values.get("roc_auc_ci_high")
+    if low is None or high is None:
+        text = format_metric(values, "roc_auc")
+    else:
+        text = f"{values['roc_auc']:.3f} ({level}% CI {low:.3f}-{high:.3f}, Newcombe)"
     others = [(method, values.get(f"roc_auc_{key}_ci_low"), values.get(f"roc_auc_{key}_ci_high"))
               for method, key in (("DeLong", "delong"), ("stratified bootstrap", "bootstrap"))]
     others = [f"{method} {low:.3f}-{high:.3f}" for method, low, high in others if low is not None and high is not None]
     if others:
-        text += f"; for comparison {', '.join(others)} (both too narrow below 30 cases a class)"
+        text += f"; for comparison {', '.join(others)}"
+        if values.get("small_sample"):
+            text += " (too narrow below 30 cases a class: see the README's coverage table)"
     return text
 
 
@@ -206,6 +210,13 @@ def threshold_stability_text(values, level: int) -> str:
             for end in ("low", "high")]
     if any(values.get(key) is None for key in keys):
         return ""
+    if values["threshold_range_low"] == values["threshold_range_high"]:
+        return (
+            f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of "
+            f"the validation split gave {values['threshold_range_low']:.3f} in the central {level}% of them: the "
+            "operating point on this set does not hinge on the luck of the threshold (small validation sets can "
+            "still hide a larger spread)."
+        )
     return (
         f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of the "
         f"validation split moves it over {values['threshold_range_low']:.3f}-{values['threshold_range_high']:.3f} "

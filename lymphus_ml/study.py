@@ -183,7 +183,7 @@ def detectable_difference_text(info, reference_auc) -> str:
     if reference_auc is None or not 0.0 < reference_auc < 1.0:
         return f"{info['display_name']}: n/a (the reference model's AUC is {reference_auc if reference_auc is not None else 'undefined'})"
     values = detectable_difference(info["n_positive"], info["n_negative"], reference_auc)
-    cells = [f"{value:+.3f} at r = {key.split('=')[1]}" if value is not None else f"none up to AUC 1 at r = {key.split('=')[1]}"
+    cells = [f"{value:+.3f} at r = {key.split('=')[1]}" if value is not None else f"not even AUC 1 at r = {key.split('=')[1]}"
              for key, value in values.items()]
     return f"{info['display_name']} ({info['n_positive']} malignant / {info['n_negative']} benign, reference AUC {reference_auc:.3f}): {', '.join(cells)}"
 
