@@ -68,6 +68,11 @@ def test_card_reports_held_out_sets_first_and_labels_validation(full_model):
     assert all(set(r.metric_args or {}) <= {"threshold"} for r in results)
     assert {"roc_auc", "recall", "precision", "accuracy", "f1", "specificity"} <= {r.metric_type for r in results}
     assert card.data.license == "other" and card.data.license_name == cards.LYMPHUS_DATA_LICENSE["license_name"]
+    # The threshold's luck: the range of sensitivity and specificity it gives on each held-out set, in JSON and card.
+    test = json.loads((full_model / "metrics_test.json").read_text())["at_youden"]
+    assert test["sensitivity_threshold_range_low"] <= test["sensitivity_threshold_range_high"]
+    assert test["threshold_range_n_bootstrap"] > 0 and "Re-choosing the Youden threshold" in text
+    assert "the PPV and NPV below hold at this prevalence only" in text and "Newcombe" in text
 
 
 def test_card_licence_is_the_users_else_the_base_models_else_the_data_terms():
