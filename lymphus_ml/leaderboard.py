@@ -88,6 +88,8 @@ def row_from_metrics_files(metrics: dict, source="") -> dict:
         at_half = metrics[split]["at_0.5"]
         for suffix in ("", "_ci_low", "_ci_high"):
             row[f"{split}_auc{suffix}"] = number(at_half.get(f"roc_auc{suffix}"))
+        if at_half.get("perfect_separation"):  # Newcombe's one-sided bound is not a two-sided interval to tabulate
+            row[f"{split}_auc_ci_low"] = row[f"{split}_auc_ci_high"] = None
     for split in THRESHOLD_SPLITS:
         at_youden = metrics[split]["at_youden"]
         for name in LEADERBOARD_THRESHOLD_METRICS:
