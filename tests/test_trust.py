@@ -232,7 +232,7 @@ def test_predict_reports_an_unreadable_file_and_still_writes_the_good_ones(full_
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode != 0 and "Traceback" not in completed.stderr
-    assert "1 of 3 image(s) could not be predicted" in completed.stderr and "c_broken.png" in completed.stderr
+    assert "1 of 3 file(s) could not be predicted" in completed.stderr and "c_broken.png" in completed.stderr
     rows = {Path(row["file"]).name: row for row in read_csv(tmp_path / "out" / "predictions.csv")}
     assert set(rows) == {"a_good.png", "b_sixteen_bit.png", "c_broken.png"}
     assert rows["a_good.png"]["status"] == rows["b_sixteen_bit.png"]["status"] == "ok"
