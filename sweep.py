@@ -26,9 +26,10 @@ from those repos (it says which runs are still running or failed):
 Outputs in --output_dir:
   leaderboard.csv          one row per run: model, seed, ROI, validation / test / external AUC with CIs, sensitivity
                            and specificity at the validation threshold, run folder or Hub repo, exit status, error
-  leaderboard.md           per model: mean ± SD across seeds (ddof=1) and the AUC of the seeds' averaged predictions
-                           with its DeLong CI; every run; failed runs with the end of their log
-  forest_external_auc.png  external AUC and CI per run, grouped by model, with the seed-averaged estimate
+  leaderboard.md           per model: mean ± SD across seeds (ddof=1), the figure to quote; apart from it, the AUC
+                           of the seeds' averaged predictions (an ensemble no run saved) with its DeLong CI; every
+                           run; failed runs with the end of their log
+  forest_external_auc.png  external AUC and CI per run, grouped by model, with the mean across seeds (± 1 SD)
   runs/<model>/seed<k>/    each run's train_vit.py outputs, train_vit.log and sweep_run.json
   sweep.json               the settings every run shares (a re-run with other settings is refused)
 

@@ -1,5 +1,6 @@
 """Leaderboards over several train_vit.py runs (models x seeds): one row per run, per model the mean ± SD across
-seeds and the AUC of the seeds' averaged predictions, and a forest plot of external AUC.
+seeds (the figure to quote), apart from it the AUC of the seeds' averaged predictions (an ensemble no run saved), and
+a forest plot of external AUC whose diamond is the mean across seeds.
 
 A run's numbers come from its `metrics_<split>.json` files (a local run folder, or files downloaded from its Hub
 repo) or, when those are absent, from the `model-index` of its model card; its predictions from `predictions.csv`.
@@ -257,21 +258,35 @@ def format_spread(entry, n_finished) -> str:
     return f"{text} (n=1)" if entry["n"] == 1 else text
 
 
-def summary_table(summary, averaged) -> list[str]:
+def summary_table(summary) -> list[str]:
+    """Per model: the mean ± SD across its finished runs, the figure to quote for a single run of that model."""
     header = ["model", "finished runs", *[SUMMARY_LABELS[m] for m in SUMMARY_METRICS]]
-    header += [f"seed-averaged {split} AUC (CI)" for split in AVERAGED_SPLITS]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for slug, entry in summary.items():
         cells = [f"`{slug}`", f"{entry['n_finished']}/{entry['n_runs']}"]
         cells += [format_spread(entry[metric], entry["n_finished"]) for metric in SUMMARY_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def ensemble_table(averaged) -> list[str]:
+    """Per model: the AUC of the seeds' averaged predictions with its DeLong CI. An ensemble no run saved, so no one
+    can download it; it usually reads above a single run's AUC, so it is kept apart from the per-model means."""
+    header = ["model", "seeds", *[f"ensemble {split} AUC (CI)" for split in AVERAGED_SPLITS]]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for slug, results in averaged.items():
+        present = [result for result in results.values() if result is not None]
+        if not present:
+            continue
+        cells = [f"`{slug}`", str(present[0]["n_seeds"])]
         for split in AVERAGED_SPLITS:
-            result = averaged.get(slug, {}).get(split)
+            result = results.get(split)
             cells.append(
                 "–" if result is None
                 else format_value(result["roc_auc"], result.get("roc_auc_ci_low"), result.get("roc_auc_ci_high"))
             )
         lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return lines if len(lines) > 2 else []
 
 
 def runs_table(rows) -> list[str]:
@@ -326,43 +341,52 @@ def leaderboard_markdown(rows, summary, averaged, settings: dict, forest_plot: s
         n_runs=len(rows),
         status_counts=", ".join(f"{n} {status}" for status, n in counts.items()),
         level=f"{levels.pop():.0%}" if len(levels) == 1 else "95%",
-        summary_table=summary_table(summary, averaged),
+        summary_table=summary_table(summary),
+        ensemble_table=ensemble_table(averaged),
         forest_plot=forest_plot,
         runs_table=runs_table(rows),
         problems=problem_runs(rows),
     )
 
 
-def plot_forest(rows, averaged, path, split="external") -> Path:
-    """Forest plot of `split` AUC: per model, one line per run (point and CI) then the seed-averaged estimate."""
+def forest_entries(rows, summary, split="external") -> list[tuple]:
+    """(label, auc, low, high, is_model_mean, status) per line of the forest plot: each run with its CI, then the
+    model's mean across its finished runs with a bar of ± 1 SD (the spread a new run of that model can expect)."""
+    name = f"{split}_auc"
+    entries = []
+    for slug in dict.fromkeys(row["model_slug"] for row in rows):
+        for row in [row for row in rows if row["model_slug"] == slug]:
+            entries.append((f"{slug} · seed {row['seed']}", row.get(name), row.get(f"{name}_ci_low"),
+                            row.get(f"{name}_ci_high"), False, row["status"]))
+        spread = summary.get(slug, {}).get(name) or {}
+        if spread.get("mean") is not None:
+            sd = spread["sd"] or 0.0
+            entries.append((f"{slug} · mean of {spread['n']} run(s)", spread["mean"], max(0.0, spread["mean"] - sd),
+                            min(1.0, spread["mean"] + sd), True, "finished"))
+    return entries
+
+
+def plot_forest(rows, summary, path, split="external") -> Path:
+    """Forest plot of `split` AUC: per model, one line per run (point and CI), then the mean across runs (diamond)."""
     from lymphus_ml.plots import agg_pyplot
 
     plt = agg_pyplot()
-    entries = []  # (label, auc, low, high, averaged?)
-    for slug in dict.fromkeys(row["model_slug"] for row in rows):
-        for row in [row for row in rows if row["model_slug"] == slug]:
-            name = f"{split}_auc"
-            entries.append((f"{slug} · seed {row['seed']}", row.get(name), row.get(f"{name}_ci_low"),
-                            row.get(f"{name}_ci_high"), False, row["status"]))
-        result = averaged.get(slug, {}).get(split)
-        if result is not None:
-            entries.append((f"{slug} · seeds averaged", result["roc_auc"], result.get("roc_auc_ci_low"),
-                            result.get("roc_auc_ci_high"), True, "finished"))
+    entries = forest_entries(rows, summary, split)
     figure, axes = plt.subplots(figsize=(7, 1.2 + 0.35 * len(entries)), dpi=100)
     lows = [value for entry in entries for value in entry[1:3] if value is not None]
     left = max(0.0, min(lows + [0.5]) - 0.05)
-    for position, (label, auc, low, high, is_average, status) in enumerate(entries):
+    for position, (label, auc, low, high, is_mean, status) in enumerate(entries):
         y = len(entries) - 1 - position
         if auc is None:
             axes.text(left + 0.01, y, status, va="center", fontsize=8, color="grey")
             continue
-        color = "black" if is_average else "tab:blue"
+        color = "black" if is_mean else "tab:blue"
         if low is not None and high is not None:
-            axes.plot([low, high], [y, y], color=color, lw=2 if is_average else 1.2)
-        axes.plot([auc], [y], "D" if is_average else "o", color=color, markersize=7 if is_average else 5)
+            axes.plot([low, high], [y, y], color=color, lw=2 if is_mean else 1.2)
+        axes.plot([auc], [y], "D" if is_mean else "o", color=color, markersize=7 if is_mean else 5)
     axes.axvline(0.5, ls="--", color="grey", lw=1)
     axes.set_yticks(range(len(entries)), [entry[0] for entry in reversed(entries)], fontsize=8)
-    xlabel = f"{split} ROC-AUC (runs: bootstrap CI; seeds averaged: DeLong CI)"
+    xlabel = f"{split} ROC-AUC (runs: their 95% CI as train_vit.py reports it; diamond: mean across runs ± 1 SD)"
     axes.set(xlim=(left, 1.0), ylim=(-0.7, len(entries) - 0.3), xlabel=xlabel,
              title=f"{split.capitalize()} ROC-AUC per run and model")
     figure.tight_layout()
@@ -379,7 +403,7 @@ def write_leaderboard(output_dir, rows, predictions, settings, metric_path=CLINI
     write_leaderboard_csv(output_dir / "leaderboard.csv", rows)
     forest_plot = "forest_external_auc.png"
     partial = output_dir / f".partial-{forest_plot}"
-    plot_forest(rows, averaged, partial)
+    plot_forest(rows, summary, partial)
     os.replace(partial, output_dir / forest_plot)
     markdown = leaderboard_markdown(rows, summary, averaged, settings, forest_plot)
     write_text_atomic(output_dir / "leaderboard.md", markdown)
