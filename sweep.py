@@ -58,23 +58,21 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
-from datetime import datetime
 from pathlib import Path
 
 from lymphus_ml.cli import DEBUG_FLAG, argument_parser, run
 from lymphus_ml.hub import (
     HubJobArguments,
-    check_hub_job_request,
-    job_script_args,
-    launch_job,
     boolean_flag,
+    is_option,
+    job_script_args,
     option_name,
     option_names,
     refuse_token_values,
     resolve_hub_token,
     without_boolean_flag,
 )
-from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files, write_leaderboard, write_text_atomic
+from lymphus_ml.leaderboard import row_from_metrics_files, write_leaderboard, write_text_atomic
 from lymphus_ml.runs import (
     RUN_SPLITS,
     TRAIN_VIT_SCRIPT,
@@ -86,6 +84,14 @@ from lymphus_ml.runs import (
     script_option_names,
     stop_scripts_on_signals,
 )
+from lymphus_ml.sweep_jobs import (
+    JOBS_FILE,
+    check_launch_request,
+    hub_run_row,
+    launch_runs,
+    read_config_file,
+    read_jobs,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -94,11 +100,7 @@ RUN_MARKER = "sweep_run.json"
 LOCK_FILE = ".sweep.lock"  # one sweep per --output_dir at a time (runs.folder_lock)
 RUN_LOG = "train_vit.log"
 RESULT_FILES = tuple(f"metrics_{split}.json" for split in RUN_SPLITS) + ("predictions.csv",)
-JOB_FAILED_STAGES = ("ERROR", "CANCELED", "DELETED")
-JOB_ACTIVE_STAGES = ("RUNNING", "SCHEDULING")
 HUB_REPO_NAME_LIMIT = 96
-# Forwarded options whose value train_vit.py reads as a file or folder (or a Hub id): a Hub Job cannot read a local one.
-READ_PATH_OPTION = re.compile(r"(name_or_path|_path|_name|_json|_config|resume_from_checkpoint|deepspeed)$")
 
 # Options sweep.py sets for each run: refused among the options forwarded to train_vit.py.
 MANAGED_OPTIONS = {
@@ -242,11 +244,6 @@ def check_forwarded_options(forwarded, own_options):
             )
 
 
-def is_option(argument) -> bool:
-    """`--name`, `--name=value`, `-x`; not a value such as -1 or -0.5."""
-    return re.match(r"-[^\d.]", argument) is not None
-
-
 def check_train_vit_options(forwarded, own_options):
     """Every forwarded option must be one of train_vit.py's (read from its --help): a misspelt one, a token option
     above all, never reaches a run's command, a Job or a file. Names the option, never its value."""
@@ -357,7 +354,7 @@ def sweep_settings(sweep_args, forwarded) -> dict:
 def has_started_runs(output_dir) -> bool:
     markers = output_dir.glob(f"runs/*/*/{RUN_MARKER}")
     finished = any(read_run_marker(path.parent).get("status") == "finished" for path in markers)
-    return finished or (output_dir / "jobs.json").is_file()
+    return finished or (output_dir / JOBS_FILE).is_file()
 
 
 def prepare_output_dir(output_dir, settings, compare=True) -> dict:
@@ -399,6 +396,13 @@ def train_vit_arguments(sweep_run, sweep_args, forwarded, run_output_dir, inline
     if sweep_args.hub_model_id_prefix:
         arguments += ["--hub_model_id", sweep_run.repo_id(sweep_args.hub_model_id_prefix)]
     return arguments + list(forwarded)
+
+
+def job_commands(runs, sweep_args, forwarded) -> dict[str, list[str]]:
+    """Each run's train_vit.py command line in its Hub Job: it pushes to the run's repo, a config file sent inline."""
+    return {sweep_run.key: train_vit_arguments(sweep_run, sweep_args, ["--push_to_hub", *forwarded],
+                                               f"{sweep_run.slug}-seed{sweep_run.seed}", inline_config=True)
+            for sweep_run in runs}
 
 
 def read_run_marker(folder) -> dict:
@@ -523,152 +527,6 @@ def check_run_request(sweep_args, job_args, forwarded):
                          "(or --collect to read them).")
 
 
-def check_launch_request(sweep_args, runs, forwarded, token):
-    """A Hub Job reads nothing local: a Hub dataset, Hub (or config) models, a repo per run, a token."""
-    if sweep_args.dataset_name is None:
-        raise ValueError("--launch_on_hub needs --dataset_name: the dataset's Hub id (`python lymphus.py push`).")
-    check_hub_job_request(sweep_args.dataset_name, True, token)
-    if not sweep_args.hub_model_id_prefix or "/" not in sweep_args.hub_model_id_prefix:
-        raise ValueError(
-            "--launch_on_hub needs --hub_model_id_prefix USER/NAME: each run pushes to USER/NAME-<model>-seed<k>."
-        )
-    local = [item.model for item in runs if item.option == "--model_name_or_path" and Path(item.model).exists()]
-    if local:
-        raise ValueError(
-            f"--models {local[0]} is a local folder, which a Hub Job cannot read: push it and give its Hub id."
-        )
-    for config in dict.fromkeys(item.model for item in runs if item.option == "--model_config_json"):
-        read_config_file(config)  # sent inline: every one must read before the first Job is submitted
-    for name, value in option_values(forwarded):
-        if READ_PATH_OPTION.search(name) and Path(value).expanduser().exists():
-            raise ValueError(
-                f"{name} {value} is a local path, which a Hub Job cannot read: push it to the Hub and give its id."
-            )
-
-
-def option_values(forwarded) -> list[tuple[str, str]]:
-    """(option, value) of every `--name value` and `--name=value` among forwarded arguments."""
-    pairs = []
-    for index, argument in enumerate(forwarded):
-        if not is_option(argument):
-            continue
-        if "=" in argument:
-            pairs.append((option_name(argument), argument.split("=", 1)[1]))
-        elif index + 1 < len(forwarded) and not is_option(forwarded[index + 1]):
-            pairs.append((option_name(argument), forwarded[index + 1]))
-    return pairs
-
-
-def read_config_file(path) -> dict:
-    """A --models .json config: a JSON object with "model_type" (train_vit.py builds the model from it)."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--models {path} is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise ValueError(f'--models {path} is not a model config: a JSON object with "model_type" is needed.')
-    return config
-
-
-def read_jobs(output_dir) -> dict:
-    path = output_dir / "jobs.json"
-    return json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
-
-
-def job_stage(api, job) -> tuple[str, str | None, datetime | None]:
-    """(stage, message, created_at) of a recorded job: COMPLETED, ERROR, RUNNING, ... or UNKNOWN when the Hub cannot
-    say (then the creation time recorded at launch)."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    recorded = datetime.fromisoformat(job["created_at"]) if job.get("created_at") else None
-    try:
-        info = api.inspect_job(job_id=job["job_id"], namespace=job.get("namespace"))
-    except HfHubHTTPError as error:
-        return "UNKNOWN", str(error).splitlines()[0], recorded
-    status = info.status
-    stage = getattr(status.stage, "value", status.stage) if status is not None else "UNKNOWN"
-    return str(stage), getattr(status, "message", None), info.created_at or recorded
-
-
-def launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token) -> dict:
-    """One Hub Job per run not already submitted (or whose job failed); jobs.json is rewritten after each submission."""
-    from huggingface_hub import HfApi
-
-    api, jobs = HfApi(token=token), read_jobs(output_dir)
-    for sweep_run in runs:
-        recorded = jobs.get(sweep_run.key)
-        if recorded is not None:
-            stage, _, _ = job_stage(api, recorded)
-            if stage not in JOB_FAILED_STAGES:
-                logger.info(f"{sweep_run.key}: job {recorded['job_id']} already submitted ({stage}); not resubmitted.")
-                continue
-            logger.info(f"{sweep_run.key}: job {recorded['job_id']} ended {stage}; submitting it again.")
-        job_output_dir = f"{sweep_run.slug}-seed{sweep_run.seed}"
-        arguments = train_vit_arguments(
-            sweep_run, sweep_args, ["--push_to_hub", *forwarded], job_output_dir, inline_config=True
-        )
-        job = launch_job(TRAIN_VIT_SCRIPT, arguments, job_args.launch_on_hub, token,
-                         timeout=job_args.job_timeout, namespace=job_args.job_namespace)
-        owner = getattr(job, "owner", None)
-        jobs[sweep_run.key] = {
-            "model": sweep_run.model, "model_slug": sweep_run.slug, "seed": sweep_run.seed,
-            "repo_id": sweep_run.repo_id(sweep_args.hub_model_id_prefix), "job_id": job.id, "job_url": job.url,
-            "namespace": getattr(owner, "name", None) or job_args.job_namespace, "flavor": job_args.launch_on_hub,
-            "created_at": job.created_at.isoformat() if getattr(job, "created_at", None) else None,
-        }
-        write_text_atomic(output_dir / "jobs.json", json.dumps({"runs": jobs}, indent=2) + "\n")
-    logger.info(f"{len(jobs)} jobs recorded in {output_dir / 'jobs.json'}; when they are done: "
-                f"python sweep.py --collect --output_dir {output_dir}")
-    return jobs
-
-
-def hub_run_results(repo_id, token, revision=None):
-    """(leaderboard fields, predictions) of a run's Hub repo at `revision`, or None while it has no predictions.csv.
-
-    The metrics files are preferred; without them the model card's model-index gives the AUCs (and CIs if it has them).
-    """
-    from huggingface_hub import ModelCard, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
-    def download(filename):
-        return hf_hub_download(repo_id, filename, revision=revision, token=token)
-
-    try:
-        predictions = read_run_predictions(download("predictions.csv"))
-    except (RepositoryNotFoundError, EntryNotFoundError):
-        return None
-    metrics = {}
-    try:
-        for split in RUN_SPLITS:
-            metrics[split] = json.loads(Path(download(f"metrics_{split}.json")).read_text())
-    except EntryNotFoundError:
-        metrics = None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{repo_id}: metrics_{split}.json is not valid JSON: {error}") from None
-    if metrics is not None:
-        return row_from_metrics_files(metrics, source=f"{repo_id}: "), predictions
-    try:
-        card = ModelCard.load(download("README.md"))
-    except EntryNotFoundError:
-        return {}, predictions
-    return row_from_eval_results(card.data.eval_results), predictions
-
-
-def latest_commit(api, repo_id):
-    """(sha, date) of the repo's latest commit, or None when the repo does not exist (yet)."""
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        info = api.model_info(repo_id)
-    except RepositoryNotFoundError:
-        return None
-    return info.sha, info.last_modified
-
-
-def is_complete(results) -> bool:
-    return results is not None and all(results[0].get(f"{split}_auc") is not None for split in RUN_SPLITS)
-
-
 def collect_runs(sweep_args, output_dir) -> list[SweepRun]:
     """The runs to collect: --models/--seeds/--hub_model_id_prefix, else those jobs.json recorded at launch."""
     if sweep_args.models:
@@ -680,62 +538,25 @@ def collect_runs(sweep_args, output_dir) -> list[SweepRun]:
     jobs = read_jobs(output_dir)
     if not jobs:
         raise FileNotFoundError(
-            f"{output_dir / 'jobs.json'} not found: give --models, --seeds and --hub_model_id_prefix to say which "
+            f"{output_dir / JOBS_FILE} not found: give --models, --seeds and --hub_model_id_prefix to say which "
             "repos to collect."
         )
     return [SweepRun(job["model"], job["model_slug"], int(job["seed"])) for job in jobs.values()]
 
 
 def collect_from_hub(runs, sweep_args, output_dir, token) -> tuple[list, dict]:
-    """(rows, predictions) from each run's repo.
-
-    A run of jobs.json is finished only when its Job COMPLETED and the repo's latest commit is newer than the Job:
-    results committed before it (an earlier sweep's, under the same names) are never shown as this sweep's. Runs
-    named by --models without a recorded Job are read as their repos stand (the commit is in `hub_commit`).
-    """
+    """(rows, predictions) from each run's repo; a run of jobs.json only from what its own Job pushed (hub_run_row)."""
     from huggingface_hub import HfApi
 
     api, jobs, rows, predictions = HfApi(token=token), read_jobs(output_dir), [], {}
     for sweep_run in runs:
-        job = jobs.get(sweep_run.key)
-        prefix = sweep_args.hub_model_id_prefix
+        job, prefix = jobs.get(sweep_run.key), sweep_args.hub_model_id_prefix
         repo_id = sweep_run.repo_id(prefix) if prefix else job["repo_id"]
-        row = {**base_row(sweep_run), "hub_repo": repo_id, "job_id": job["job_id"] if job else None}
-        commit = latest_commit(api, repo_id)
-        if commit is not None:
-            row["hub_commit"] = commit[0]
-        if job is None:
-            results = hub_run_results(repo_id, token, commit[0]) if commit else None
-            if is_complete(results):
-                row.update(results[0], status="finished")
-                predictions[sweep_run.key] = results[1]
-            else:
-                row.update(status="not found", error=f"{repo_id} has no results yet (still running or failed)")
-            rows.append(row)
-            continue
-        stage, message, created_at = job_stage(api, job)
-        detail = f"job {job['job_id']} {stage}" + (f": {message}" if message else "")
-        where = f" ({job['job_url']})" if job.get("job_url") else ""
-        fresh = commit is not None and created_at is not None and commit[1] is not None and commit[1] > created_at
-        stale = "" if commit is None or fresh else (
-            f"; {repo_id} holds only what was committed before this job was created (commit {commit[0][:8]}"
-            + (f" of {commit[1]:%Y-%m-%d %H:%M} UTC" if commit[1] else "") + "): not this sweep's results, not shown"
-        )
-        if stage == "COMPLETED" and fresh:
-            results = hub_run_results(repo_id, token, commit[0])
-            if is_complete(results):
-                row.update(results[0], status="finished")
-                predictions[sweep_run.key] = results[1]
-            else:
-                row.update(status="failed", error=f"{detail}, but {repo_id} has no complete results{where}")
-        elif stage in JOB_ACTIVE_STAGES:
-            row.update(status="running", error=f"{detail}{stale}{where}")
-        elif stage == "UNKNOWN":
-            row.update(status="unknown", error=f"{detail}{stale}{where}")
-        else:  # ERROR, CANCELED, DELETED, or COMPLETED without pushing anything new
-            pushed = "" if stage != "COMPLETED" else f"; it pushed no results to {repo_id}"
-            row.update(status="failed", error=f"{detail}{pushed}{stale}{where}")
-        rows.append(row)
+        hub_fields, run_predictions = hub_run_row(api, repo_id, job, token)
+        rows.append({**base_row(sweep_run), "hub_repo": repo_id, "job_id": job["job_id"] if job else None,
+                     **hub_fields})
+        if run_predictions is not None:
+            predictions[sweep_run.key] = run_predictions
     return rows, predictions
 
 
@@ -781,10 +602,11 @@ def main(args=None):
     if job_args.launch_on_hub:
         forwarded = without_boolean_flag(forwarded, "--push_to_hub")  # every Job pushes: the same settings either way
         token = resolve_hub_token(sweep_args.hub_token)
-        check_launch_request(sweep_args, runs, forwarded, token)
+        check_launch_request(sweep_args.dataset_name, sweep_args.hub_model_id_prefix, runs, forwarded, token)
         with folder_lock(output_dir, LOCK_FILE, "sweep.py"):
             prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
-            return launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token)
+            commands = job_commands(runs, sweep_args, forwarded)
+            return launch_runs(runs, commands, job_args, output_dir, token, sweep_args.hub_model_id_prefix)
 
     # Local runs, skipping those already finished; one sweep per folder at a time
     with folder_lock(output_dir, LOCK_FILE, "sweep.py"):

@@ -166,6 +166,11 @@ def option_name(argument: str) -> str:
     return "--" + argument.split("=", 1)[0].lstrip("-").replace("-", "_")
 
 
+def is_option(argument) -> bool:
+    """`--name`, `--name=value`, `-x`; not a value such as -1 or -0.5."""
+    return re.match(r"-[^\d.]", argument) is not None
+
+
 BOOLEAN_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
                  "false": False, "f": False, "no": False, "n": False, "0": False}
 
