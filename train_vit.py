@@ -478,7 +478,7 @@ def where_the_model_looks(model, evaluation_sets, data_args, image_processor, cl
     case (by share of saliency in the node) go to saliency_<split>.png with the controls' maps. The sets cropped
     with a segmenter's masks are left out: the expert mask is the reference.
     """
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     transform = evaluation_transform(model, image_processor, data_args.roi, data_args.roi_margin)
     explained = "predicted" if data_args.saliency_target == "predicted" else data_args.positive_label
     options = (
@@ -532,7 +532,10 @@ def where_the_model_looks(model, evaluation_sets, data_args, image_processor, cl
             f"{summary['controls']['all_reinitialised']['energy_in_node_mean']:.2f}); peak in the node for "
             f"{summary['pointing_game_hit_rate']:.2f}; {of_set}"
         )
-    logger.info(f"Saliency: {cases} cases x 3 models in {time.perf_counter() - started:.1f} s")
+    logger.info(
+        f"Saliency: {cases} cases x 3 models in {time.perf_counter() - started:.1f} s "
+        f"(CPU {time.process_time() - started_cpu:.1f} s)"
+    )
     return summaries
 
 
