@@ -277,7 +277,7 @@ def test_a_model_beats_its_randomised_controls_only_when_it_learned_the_node(cue
     share in the node exceeds the all-weights-re-initialised control's (paired interval above 0); the marker model
     exceeds neither control. (The head-re-initialised control keeps the trained features, which read the node: at
     this grid the node model's excess over it is not significant; it is reported, not asserted.)"""
-    cue, model, images, masks, labels = cue_model
+    cue, model, images, masks, _ = cue_model
     inputs = pixel_values(images)
     with torch.no_grad():
         predicted = model(pixel_values=inputs).logits.argmax(1)
