@@ -55,6 +55,7 @@ uploads only what this run wrote.
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,12 +99,12 @@ from lymphus_ml.images import (
 from lymphus_ml.plots import plot_confusion_matrix, plot_roc
 from lymphus_ml.runs import PREDICTION_COLUMNS, write_run_predictions
 from lymphus_ml.saliency import (
+    CONTROLS,
     SALIENCY_METHODS,
     model_inputs_with_masks,
     plot_saliency_cases,
-    saliency_maps,
-    saliency_scores,
-    saliency_summary,
+    saliency_with_controls,
+    stratified_sample,
 )
 from lymphus_ml.training import (
     CheckpointArguments,
@@ -177,10 +178,35 @@ class DataTrainingArguments(LymphUsDataArguments):
         default="occlusion",
         metadata={
             "help": "Where the model looks, scored against the expert masks on every evaluated set: occlusion "
-            "(any model), integrated_gradients, or none. Saliency of the positive class's log-odds; the share in "
-            "the node and the pointing game, with CIs, go to metrics_<split>.json and the card.",
+            "(any model), integrated_gradients, or none. The share of saliency in the node and the pointing game, "
+            "beside the same scores of two randomised controls (classifier head re-initialised; all weights "
+            "re-initialised, seeded by --seed) and the model's paired excess over each, with CIs, go to "
+            "metrics_<split>.json and the card.",
             "choices": ["none", *SALIENCY_METHODS],
         },
+    )
+    saliency_target: str = field(
+        default="predicted",
+        metadata={
+            "help": "The class whose log-odds the saliency explains: predicted (the model's top class, per case) or "
+            "positive (--positive_label on every case). The controls explain the same class per case.",
+            "choices": ["predicted", "positive"],
+        },
+    )
+    saliency_max_cases: int = field(
+        default=24,
+        metadata={
+            "help": "Saliency on a sample of at most this many cases per evaluated set, stratified by label and "
+            "seeded by --seed; 0: every case."
+        },
+    )
+    saliency_window: float = field(
+        default=0.25, metadata={"help": "Occlusion window, as a fraction of the model input's height and width."}
+    )
+    saliency_stride: float = field(
+        default=0.25,
+        metadata={"help": "Occlusion stride, as a fraction of the input (0.25 with --saliency_window 0.25: a 4 x 4 "
+                          "grid of windows, 17 forward passes per map)."},
     )
 
     def __post_init__(self):
@@ -192,6 +218,11 @@ class DataTrainingArguments(LymphUsDataArguments):
             )
         if not 0.0 <= self.roi_margin <= 2.0:
             raise ValueError(f"--roi_margin {self.roi_margin} is outside [0, 2] (it is a fraction of the box size).")
+        if self.saliency_max_cases < 0:
+            raise ValueError(f"--saliency_max_cases {self.saliency_max_cases} is negative (0: every case).")
+        for name in ("saliency_window", "saliency_stride"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name} {getattr(self, name)} is outside (0, 1] (a fraction of the model input).")
 
 
 @dataclass
@@ -447,32 +478,90 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
     return split_metrics, plots, prediction_rows
 
 
-def where_the_model_looks(model, evaluation_sets, data_args, image_processor, positive_index, output_dir) -> dict:
-    """{split: saliency summary + figure}: saliency maps of the evaluated sets scored against the expert masks.
+def where_the_model_looks(model, evaluation_sets, data_args, image_processor, class_names, positive_index, seed,
+                          output_dir) -> dict:
+    """{split: saliency summary + figure}: saliency maps of the evaluated sets scored against the expert masks,
+    beside two randomised controls (`saliency_with_controls`).
 
-    Each split's best, median and worst case (by share of saliency in the node) go to saliency_<split>.png. The sets
-    cropped with a segmenter's masks are left out: the expert mask is the reference.
+    Each set is sampled (at most --saliency_max_cases cases, stratified by label, seeded); the best, median and worst
+    case (by share of saliency in the node) go to saliency_<split>.png with the controls' maps. The sets cropped
+    with a segmenter's masks are left out: the expert mask is the reference.
     """
+    started, started_cpu = time.perf_counter(), time.process_time()
     transform = evaluation_transform(model, image_processor, data_args.roi, data_args.roi_margin)
-    summaries = {}
+    explained = "predicted" if data_args.saliency_target == "predicted" else data_args.positive_label
+    options = (
+        {"window_fraction": data_args.saliency_window, "stride_fraction": data_args.saliency_stride}
+        if data_args.saliency == "occlusion" else {}
+    )
+    summaries, cases = {}, 0
     for split, split_dataset in evaluation_sets.items():
         if split.endswith("_predicted_roi"):
             continue
+        sample = stratified_sample(split_dataset[data_args.label_column_name], data_args.saliency_max_cases, seed)
         pixel_values, masks, images = model_inputs_with_masks(
-            split_dataset, transform, transform.size, data_args.image_column_name, data_args.mask_column_name
+            split_dataset.select(sample), transform, transform.size, data_args.image_column_name,
+            data_args.mask_column_name,
         )
-        maps = saliency_maps(model, pixel_values, positive_index, method=data_args.saliency)
-        summary = saliency_summary(maps, masks, data_args.confidence_level)
+        targets = predicted_classes(model, pixel_values) if explained == "predicted" else positive_index
+        result = saliency_with_controls(
+            model, pixel_values, masks, targets, data_args.saliency, seed=seed,
+            confidence_level=data_args.confidence_level, **options,
+        )
+        summary, scores = result["summary"], result["scores"]
+        of_set = f"{len(sample)} of {len(split_dataset)} cases" if len(sample) < len(split_dataset) else f"all {len(sample)} cases"
         figure = plot_saliency_cases(
-            images, masks, maps, saliency_scores(maps, masks)["energy_in_node"], output_dir / f"saliency_{split}.png",
-            title=f"{split}: where the model looks ({data_args.saliency}); best, median and worst by share in the node",
+            images, masks, result["maps"]["trained"], scores["trained"]["energy_in_node"],
+            output_dir / f"saliency_{split}.png",
+            title=f"{split}: where the model looks ({data_args.saliency}, {of_set}, explaining the "
+            f"{explained} class); best, median and worst by share in the node; randomised controls right",
+            controls={name: result["maps"][name] for name in CONTROLS},
+            control_scores={name: scores[name]["energy_in_node"] for name in CONTROLS},
         )
-        summaries[split] = json_safe({"method": data_args.saliency, **summary, "figure": figure.name})
+        explained_counts = np.bincount(np.broadcast_to(np.asarray(targets), len(sample)), minlength=len(class_names))
+        summaries[split] = json_safe({
+            "method": data_args.saliency,
+            "explained_class": explained,
+            "explained_class_counts": dict(zip(class_names, explained_counts.tolist())),
+            "n_cases_in_set": len(split_dataset),
+            "case_sample": "every case" if len(sample) == len(split_dataset) else "stratified by label",
+            "max_cases": data_args.saliency_max_cases,
+            "sample_seed": seed,
+            **({"occlusion_window_fraction": data_args.saliency_window,
+                "occlusion_stride_fraction": data_args.saliency_stride} if options else {}),
+            **summary,
+            "excess_interval": "paired over cases: mean difference, Student t interval",
+            "figure": figure.name,
+        })
+        cases += len(sample)
         logger.info(
             f"{split}: {summary['energy_in_node_mean']:.2f} of the saliency in the node (chance "
-            f"{summary['node_area_fraction_mean']:.2f}); peak in the node for {summary['pointing_game_hit_rate']:.2f}"
+            f"{summary['node_area_fraction_mean']:.2f}; head re-initialised "
+            f"{summary['controls']['head_reinitialised']['energy_in_node_mean']:.2f}, all re-initialised "
+            f"{summary['controls']['all_reinitialised']['energy_in_node_mean']:.2f}); peak in the node for "
+            f"{summary['pointing_game_hit_rate']:.2f}; {of_set}"
         )
+    logger.info(
+        f"Saliency: {cases} cases x 3 models in {time.perf_counter() - started:.1f} s "
+        f"(CPU {time.process_time() - started_cpu:.1f} s)"
+    )
     return summaries
+
+
+def predicted_classes(model, pixel_values, batch_size: int = 256) -> np.ndarray:
+    """The model's top class per image (argmax of the logits)."""
+    import torch
+
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = [model(pixel_values=batch.to(parameter.device, parameter.dtype)).logits.float().cpu()
+                      for batch in torch.as_tensor(pixel_values).split(batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(logits).argmax(dim=1).numpy()
 
 
 def save_inference_settings(trainer, youden, data_args, output_dir):
@@ -585,7 +674,10 @@ def main(args=None):
         return None  # under torchrun every process holds all predictions; the first writes the reports and pushes
     saliency = {}
     if data_args.saliency != "none":
-        saliency = where_the_model_looks(trainer.model, evaluation_sets, data_args, image_processor, positive_index, output_dir)
+        saliency = where_the_model_looks(
+            trainer.model, evaluation_sets, data_args, image_processor, class_names, positive_index,
+            training_args.seed, output_dir,
+        )
     split_metrics, plots, prediction_rows = report_splits(
         predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
     )

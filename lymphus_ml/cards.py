@@ -258,9 +258,14 @@ def classification_results(split_metrics, sources, plots, level=95) -> list[dict
     return results
 
 
+SALIENCY_CONTROL_NAMES = {"head_reinitialised": "control: head re-initialised",
+                          "all_reinitialised": "control: all weights re-initialised"}
+
+
 def saliency_rows(saliency: dict, level: int) -> list[dict]:
-    """The card's "Where the model looks" table: per split, held-out first, share of saliency in the node (with
-    the chance level), pointing game, figure."""
+    """The card's "Where the model looks" table: per split, held-out first, the trained model then each randomised
+    control: share of saliency in the node (with the chance level), pointing game, and the trained model's paired
+    excess over the control; the number of cases it rests on, the explained class and the figure."""
 
     def interval(summary, name):
         value, low, high = summary.get(f"{name}_mean", summary.get(name)), summary.get(f"{name}_ci_low"), summary.get(f"{name}_ci_high")
@@ -268,18 +273,49 @@ def saliency_rows(saliency: dict, level: int) -> list[dict]:
             return "n/a"
         return f"{value:.2f}" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
 
+    def excess(summary, name):
+        value, low, high = (summary.get(f"excess_{name}_{part}") for part in ("mean", "ci_low", "ci_high"))
+        if value is None:
+            return "n/a"
+        if low is None or high is None:
+            return f"{value:+.2f} (the same in every case: no interval)"
+        return f"{value:+.2f} ({low:+.2f} to {high:+.2f})"
+
+    def scores(summary):
+        return {
+            "energy": interval(summary, "energy_in_node"),
+            "pointing": interval(
+                {"pointing_game": summary.get("pointing_game_hit_rate"),
+                 "pointing_game_ci_low": summary.get("pointing_game_ci_low"),
+                 "pointing_game_ci_high": summary.get("pointing_game_ci_high")},
+                "pointing_game",
+            ),
+        }
+
     rows = []
     for split in reporting_order(saliency):
         summary = saliency[split]
-        rate = {"pointing_game": summary.get("pointing_game_hit_rate"), "pointing_game_ci_low": summary.get("pointing_game_ci_low"),
-                "pointing_game_ci_high": summary.get("pointing_game_ci_high")}
+        n, of = summary.get("n_images"), summary.get("n_cases_in_set", summary.get("n_images"))
+        models = [{"model": "trained", **scores(summary), "excess_energy": "", "excess_pointing": ""}] + [
+            {"model": SALIENCY_CONTROL_NAMES.get(name, name), **scores(control),
+             "excess_energy": excess(control, "energy_in_node"), "excess_pointing": excess(control, "pointing_game")}
+            for name, control in summary.get("controls", {}).items()
+        ]
+        completeness = None
+        if summary.get("completeness_error_median") is not None:
+            completeness = (f"{summary['completeness_error_median']:.1%} median, "
+                            f"{summary['completeness_error_p90']:.1%} 90th percentile, at up to "
+                            f"{summary.get('integrated_gradients_steps_max')} steps")
         rows.append(
             {
                 "split": split,
-                "n": summary.get("n_images"),
-                "energy": interval(summary, "energy_in_node"),
+                "n": n,
+                "cases": f"{n} of {of}" if n != of else f"all {n}",
+                "sampled": n != of,
                 "chance": "n/a" if summary.get("node_area_fraction_mean") is None else f"{summary['node_area_fraction_mean']:.2f}",
-                "pointing": interval(rate, "pointing_game"),
+                "models": models,
+                "explained": summary.get("explained_class"),
+                "completeness": completeness,
                 "figure": summary.get("figure"),
             }
         )
@@ -378,6 +414,11 @@ def classifier_card(
         results=classification_results(split_metrics, sources, plots or {}, int(round(confidence_level * 100))),
         saliency_rows=saliency_rows(saliency or {}, int(round(confidence_level * 100))),
         saliency_method=next((summary["method"] for summary in (saliency or {}).values()), None),
+        saliency_explained=next((summary.get("explained_class") for summary in (saliency or {}).values()), None),
+        saliency_sample=next(
+            ({"max_cases": summary.get("max_cases"), "seed": summary.get("sample_seed")}
+             for summary in (saliency or {}).values()), None,
+        ),
     )
 
 

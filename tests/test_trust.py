@@ -247,8 +247,11 @@ def test_where_the_model_looks_is_in_the_metrics_and_the_card(full_model):
     assert "## Where the model looks" in text
     for split in ("external", "test", "validation"):
         saliency = json.loads((full_model / f"metrics_{split}.json").read_text())["saliency"]
-        assert saliency["method"] == "occlusion" and saliency["n_images"] == json.loads(
-            (full_model / f"metrics_{split}.json").read_text())["at_0.5"]["n"]
+        n = json.loads((full_model / f"metrics_{split}.json").read_text())["at_0.5"]["n"]
+        assert saliency["method"] == "occlusion" and saliency["n_cases_in_set"] == n
+        assert saliency["n_images"] == min(24, n)  # the default stratified sample, stated in the card
+        assert f"| {split} | {'all ' if n <= 24 else ''}{min(24, n)}{'' if n <= 24 else f' of {n}'} | control: head" in text
+        assert set(saliency["controls"]) == {"head_reinitialised", "all_reinitialised"}
         assert 0 <= saliency["energy_in_node_ci_low"] <= saliency["energy_in_node_mean"] <= saliency["energy_in_node_ci_high"] <= 1
         assert (full_model / saliency["figure"]).stat().st_size > 10_000 and f"]({saliency['figure']})" in text
 
