@@ -64,7 +64,15 @@ from datasets import ClassLabel
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
 from lymphus_ml.cards import base_model_license, card_license, classifier_card
+from lymphus_ml.calibration import fold_into_head
 from lymphus_ml.cli import run
+from lymphus_ml.crossval import (
+    CrossValidationArguments,
+    EpochPredictions,
+    development_set,
+    fit_on_oof,
+    report_cross_validation,
+)
 from lymphus_ml.data import (
     dataset_is_synthetic,
     dataset_revision,
@@ -524,6 +532,68 @@ def card_fields(data_args, model_args, training_args, dataset, evaluation_sets, 
     )
 
 
+def cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets, class_names,
+                             positive_index, image_processor):
+    """--cv_folds K: K fold models on train + validation (the dataset's folds) predict their held-out fold after every
+    epoch; the out-of-fold predictions choose the epochs, threshold, calibration and conformal sets (lymphus_ml.crossval).
+    Returns (cv, fold_records, development). The validation split leaves `evaluation_sets`: it is development data."""
+    import tempfile
+    from dataclasses import replace
+
+    from datasets import DatasetDict
+    from transformers import set_seed
+
+    if not training_args.do_train:
+        raise ValueError("--cv_folds trains K fold models and a refit: it cannot run with --do_train False.")
+    development, folds = development_set(dataset, cv_args, data_args.label_column_name, data_args.dataset_name)
+    evaluation_sets.pop("validation", None)
+    fold_records, test_views = [], None
+    with tempfile.TemporaryDirectory() as scratch:
+        fold_args = replace(training_args, output_dir=scratch, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+        for k in range(cv_args.cv_folds):
+            parts = DatasetDict(train=development.select(np.flatnonzero(folds != k)), validation=development.select(np.flatnonzero(folds == k)))
+            set_seed(training_args.seed)
+            model = load_model(model_args, data_args, class_names, True)[0]
+            trainer = build_trainer(model, image_processor, parts, data_args, fold_args, class_names, positive_index)
+            channels = model_num_channels(model.config)
+            test_views = test_views or {split: model_view(s, data_args, image_processor, channels) for split, s in evaluation_sets.items()}
+            callback = EpochPredictions({"held_out": trainer.eval_dataset, **test_views})
+            callback.trainer = trainer
+            trainer.add_callback(callback)
+            logger.info(f"Fold {k}: training on {len(parts['train'])} development cases, predicting the {len(parts['validation'])} held out")
+            trainer.train()
+            fold_records.append(callback.records)
+    labels = np.asarray(development[data_args.label_column_name])
+    cv = fit_on_oof(fold_records, folds, labels, positive_index, class_names, cv_args, data_args.metric_path)
+    cv.update(folds=folds, case_ids=list(development[data_args.case_id_column_name]))
+    logger.info(f"Out-of-fold: {cv['epochs']:g} epochs chosen (OOF ROC-AUC by epoch {cv['oof_roc_auc_by_epoch']}), "
+                f"threshold {cv['threshold']:.4f}, calibration {cv['calibrator'].as_dict()}")
+    return cv, fold_records, development
+
+
+def refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets, class_names,
+                         positive_index, image_processor, run_folder):
+    """One model trained on all development cases for the OOF-chosen epochs; its test-set probabilities before
+    calibration are taken, then the OOF calibration is folded into its head and the conformal thresholds put in its
+    config (CalibratedClassifierCV's ensemble=False design). Returns (trainer, {split: raw predictions})."""
+    from dataclasses import replace
+
+    from datasets import DatasetDict
+    from transformers import set_seed
+
+    refit_args = replace(training_args, eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                         num_train_epochs=cv["epochs"], max_steps=-1)
+    set_seed(training_args.seed)
+    model = load_model(model_args, data_args, class_names, True)[0]
+    parts = DatasetDict(train=development, validation=development.select(range(1)))  # no evaluation during the refit
+    trainer = build_trainer(model, image_processor, parts, data_args, refit_args, class_names, positive_index)
+    train_and_save(trainer, None, run_folder)
+    raw = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
+    fold_into_head(trainer.model, cv["calibrator"])
+    trainer.model.config.conformal = json_safe(cv["conformal"])
+    return trainer, raw
+
+
 def job_paths(model_args, data_args, training_args) -> dict:
     """{option: value} of the options that name a file or folder, which a Hub Job cannot read when local."""
     return {
@@ -538,8 +608,8 @@ def job_paths(model_args, data_args, training_args) -> dict:
 
 def main(args=None):
     # Arguments
-    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments)
-    (model_args, data_args, training_args, job_args), push_to_hub, hub_token, argv = parse_training_arguments(
+    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments, CrossValidationArguments)
+    (model_args, data_args, training_args, job_args, cv_args), push_to_hub, hub_token, argv = parse_training_arguments(
         dataclass_types, args
     )
 
@@ -565,16 +635,23 @@ def main(args=None):
 
     # Train
     metric = load_metric(data_args.metric_path)
-    trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
-    if training_args.do_train:
+    cv = None
+    if cv_args.cv_folds:
+        cv, fold_records, development = cross_validated_training(
+            model_args, data_args, training_args, cv_args, dataset, evaluation_sets, class_names, positive_index, image_processor)
+        trainer, raw = refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets,
+                                            class_names, positive_index, image_processor, run_folder)
+    else:
+        trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
+    if training_args.do_train and not cv:
         train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
 
     # Evaluate: validation picks the threshold, test and external use it unchanged
     if data_args.roi_source == "predicted":
         add_predicted_roi_sets(evaluation_sets, data_args, training_args.device)
     predictions = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
-    youden = youden_threshold(*predictions["validation"][:2], data_args.metric_path)
-    logger.info(f"Youden threshold on validation: {youden:.4f}")
+    youden = cv["threshold"] if cv else youden_threshold(*predictions["validation"][:2], data_args.metric_path)
+    logger.info(f"Youden threshold on {'the out-of-fold predictions' if cv else 'validation'}: {youden:.4f}")
     if not trainer.is_world_process_zero():
         return None  # under torchrun every process holds all predictions; the first writes the reports and pushes
     saliency = {}
@@ -583,6 +660,9 @@ def main(args=None):
     split_metrics, plots, prediction_rows = report_splits(
         predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
     )
+    if cv:
+        cross_validation, oof_rows = report_cross_validation(cv, fold_records, raw, predictions, metric, data_args, training_args.seed, output_dir)
+        prediction_rows = oof_rows + prediction_rows
     write_run_predictions(output_dir / "predictions.csv", prediction_rows)
     save_inference_settings(trainer, youden, data_args, output_dir)
 

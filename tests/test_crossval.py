@@ -1,0 +1,74 @@
+"""train_vit.py --cv_folds: fold models, out-of-fold choices, the refit model with the OOF calibration, bad input."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from fixtures import vit_args
+
+CV = ("--cv_folds", "5", "--max_steps", "2", "--n_bootstrap", "20")
+
+
+@pytest.fixture(scope="module")
+def cv_run(small_export, tmp_path_factory):
+    import train_vit
+
+    output_dir = tmp_path_factory.mktemp("cv") / "run"
+    train_vit.main(vit_args(small_export, output_dir, *CV))
+    return output_dir
+
+
+def read_rows(run):
+    with open(run / "predictions.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_oof_predictions_cover_every_development_case_once(cv_run, small_export):
+    import datasets
+    from sklearn.metrics import roc_auc_score
+
+    development = datasets.load_dataset(str(small_export), "center1", split="train+validation")
+    rows = [row for row in read_rows(cv_run) if row["split"] == "oof"]
+    assert sorted(row["case_id"] for row in rows) == sorted(development["case_id"])
+    assert {row["split"] for row in read_rows(cv_run)} == {"oof", "test", "external"}  # validation is development now
+    oof = json.loads((cv_run / "metrics_oof.json").read_text())
+    labels, probabilities = [int(r["label"]) for r in rows], [float(r["probability"]) for r in rows]
+    assert oof["at_0.5"]["roc_auc"] == pytest.approx(roc_auc_score(labels, probabilities))
+    fold_of = dict(zip(development["case_id"], development["fold"]))
+    per_fold = [roc_auc_score([l for r, l in zip(rows, labels) if fold_of[r["case_id"]] == k],
+                              [p for r, p in zip(rows, probabilities) if fold_of[r["case_id"]] == k]) for k in range(5)]
+    assert oof["per_fold_roc_auc_mean"] == pytest.approx(np.mean(per_fold))
+    assert oof["per_fold_roc_auc_sd"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert oof["threshold_source"] == "out-of-fold" and oof["calibration"]["method"] == "platt"
+    predictions = [int(r["prediction_at_youden"]) for r in rows]
+    assert predictions == [int(p >= oof["youden_threshold"]) for p in probabilities]
+
+
+def test_held_out_metrics_carry_calibration_conformal_and_the_fold_ensemble(cv_run):
+    for split in ("test", "external"):
+        metrics = json.loads((cv_run / f"metrics_{split}.json").read_text())
+        assert metrics["threshold_source"] == "out-of-fold"
+        assert metrics["youden_threshold"] == json.loads((cv_run / "metrics_oof.json").read_text())["youden_threshold"]
+        for when in ("before", "after"):
+            assert {"brier_score", "ece", "brier_score_ci_low", "ece_ci_high"} <= set(metrics["calibration"][when])
+        assert (cv_run / metrics["calibration"]["figure"]).is_file()
+        assert 0 <= metrics["conformal"]["referral_rate"] <= 1 and metrics["conformal"]["level"] == 0.9
+        assert "roc_auc" in metrics["cv_fold_ensemble"]["at_youden"]
+
+
+def test_pipeline_returns_the_calibrated_probabilities_of_predictions_csv(cv_run, small_export):
+    import datasets
+    from transformers import AutoConfig, pipeline
+
+    from lymphus_ml import images
+
+    config = AutoConfig.from_pretrained(cv_run)
+    assert config.calibration["method"] == "platt" and set(config.conformal["min_probability"]) == {"benign", "malignant"}
+    classifier = pipeline("image-classification", model=str(cv_run), device="cpu")
+    probabilities = {r["case_id"]: float(r["probability"]) for r in read_rows(cv_run) if r["split"] == "test"}
+    for example in datasets.load_dataset(str(small_export), "center1", split="test"):
+        scores = classifier(images.roi_image(example["image"], example["mask"], "crop"))
+        malignant = next(s["score"] for s in scores if s["label"] == "malignant")
+        assert malignant == pytest.approx(probabilities[example["case_id"]], abs=2e-3)
