@@ -58,9 +58,9 @@ def development_set(dataset, cv_args, label_column, dataset_name):
 
     column, k = cv_args.fold_column_name, cv_args.cv_folds
     for split in ("train", "validation"):
-        if split in dataset and column not in dataset[split].column_names:
+        if split in dataset and (column not in dataset[split].column_names or set(dataset[split][column]) == {None}):
             raise ValueError(
-                f"--cv_folds {k}: {dataset_name} / {split} has no {column!r} column (an export made before folds); "
+                f"--cv_folds {k}: {dataset_name} / {split} has no {column!r} values (an export made before folds); "
                 "re-export it with lymphus.py export, or drop --cv_folds."
             )
     development = concatenate_datasets([dataset[split] for split in ("train", "validation") if split in dataset])

@@ -72,3 +72,44 @@ def test_pipeline_returns_the_calibrated_probabilities_of_predictions_csv(cv_run
         scores = classifier(images.roi_image(example["image"], example["mask"], "crop"))
         malignant = next(s["score"] for s in scores if s["label"] == "malignant")
         assert malignant == pytest.approx(probabilities[example["case_id"]], abs=2e-3)
+
+
+def export_copy(small_export, folder, change):
+    """A copy of the export whose Parquet tables went through `change(table) -> table`."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(small_export, folder)
+    for path in folder.glob("data/*/*.parquet"):
+        pq.write_table(change(pq.read_table(path)), path)
+    return folder
+
+
+def without_folds(table):
+    return table.drop_columns(["fold"])
+
+
+def fold_zero_benign_only(table):
+    import pyarrow as pa
+
+    folds, labels = table.column("fold").to_pylist(), table.column("label").to_pylist()
+    changed = [1 if fold == 0 and label == 1 else fold for fold, label in zip(folds, labels)]
+    return table.set_column(table.schema.get_field_index("fold"), table.schema.field("fold"), pa.array(changed, type=pa.int8()))
+
+
+@pytest.mark.parametrize("change, extra, message", [
+    (None, ("--cv_folds", "3"), "has folds [0, 1, 2, 3, 4] (5 folds); pass --cv_folds 5"),
+    (fold_zero_benign_only, ("--cv_folds", "5"), "holds only class [0]; every fold needs both classes"),
+    (without_folds, ("--cv_folds", "5"), "has no 'fold' values (an export made before folds)"),
+])
+def test_bad_cv_input_is_one_message_and_writes_nothing(small_export, tmp_path, run_cli, change, extra, message):
+    import train_vit
+
+    dataset = export_copy(small_export, tmp_path / "export", change) if change else small_export
+    output_dir = tmp_path / "run"
+    status, _, err = run_cli(train_vit, *vit_args(dataset, output_dir, "--max_steps", "1", *extra))
+    assert status != 0 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], err
+    assert not [p for p in output_dir.rglob("*") if not p.name.startswith(".")] if output_dir.exists() else True
