@@ -64,15 +64,8 @@ from datasets import ClassLabel
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
 from lymphus_ml.cards import base_model_license, card_license, classifier_card
-from lymphus_ml.calibration import fold_into_head
+from lymphus_ml import crossval
 from lymphus_ml.cli import run
-from lymphus_ml.crossval import (
-    CrossValidationArguments,
-    EpochPredictions,
-    development_set,
-    fit_on_oof,
-    report_cross_validation,
-)
 from lymphus_ml.data import (
     dataset_is_synthetic,
     dataset_revision,
@@ -533,10 +526,10 @@ def card_fields(data_args, model_args, training_args, dataset, evaluation_sets, 
 
 
 def cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets, class_names,
-                             positive_index, image_processor):
+                             positive_index, image_processor, run_folder):
     """--cv_folds K: K fold models on train + validation (the dataset's folds) predict their held-out fold after every
     epoch; the out-of-fold predictions choose the epochs, threshold, calibration and conformal sets (lymphus_ml.crossval).
-    Returns (cv, fold_records, development). The validation split leaves `evaluation_sets`: it is development data."""
+    Returns (the refit model's trainer, cv). The validation split leaves `evaluation_sets`: it is development data."""
     import tempfile
     from dataclasses import replace
 
@@ -545,7 +538,7 @@ def cross_validated_training(model_args, data_args, training_args, cv_args, data
 
     if not training_args.do_train:
         raise ValueError("--cv_folds trains K fold models and a refit: it cannot run with --do_train False.")
-    development, folds = development_set(dataset, cv_args, data_args.label_column_name, data_args.dataset_name)
+    development, folds = crossval.development_set(dataset, cv_args, data_args.label_column_name, data_args.dataset_name)
     evaluation_sets.pop("validation", None)
     fold_records, test_views = [], None
     with tempfile.TemporaryDirectory() as scratch:
@@ -557,18 +550,20 @@ def cross_validated_training(model_args, data_args, training_args, cv_args, data
             trainer = build_trainer(model, image_processor, parts, data_args, fold_args, class_names, positive_index)
             channels = model_num_channels(model.config)
             test_views = test_views or {split: model_view(s, data_args, image_processor, channels) for split, s in evaluation_sets.items()}
-            callback = EpochPredictions({"held_out": trainer.eval_dataset, **test_views})
+            callback = crossval.EpochPredictions({"held_out": trainer.eval_dataset, **test_views})
             callback.trainer = trainer
             trainer.add_callback(callback)
             logger.info(f"Fold {k}: training on {len(parts['train'])} development cases, predicting the {len(parts['validation'])} held out")
             trainer.train()
             fold_records.append(callback.records)
     labels = np.asarray(development[data_args.label_column_name])
-    cv = fit_on_oof(fold_records, folds, labels, positive_index, class_names, cv_args, data_args.metric_path)
-    cv.update(folds=folds, case_ids=list(development[data_args.case_id_column_name]))
+    cv = crossval.fit_on_oof(fold_records, folds, labels, positive_index, class_names, cv_args, data_args.metric_path)
+    cv.update(folds=folds, case_ids=list(development[data_args.case_id_column_name]), fold_records=fold_records, development=development)
     logger.info(f"Out-of-fold: {cv['epochs']:g} epochs chosen (OOF ROC-AUC by epoch {cv['oof_roc_auc_by_epoch']}), "
                 f"threshold {cv['threshold']:.4f}, calibration {cv['calibrator'].as_dict()}")
-    return cv, fold_records, development
+    trainer, cv["raw"] = refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets,
+                                              class_names, positive_index, image_processor, run_folder)
+    return trainer, cv
 
 
 def refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets, class_names,
@@ -589,8 +584,7 @@ def refit_on_development(cv, development, model_args, data_args, training_args, 
     trainer = build_trainer(model, image_processor, parts, data_args, refit_args, class_names, positive_index)
     train_and_save(trainer, None, run_folder)
     raw = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
-    fold_into_head(trainer.model, cv["calibrator"])
-    trainer.model.config.conformal = json_safe(cv["conformal"])
+    crossval.carry_settings(trainer.model, cv)
     return trainer, raw
 
 
@@ -608,7 +602,7 @@ def job_paths(model_args, data_args, training_args) -> dict:
 
 def main(args=None):
     # Arguments
-    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments, CrossValidationArguments)
+    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments, crossval.CrossValidationArguments)
     (model_args, data_args, training_args, job_args, cv_args), push_to_hub, hub_token, argv = parse_training_arguments(
         dataclass_types, args
     )
@@ -635,14 +629,11 @@ def main(args=None):
 
     # Train
     metric = load_metric(data_args.metric_path)
-    cv = None
-    if cv_args.cv_folds:
-        cv, fold_records, development = cross_validated_training(
-            model_args, data_args, training_args, cv_args, dataset, evaluation_sets, class_names, positive_index, image_processor)
-        trainer, raw = refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets,
-                                            class_names, positive_index, image_processor, run_folder)
-    else:
-        trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
+    trainer, cv = None, None
+    if cv_args.cv_folds:  # fold models choose the settings on out-of-fold predictions; a refit on all carries them
+        trainer, cv = cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets,
+                                               class_names, positive_index, image_processor, run_folder)
+    trainer = trainer or build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
     if training_args.do_train and not cv:
         train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
 
@@ -661,8 +652,7 @@ def main(args=None):
         predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
     )
     if cv:
-        cross_validation, oof_rows = report_cross_validation(cv, fold_records, raw, predictions, metric, data_args, training_args.seed, output_dir)
-        prediction_rows = oof_rows + prediction_rows
+        prediction_rows = crossval.report_cross_validation(cv, predictions, metric, data_args, training_args.seed, output_dir) + prediction_rows
     write_run_predictions(output_dir / "predictions.csv", prediction_rows)
     save_inference_settings(trainer, youden, data_args, output_dir)
 
@@ -672,6 +662,8 @@ def main(args=None):
         model_description, split_metrics, plots, youden, output_dir,
     )
     fields["saliency"] = saliency
+    if cv:
+        crossval.update_card_fields(fields, cv, split_sizes(cv["development"], data_args.label_column_name, class_names))
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
     run_folder.complete()

@@ -267,6 +267,7 @@ def classifier_card(
     license_fields: dict | None = None,
     dataset_revision: str | None = None,
     saliency: dict | None = None,
+    cross_validation: dict | None = None,
 ):
     """The `ModelCard` of a LymphUs classifier (model_card.md), with `model-index` results.
 
@@ -316,6 +317,7 @@ def classifier_card(
         results=classification_results(split_metrics, sources, plots or {}, int(round(confidence_level * 100))),
         saliency_rows=saliency_rows(saliency or {}, int(round(confidence_level * 100))),
         saliency_method=next((summary["method"] for summary in (saliency or {}).values()), None),
+        cross_validation=cross_validation,  # lymphus_ml.crossval.card_context, with --cv_folds
     )
 
 

@@ -56,10 +56,20 @@ def set_label(members, class_names) -> str:
     return chosen[0] if len(chosen) == 1 else REFER
 
 
+def clopper_pearson(k: int, n: int, confidence_level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval of k successes in n (NaN for n = 0)."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return float("nan"), float("nan")
+    alpha = 1 - confidence_level
+    low = beta.ppf(alpha / 2, k, n - k + 1) if k > 0 else 0.0
+    high = beta.ppf(1 - alpha / 2, k + 1, n - k) if k < n else 1.0
+    return float(low), float(high)
+
+
 def coverage_report(labels, probabilities, conformal: dict, confidence_level: float = 0.95) -> dict:
     """Per-class coverage with exact (Clopper-Pearson) intervals, the referral rate, and the set sizes."""
-    from statsmodels.stats.proportion import proportion_confint
-
     labels = np.asarray(labels, dtype=int)
     sets = prediction_sets(probabilities, conformal)
     sizes = sets.sum(axis=1)
@@ -67,12 +77,12 @@ def coverage_report(labels, probabilities, conformal: dict, confidence_level: fl
     for c, name in enumerate(conformal["class_names"]):
         members = labels == c
         covered, n = int(sets[members, c].sum()), int(members.sum())
-        low, high = proportion_confint(covered, n, alpha=1 - confidence_level, method="beta") if n else (float("nan"),) * 2
+        low, high = clopper_pearson(covered, n, confidence_level)
         report[f"coverage_{name}"] = covered / n if n else float("nan")
         report[f"coverage_{name}_ci_low"], report[f"coverage_{name}_ci_high"] = float(low), float(high)
         report[f"n_{name}"] = n
     referred = int((sizes != 1).sum())
-    low, high = proportion_confint(referred, len(labels), alpha=1 - confidence_level, method="beta") if len(labels) else (float("nan"),) * 2
+    low, high = clopper_pearson(referred, len(labels), confidence_level)
     report.update(referral_rate=referred / len(labels) if len(labels) else float("nan"), referral_rate_ci_low=float(low),
                   referral_rate_ci_high=float(high), n_both=int((sizes == 2).sum()), n_empty=int((sizes == 0).sum()))
     return report

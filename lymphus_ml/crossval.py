@@ -207,10 +207,11 @@ def held_out_additions(cv, fold_records, split, references, probabilities, raw_p
     return additions
 
 
-def report_cross_validation(cv, fold_records, raw, predictions, metric, data_args, seed, output_dir):
-    """metrics_oof.json, the out-of-fold rows of predictions.csv (split `oof`), and what cross-validation adds to
-    each test set's metrics_<split>.json (calibration before/after, conformal sets, fold ensemble). Returns
-    (card summary, rows)."""
+def report_cross_validation(cv, predictions, metric, data_args, seed, output_dir):
+    """metrics_oof.json, the out-of-fold rows of predictions.csv (split `oof`, returned), and what cross-validation
+    adds to each test set's metrics_<split>.json (calibration before/after, conformal sets, fold ensemble); the
+    card's facts go to cv["summary"]."""
+    fold_records, raw = cv["fold_records"], cv["raw"]
     oof = json_safe(oof_metrics(cv, cv["folds"], metric, data_args, seed))
     (output_dir / "metrics_oof.json").write_text(json.dumps(oof, indent=2, allow_nan=False) + "\n")
     held_out = {}
@@ -226,4 +227,55 @@ def report_cross_validation(cv, fold_records, raw, predictions, metric, data_arg
         dict(zip(PREDICTION_COLUMNS, (case_id, "oof", int(label), float(probability), int(probability >= cv["threshold"]))))
         for case_id, label, probability in zip(cv["case_ids"], cv["references"], cv["oof_probabilities"])
     ]
-    return {"oof": oof, "held_out": held_out, "calibration": cv["calibrator"].as_dict(), "level": cv["conformal"]["level"]}, rows
+    cv["summary"] = {"oof": oof, "held_out": held_out}
+    return rows
+
+
+def carry_settings(model, cv):
+    """The OOF calibration folded into the refit model's head; the conformal thresholds into its config."""
+    from lymphus_ml.calibration import fold_into_head
+
+    fold_into_head(model, cv["calibrator"])
+    model.config.conformal = json_safe(cv["conformal"])
+
+
+def update_card_fields(fields, cv, development_sizes):
+    """classifier_card's fields for a --cv_folds run: the cross-validation section, development sizes, the epochs."""
+    summary = cv["summary"]
+    fields["cross_validation"] = card_context(summary, fields["confidence_level"])
+    fields["split_sizes"] = {"development": development_sizes} | {k: v for k, v in fields["split_sizes"].items() if k != "train"}
+    if fields.get("hyperparameters"):
+        n_folds = summary["oof"]["n_folds"]
+        fields["hyperparameters"] |= {"epochs": cv["epochs"], "model_selection": f"best pooled out-of-fold ROC-AUC ({n_folds} folds)"}
+
+
+def card_context(summary: dict, level: float) -> dict:
+    """The model card's cross-validation section: OOF results, how the settings were chosen, calibration before and
+    after and the conformal sets per evaluated set (flagging a class covered below the level)."""
+    from lymphus_ml.evaluation import format_estimate
+
+    oof, auc = summary["oof"], summary["oof"]["at_0.5"]
+
+    def estimate(values, name):
+        return format_estimate(values.get(name), values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high"))
+
+    sets = {"out-of-fold": oof, **summary["held_out"]}
+    calibration_rows = [
+        {"set": name, **{f"{metric}_{when}": estimate(values["calibration"][when], metric) for metric in ("brier_score", "ece") for when in ("before", "after")}}
+        for name, values in sets.items()
+    ]
+    conformal_rows, below = [], []
+    for name, values in summary["held_out"].items():
+        report = values["conformal"]
+        classes = [key.removeprefix("coverage_") for key in report if key.startswith("coverage_") and not key.endswith(("_ci_low", "_ci_high"))]
+        conformal_rows.append({"set": name, "coverage": [f"{c}: {estimate(report, f'coverage_{c}')}" for c in classes],
+                               "referral": estimate(report, "referral_rate")})
+        below += [f"{c} on {name}" for c in classes if report[f"coverage_{c}"] is not None and report[f"coverage_{c}"] < report["level"]]
+    return {
+        "n": auc["n"], "n_folds": oof["n_folds"], "epochs": oof["epochs_chosen"],
+        "roc_auc": estimate(auc, "roc_auc"), "per_fold": f"{oof['per_fold_roc_auc_mean']:.3f} ± {oof['per_fold_roc_auc_sd']:.3f}",
+        "threshold": oof["youden_threshold"], "calibration": oof["calibration"], "level": round(100 * oof["conformal"]["level"]),
+        "sensitivity": estimate(oof["at_youden"], "sensitivity"), "specificity": estimate(oof["at_youden"], "specificity"),
+        "calibration_rows": calibration_rows, "conformal_rows": conformal_rows, "below_level": below,
+        "ci_level": round(100 * level),
+    }

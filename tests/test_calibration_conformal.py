@@ -92,15 +92,17 @@ def test_mondrian_coverage_within_the_finite_sample_guarantee():
 
 
 def test_coverage_report_exact_intervals_and_referrals():
-    from scipy.stats import beta
-
     fitted = {"level": 0.9, "class_names": ["benign", "malignant"], "min_probability": {"benign": 0.3, "malignant": 0.4}}
     probabilities = np.array([0.1, 0.5, 0.65, 0.9, 0.2, 0.8, 0.75])  # sets: B, both, both, M, B, M, M
     labels = np.array([0, 0, 0, 0, 1, 1, 1])
     report = conformal.coverage_report(labels, probabilities, fitted)
     assert report["coverage_benign"] == 3 / 4 and report["coverage_malignant"] == 2 / 3
-    assert report["coverage_benign_ci_low"] == pytest.approx(beta.ppf(0.025, 3, 2))
-    assert report["coverage_benign_ci_high"] == pytest.approx(beta.ppf(0.975, 4, 1))
+    from statsmodels.stats.proportion import proportion_confint
+
+    for name, covered, n in (("coverage_benign", 3, 4), ("coverage_malignant", 2, 3), ("referral_rate", 2, 7)):
+        low, high = proportion_confint(covered, n, alpha=0.05, method="beta")
+        assert (report[f"{name}_ci_low"], report[f"{name}_ci_high"]) == (pytest.approx(low), pytest.approx(high))
+    assert conformal.clopper_pearson(0, 5) == (0.0, pytest.approx(proportion_confint(0, 5, method="beta")[1]))
     assert report["referral_rate"] == 2 / 7 and report["n_both"] == 2 and report["n_empty"] == 0
     sets = conformal.prediction_sets(probabilities, fitted)
     assert [conformal.set_label(s, fitted["class_names"]) for s in sets][:4] == ["benign", conformal.REFER, conformal.REFER, "malignant"]

@@ -113,3 +113,14 @@ def test_bad_cv_input_is_one_message_and_writes_nothing(small_export, tmp_path, 
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], err
     assert not [p for p in output_dir.rglob("*") if not p.name.startswith(".")] if output_dir.exists() else True
+
+
+def test_card_leads_with_held_out_results_then_cross_validation(cv_run):
+    from huggingface_hub import ModelCard
+
+    text = ModelCard.load(cv_run / "README.md").text
+    oof = json.loads((cv_run / "metrics_oof.json").read_text())
+    assert text.index("### external") < text.index("### test") < text.index("## Cross-validated development")
+    assert "out-of-fold predictions of 5-fold cross-validation" in text and "chose the settings" in text
+    assert f"{oof['per_fold_roc_auc_mean']:.3f} ± {oof['per_fold_roc_auc_sd']:.3f}" in text
+    assert "uncertain: refer" in text and "| external |" in text and "chosen on validation" not in text
