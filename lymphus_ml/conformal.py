@@ -68,6 +68,11 @@ def clopper_pearson(k: int, n: int, confidence_level: float = 0.95) -> tuple[flo
     return float(low), float(high)
 
 
+def set_of(probability: float, conformal: dict) -> str:
+    """One case's set in words, from its positive-class probability and a model config's `conformal`."""
+    return set_label(prediction_sets([probability], conformal)[0], conformal["class_names"])
+
+
 def coverage_report(labels, probabilities, conformal: dict, confidence_level: float = 0.95) -> dict:
     """Per-class coverage with exact (Clopper-Pearson) intervals, the referral rate, and the set sizes."""
     labels = np.asarray(labels, dtype=int)

@@ -124,3 +124,22 @@ def test_card_leads_with_held_out_results_then_cross_validation(cv_run):
     assert "out-of-fold predictions of 5-fold cross-validation" in text and "chose the settings" in text
     assert f"{oof['per_fold_roc_auc_mean']:.3f} ± {oof['per_fold_roc_auc_sd']:.3f}" in text
     assert "uncertain: refer" in text and "| external |" in text and "chosen on validation" not in text
+
+
+def test_predict_shows_the_conformal_set_of_a_cv_model(cv_run, tmp_path):
+    from transformers import AutoConfig
+
+    import predict
+    from lymphus_ml.inference import classifier_settings
+
+    settings = classifier_settings(AutoConfig.from_pretrained(cv_run))
+    minimum = settings["conformal"]["min_probability"]
+    image = np.zeros((8, 8), dtype=np.uint8)
+    rows = []
+    for probability in (0.0, 0.02, 0.3, 0.5, 0.7, 0.98, 1.0):
+        row = predict.prediction_row(tmp_path / "x.png", "x", image, probability, None, "full", 0.5, settings, tmp_path, False)
+        members = [name for name, p in (("benign", 1 - probability), ("malignant", probability)) if p >= minimum[name]]
+        assert row["conformal_set"] == (members[0] if len(members) == 1 else "uncertain: refer")
+        rows.append(row)
+    path = predict.write_predictions_csv(tmp_path / "predictions.csv", rows)
+    assert open(path).readline().strip().endswith(",roi,conformal_set")
