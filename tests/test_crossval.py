@@ -54,6 +54,7 @@ def test_held_out_metrics_carry_calibration_conformal_and_the_fold_ensemble(cv_r
         for when in ("before", "after"):
             assert {"brier_score", "ece", "brier_score_ci_low", "ece_ci_high"} <= set(metrics["calibration"][when])
         assert (cv_run / metrics["calibration"]["figure"]).is_file()
+        assert metrics["calibration"]["figure"] in (cv_run / ".lymphus-run.json").read_text()  # the run's: pushed
         assert 0 <= metrics["conformal"]["referral_rate"] <= 1 and metrics["conformal"]["level"] == 0.9
         assert "roc_auc" in metrics["cv_fold_ensemble"]["at_youden"]
 
