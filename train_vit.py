@@ -84,6 +84,7 @@ from lymphus_ml.evaluation import (
     load_metric,
     positive_probabilities,
     youden_threshold,
+    youden_threshold_stability,
 )
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_run_to_hub, submit_script_job
 from lymphus_ml.images import (
@@ -379,12 +380,15 @@ def predict_splits(trainer, evaluation_sets, data_args, image_processor, positiv
     return predictions
 
 
-def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency=None):
+def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency=None,
+                  threshold_set=None):
     """Metrics (at 0.5 and at the validation Youden threshold) with CIs, plots and rows of predictions.csv.
 
     Writes metrics_<split>.json, roc_<split>.png and confusion_matrix_<split>.png; returns (split_metrics, plots,
-    prediction rows).
+    prediction rows). threshold_set: the (references, probabilities) the threshold was chosen on (validation's unless
+    given: --cv_folds gives the out-of-fold predictions).
     """
+    threshold_set = threshold_set or predictions["validation"][:2]
     local_dataset = Path(data_args.dataset_name).exists()
     dataset_label = Path(data_args.dataset_name).name if local_dataset else data_args.dataset_name
     split_metrics, plots, prediction_rows = {}, {}, []
@@ -398,6 +402,11 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
             confidence_level=data_args.confidence_level,
             seed=training_args.seed,
         )
+        # How much of the operating point is the luck of choosing the threshold on a small validation split.
+        results["at_youden"].update(youden_threshold_stability(
+            threshold_set, references, probabilities, n_bootstrap=data_args.n_bootstrap,
+            confidence_level=data_args.confidence_level, seed=training_args.seed, metric_path=data_args.metric_path,
+        ))
         split_metrics[split] = results
         record = {
             "split": split,
@@ -649,7 +658,8 @@ def main(args=None):
     if data_args.saliency != "none":
         saliency = where_the_model_looks(trainer.model, evaluation_sets, data_args, image_processor, positive_index, output_dir)
     split_metrics, plots, prediction_rows = report_splits(
-        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
+        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency,
+        (cv["references"], cv["oof_probabilities"]) if cv else None,
     )
     if cv:
         prediction_rows = crossval.report_cross_validation(cv, predictions, metric, data_args, training_args.seed, output_dir) + prediction_rows

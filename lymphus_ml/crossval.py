@@ -243,6 +243,8 @@ def update_card_fields(fields, cv, development_sizes):
     """classifier_card's fields for a --cv_folds run: the cross-validation section, development sizes, the epochs."""
     summary = cv["summary"]
     fields["cross_validation"] = card_context(summary, fields["confidence_level"])
+    for metrics in fields["split_metrics"].values():
+        metrics["at_youden"]["threshold_range_source"] = "the out-of-fold predictions"
     fields["split_sizes"] = {"development": development_sizes} | {k: v for k, v in fields["split_sizes"].items() if k != "train"}
     if fields.get("hyperparameters"):
         n_folds = summary["oof"]["n_folds"]
