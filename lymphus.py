@@ -142,6 +142,10 @@ SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 # Fixed so that the same archives always give the same split membership; changing it changes every
 # published split, so it is part of the dataset's definition, not a knob.
 SPLIT_SEED = 20230601
+# Cross-validation folds over each centre's development cases (train + validation), part of the dataset's
+# definition like the splits: fixed so that two studies cross-validate on the same folds.
+N_FOLDS = 5
+FOLD_SEED = 20230602
 
 # The spreadsheet's header row, verbatim (with the source's spelling), and our column for each.
 SPREADSHEET_COLUMNS = {
@@ -184,6 +188,7 @@ _FEATURES = datasets.Features(
         "centre": datasets.Value("string"),
         "case_id": datasets.Value("string"),
         "patient_id": datasets.Value("string"),
+        "fold": datasets.Value("int8"),  # 0..N_FOLDS-1 for train and validation rows, null for test rows
         **SEMANTIC_FEATURES,
     }
 )
@@ -577,9 +582,12 @@ def read_centre(source):
             f"{group} "
             f"and Image name {index} ({len(rowless)} case(s) without a row in all)."
         )
-    splits = assign_splits([(case["patient_id"], case["label"]) for case in cases])
+    patients = [(case["patient_id"], case["label"]) for case in cases]
+    splits = assign_splits(patients)
+    folds = assign_folds(patients, splits)
     for case in cases:
         case["split"] = splits[case["patient_id"]]
+        case["fold"] = folds.get(case["patient_id"])
     return cases
 
 
@@ -803,6 +811,25 @@ def assign_splits(patients, seed=SPLIT_SEED, fractions=SPLIT_FRACTIONS):
     return assignment
 
 
+def assign_folds(patients, splits, n_folds=N_FOLDS, seed=FOLD_SEED):
+    """Patient-grouped, label-stratified cross-validation folds of the development patients: {patient_id: fold}.
+
+    Development = train + validation (assign_splits' output, unchanged); test patients get no fold. The
+    patients of each label are sorted by id, shuffled with a fixed-seed generator and dealt to folds in turn,
+    the deal going on from one label to the next, so each fold holds floor or ceil of n_label / n_folds
+    patients of each label, fold sizes differ by at most one, and the folds depend only on the set of patients.
+    """
+    labels = dict(patients)
+    rng = np.random.default_rng(seed)
+    folds, position = {}, 0
+    for label in sorted(set(labels.values())):
+        ids = sorted(p for p, l in labels.items() if l == label and splits[p] != "test")
+        for i in rng.permutation(len(ids)):
+            folds[ids[i]] = position % n_folds
+            position += 1
+    return folds
+
+
 def load_case(case):
     """Decode and check one case; return (example, whether Lesion.bmp is still image x mask)."""
     source, members = case["source"], case["members"]
@@ -826,6 +853,7 @@ def load_case(case):
         "centre": case["centre"],
         "case_id": case["case_id"],
         "patient_id": case["patient_id"],
+        "fold": case.get("fold"),
         **case["features"],
     }
     return example, lesion_matches
@@ -1362,6 +1390,8 @@ def render_card(built):
         license_details=_LICENSE_DETAILS,
         homepage=_HOMEPAGE,
         split_seed=SPLIT_SEED,
+        n_folds=N_FOLDS,
+        fold_seed=FOLD_SEED,
         lymphus_version=str(LymphUs.VERSION),
     )
 

@@ -65,6 +65,7 @@ from datasets import ClassLabel
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
 from lymphus_ml.cards import base_model_license, card_license, classifier_card
+from lymphus_ml import crossval
 from lymphus_ml.cli import run
 from lymphus_ml.data import (
     dataset_is_synthetic,
@@ -410,12 +411,15 @@ def predict_splits(trainer, evaluation_sets, data_args, image_processor, positiv
     return predictions
 
 
-def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency=None):
+def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency=None,
+                  threshold_set=None):
     """Metrics (at 0.5 and at the validation Youden threshold) with CIs, plots and rows of predictions.csv.
 
     Writes metrics_<split>.json, roc_<split>.png and confusion_matrix_<split>.png; returns (split_metrics, plots,
-    prediction rows).
+    prediction rows). threshold_set: the (references, probabilities) the threshold was chosen on (validation's unless
+    given: --cv_folds gives the out-of-fold predictions).
     """
+    threshold_set = threshold_set or predictions["validation"][:2]
     local_dataset = Path(data_args.dataset_name).exists()
     dataset_label = Path(data_args.dataset_name).name if local_dataset else data_args.dataset_name
     split_metrics, plots, prediction_rows = {}, {}, []
@@ -431,7 +435,7 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
         )
         # How much of the operating point is the luck of choosing the threshold on a small validation split.
         results["at_youden"].update(youden_threshold_stability(
-            predictions["validation"][:2], references, probabilities, n_bootstrap=data_args.n_bootstrap,
+            threshold_set, references, probabilities, n_bootstrap=data_args.n_bootstrap,
             confidence_level=data_args.confidence_level, seed=training_args.seed, metric_path=data_args.metric_path,
         ))
         split_metrics[split] = results
@@ -619,6 +623,69 @@ def card_fields(data_args, model_args, training_args, dataset, evaluation_sets, 
     )
 
 
+def cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets, class_names,
+                             positive_index, image_processor, run_folder):
+    """--cv_folds K: K fold models on train + validation (the dataset's folds) predict their held-out fold after every
+    epoch; the out-of-fold predictions choose the epochs, threshold, calibration and conformal sets (lymphus_ml.crossval).
+    Returns (the refit model's trainer, cv). The validation split leaves `evaluation_sets`: it is development data."""
+    import tempfile
+    from dataclasses import replace
+
+    from datasets import DatasetDict
+    from transformers import set_seed
+
+    if not training_args.do_train:
+        raise ValueError("--cv_folds trains K fold models and a refit: it cannot run with --do_train False.")
+    development, folds = crossval.development_set(dataset, cv_args, data_args.label_column_name, data_args.dataset_name)
+    evaluation_sets.pop("validation", None)
+    fold_records, test_views = [], None
+    with tempfile.TemporaryDirectory() as scratch:
+        fold_args = replace(training_args, output_dir=scratch, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+        for k in range(cv_args.cv_folds):
+            parts = DatasetDict(train=development.select(np.flatnonzero(folds != k)), validation=development.select(np.flatnonzero(folds == k)))
+            set_seed(training_args.seed)
+            model = load_model(model_args, data_args, class_names, True)[0]
+            trainer = build_trainer(model, image_processor, parts, data_args, fold_args, class_names, positive_index)
+            channels = model_num_channels(model.config)
+            test_views = test_views or {split: model_view(s, data_args, image_processor, channels) for split, s in evaluation_sets.items()}
+            callback = crossval.EpochPredictions({"held_out": trainer.eval_dataset, **test_views})
+            callback.trainer = trainer
+            trainer.add_callback(callback)
+            logger.info(f"Fold {k}: training on {len(parts['train'])} development cases, predicting the {len(parts['validation'])} held out")
+            trainer.train()
+            fold_records.append(callback.records)
+    labels = np.asarray(development[data_args.label_column_name])
+    cv = crossval.fit_on_oof(fold_records, folds, labels, positive_index, class_names, cv_args, data_args.metric_path)
+    cv.update(folds=folds, case_ids=list(development[data_args.case_id_column_name]), fold_records=fold_records, development=development)
+    logger.info(f"Out-of-fold: {cv['epochs']:g} epochs chosen (OOF ROC-AUC by epoch {cv['oof_roc_auc_by_epoch']}), "
+                f"threshold {cv['threshold']:.4f}, calibration {cv['calibrator'].as_dict()}")
+    trainer, cv["raw"] = refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets,
+                                              class_names, positive_index, image_processor, run_folder)
+    return trainer, cv
+
+
+def refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets, class_names,
+                         positive_index, image_processor, run_folder):
+    """One model trained on all development cases for the OOF-chosen epochs; its test-set probabilities before
+    calibration are taken, then the OOF calibration is folded into its head and the conformal thresholds put in its
+    config (CalibratedClassifierCV's ensemble=False design). Returns (trainer, {split: raw predictions})."""
+    from dataclasses import replace
+
+    from datasets import DatasetDict
+    from transformers import set_seed
+
+    refit_args = replace(training_args, eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                         num_train_epochs=cv["epochs"], max_steps=-1)
+    set_seed(training_args.seed)
+    model = load_model(model_args, data_args, class_names, True)[0]
+    parts = DatasetDict(train=development, validation=development.select(range(1)))  # no evaluation during the refit
+    trainer = build_trainer(model, image_processor, parts, data_args, refit_args, class_names, positive_index)
+    train_and_save(trainer, None, run_folder)
+    raw = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
+    crossval.carry_settings(trainer.model, cv)
+    return trainer, raw
+
+
 def job_paths(model_args, data_args, training_args) -> dict:
     """{option: value} of the options that name a file or folder, which a Hub Job cannot read when local."""
     return {
@@ -633,8 +700,8 @@ def job_paths(model_args, data_args, training_args) -> dict:
 
 def main(args=None):
     # Arguments
-    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments)
-    (model_args, data_args, training_args, job_args), push_to_hub, hub_token, argv = parse_training_arguments(
+    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments, crossval.CrossValidationArguments)
+    (model_args, data_args, training_args, job_args, cv_args), push_to_hub, hub_token, argv = parse_training_arguments(
         dataclass_types, args
     )
 
@@ -660,16 +727,20 @@ def main(args=None):
 
     # Train
     metric = load_metric(data_args.metric_path)
-    trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
-    if training_args.do_train:
+    trainer, cv = None, None
+    if cv_args.cv_folds:  # fold models choose the settings on out-of-fold predictions; a refit on all carries them
+        trainer, cv = cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets,
+                                               class_names, positive_index, image_processor, run_folder)
+    trainer = trainer or build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
+    if training_args.do_train and not cv:
         train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
 
     # Evaluate: validation picks the threshold, test and external use it unchanged
     if data_args.roi_source == "predicted":
         add_predicted_roi_sets(evaluation_sets, data_args, training_args.device)
     predictions = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
-    youden = youden_threshold(*predictions["validation"][:2], data_args.metric_path)
-    logger.info(f"Youden threshold on validation: {youden:.4f}")
+    youden = cv["threshold"] if cv else youden_threshold(*predictions["validation"][:2], data_args.metric_path)
+    logger.info(f"Youden threshold on {'the out-of-fold predictions' if cv else 'validation'}: {youden:.4f}")
     if not trainer.is_world_process_zero():
         return None  # under torchrun every process holds all predictions; the first writes the reports and pushes
     saliency = {}
@@ -679,8 +750,11 @@ def main(args=None):
             training_args.seed, output_dir,
         )
     split_metrics, plots, prediction_rows = report_splits(
-        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
+        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency,
+        (cv["references"], cv["oof_probabilities"]) if cv else None,
     )
+    if cv:
+        prediction_rows = crossval.report_cross_validation(cv, predictions, metric, data_args, training_args.seed, output_dir) + prediction_rows
     write_run_predictions(output_dir / "predictions.csv", prediction_rows)
     save_inference_settings(trainer, youden, data_args, output_dir)
 
@@ -690,6 +764,8 @@ def main(args=None):
         model_description, split_metrics, plots, youden, output_dir,
     )
     fields["saliency"] = saliency
+    if cv:
+        crossval.update_card_fields(fields, cv, split_sizes(cv["development"], data_args.label_column_name, class_names))
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
     run_folder.complete()

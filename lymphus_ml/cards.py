@@ -213,13 +213,13 @@ def threshold_stability_text(values, level: int) -> str:
     if values["threshold_range_low"] == values["threshold_range_high"]:
         return (
             f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of "
-            f"the validation split gave {values['threshold_range_low']:.3f} in the central {level}% of them: the "
+            f"{values.get('threshold_range_source', 'the validation split')} gave {values['threshold_range_low']:.3f} in the central {level}% of them: the "
             "operating point on this set does not hinge on the luck of the threshold (small validation sets can "
             "still hide a larger spread)."
         )
     return (
-        f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of the "
-        f"validation split moves it over {values['threshold_range_low']:.3f}-{values['threshold_range_high']:.3f} "
+        f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of "
+        f"{values.get('threshold_range_source', 'the validation split')} moves it over {values['threshold_range_low']:.3f}-{values['threshold_range_high']:.3f} "
         f"(central {level}%), which gives sensitivity {values['sensitivity_threshold_range_low']:.3f}-"
         f"{values['sensitivity_threshold_range_high']:.3f} and specificity {values['specificity_threshold_range_low']:.3f}-"
         f"{values['specificity_threshold_range_high']:.3f} on this set: the part of the operating point that is the "
@@ -365,6 +365,7 @@ def classifier_card(
     license_fields: dict | None = None,
     dataset_revision: str | None = None,
     saliency: dict | None = None,
+    cross_validation: dict | None = None,
 ):
     """The `ModelCard` of a LymphUs classifier (model_card.md), with `model-index` results.
 
@@ -419,6 +420,7 @@ def classifier_card(
             ({"max_cases": summary.get("max_cases"), "seed": summary.get("sample_seed")}
              for summary in (saliency or {}).values()), None,
         ),
+        cross_validation=cross_validation,  # lymphus_ml.crossval.card_context, with --cv_folds
     )
 
 

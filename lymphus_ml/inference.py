@@ -63,6 +63,7 @@ def classifier_settings(config) -> dict:
         "positive_label": positive_label,
         "positive_index": next(index for index, name in names.items() if name == positive_label),
         "negative_label": others[0] if len(others) == 1 else f"not {positive_label}",
+        "conformal": getattr(config, "conformal", None),  # train_vit.py --cv_folds: the referral sets' thresholds
     }
 
 

@@ -37,7 +37,7 @@ RUN_OUTPUT_FILES = (
     "README.md", "config.json", "preprocessor_config.json", "processor_config.json", "model*.safetensors",
     "model.safetensors.index.json", "training_args.bin", "trainer_state.json", "*_results.json", "metrics_*.json",
     "threshold.json", "predictions.csv", "segmentation_cases.csv", "roc_*.png", "confusion_matrix_*.png",
-    "saliency_*.png", "overlays_*.png",
+    "saliency_*.png", "overlays_*.png", "reliability_*.png",
 )
 
 
