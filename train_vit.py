@@ -16,6 +16,7 @@
 #     "safetensors",
 #     "jinja2",
 #     "openpyxl",
+#     "peft>=0.17",
 # ]
 # ///
 """Fine-tune an image-classification transformer on LymphUs (benign vs malignant lymph node ultrasound).
@@ -73,6 +74,16 @@ from lymphus_ml.data import (
     split_sizes,
 )
 from lymphus_ml.demo_configs import TINY_VIT_CONFIG
+from lymphus_ml.finetuning import (
+    BASE_MODEL_FOLDER,
+    FinetuningArguments,
+    TrainingCostCallback,
+    apply_finetuning,
+    finetuning_record,
+    merge_for_saving,
+    save_classifier_config,
+    write_finetuning_record,
+)
 from lymphus_ml.evaluation import (
     CLINICAL_METRIC_PATH,
     RocAucComputeMetrics,
@@ -538,8 +549,8 @@ def job_paths(model_args, data_args, training_args) -> dict:
 
 def main(args=None):
     # Arguments
-    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments)
-    (model_args, data_args, training_args, job_args), push_to_hub, hub_token, argv = parse_training_arguments(
+    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments, FinetuningArguments)
+    (model_args, data_args, training_args, job_args, finetuning_args), push_to_hub, hub_token, argv = parse_training_arguments(
         dataclass_types, args
     )
 
@@ -562,10 +573,13 @@ def main(args=None):
         model_args, data_args, class_names, training_args.do_train
     )
     image_processor.do_convert_rgb = True
+    model = apply_finetuning(model, finetuning_args, image_processor, output_dir / BASE_MODEL_FOLDER)
 
     # Train
     metric = load_metric(data_args.metric_path)
     trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
+    training_cost = TrainingCostCallback()
+    trainer.add_callback(training_cost)
     if training_args.do_train:
         train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
 
@@ -584,7 +598,11 @@ def main(args=None):
         predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
     )
     write_run_predictions(output_dir / "predictions.csv", prediction_rows)
+    merge_for_saving(trainer, finetuning_args, output_dir)
     save_inference_settings(trainer, youden, data_args, output_dir)
+    save_classifier_config(trainer.model, output_dir)
+    finetuning = finetuning_record(trainer.model, finetuning_args, output_dir, training_cost)
+    write_finetuning_record(finetuning, output_dir, split_metrics)
 
     # Model card
     fields = card_fields(
@@ -592,6 +610,7 @@ def main(args=None):
         model_description, split_metrics, plots, youden, output_dir,
     )
     fields["saliency"] = saliency
+    fields["finetuning"] = finetuning
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
     run_folder.complete()
