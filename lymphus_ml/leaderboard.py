@@ -53,7 +53,7 @@ def metric_columns() -> list[str]:
 
 
 CSV_COLUMNS = (
-    "model", "model_slug", "seed", "status", "roi", "youden_threshold", "confidence_level", *metric_columns(),
+    "model", "model_slug", "finetuning", "seed", "status", "roi", "youden_threshold", "confidence_level", *metric_columns(),
     "run_dir", "hub_repo", "job_id", "returncode", "error",
 )
 

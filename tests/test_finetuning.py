@@ -159,3 +159,48 @@ def test_merge_adapter_saves_a_full_model_with_the_runs_probabilities(small_expo
     _, expected = external_probabilities(output_dir)
     np.testing.assert_allclose(predict_split_probabilities(model, processor, evaluation_sets["external"]), expected,
                                atol=1e-5)
+
+
+# sweep.py --finetuning: the scheme as a leaderboard axis
+
+
+def test_sweep_plans_model_by_scheme_by_seed():
+    import sweep
+
+    runs = sweep.plan_runs("org/vit-a,org/vit-b", "0,1", "me/sw", "full,lora")
+    assert [(run.slug, run.finetuning, run.seed) for run in runs] == [
+        ("vit-a-full", "full", 0), ("vit-a-full", "full", 1), ("vit-a-lora", "lora", 0), ("vit-a-lora", "lora", 1),
+        ("vit-b-full", "full", 0), ("vit-b-full", "full", 1), ("vit-b-lora", "lora", 0), ("vit-b-lora", "lora", 1),
+    ]
+    assert runs[2].repo_id("me/sw") == "me/sw-vit-a-lora-seed0"
+    assert [run.finetuning for run in sweep.plan_runs("org/vit-a", "0")] == [None]  # no axis: train_vit's default
+    for text in ("full,fancy", "lora,lora"):
+        with pytest.raises(ValueError, match="distinct schemes among full, linear_probe, lora"):
+            sweep.plan_runs("org/vit-a", "0", None, text)
+
+
+def test_sweep_leaderboard_has_a_row_and_a_forest_group_per_model_and_scheme(small_export, tmp_path):
+    import sweep
+    from sklearn.metrics import roc_auc_score
+
+    config = tmp_path / "vit-micro.json"
+    config.write_text(TINY_VIT)
+    output_dir = tmp_path / "sweep"
+    sweep.main(["--dataset_name", str(small_export), "--models", str(config), "--seeds", "0", "--finetuning",
+                "linear_probe,lora", "--output_dir", str(output_dir), "--max_parallel_runs", "2", "--roi", "crop",
+                "--max_steps", "2", "--learning_rate", "1e-3", "--n_bootstrap", "0", "--saliency", "none", "--use_cpu",
+                "--report_to", "none", "--disable_tqdm", "True"])
+    with open(output_dir / "leaderboard.csv", newline="") as handle:
+        rows = {row["model_slug"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"vit-micro-linear_probe", "vit-micro-lora"}
+    for slug, scheme in (("vit-micro-linear_probe", "linear_probe"), ("vit-micro-lora", "lora")):
+        run_dir = output_dir / "runs" / slug / "seed0"
+        assert rows[slug]["finetuning"] == scheme and rows[slug]["status"] == "finished"
+        assert json.loads((run_dir / "finetuning.json").read_text())["scheme"] == scheme
+        with open(run_dir / "predictions.csv", newline="") as handle:
+            external = [row for row in csv.DictReader(handle) if row["split"] == "external"]
+        labels, scores = [int(row["label"]) for row in external], [float(row["probability"]) for row in external]
+        assert float(rows[slug]["external_auc"]) == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert (output_dir / "runs" / "vit-micro-lora" / "seed0" / "adapter_config.json").exists()
+    assert "vit-micro-lora" in (output_dir / "leaderboard.md").read_text()
+    assert (output_dir / "forest_external_auc.png").exists()
