@@ -16,7 +16,7 @@
 #     "safetensors",
 #     "jinja2",
 #     "openpyxl",
-#     "peft>=0.17",
+#     "peft>=0.21",
 # ]
 # ///
 """Fine-tune an image-classification transformer on LymphUs (benign vs malignant lymph node ultrasound).
