@@ -133,6 +133,13 @@ class SweepArguments:
         },
     )
     seeds: str | None = field(default=None, metadata={"help": "Comma-separated seeds (default 0,1,2; demo 0,1)."})
+    finetuning: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated train_vit.py --finetuning schemes (full, linear_probe, lora) as a leaderboard "
+            "axis: each (model, scheme) is one entry, <model>-<scheme>, over the seeds. Default: train_vit.py's."
+        },
+    )
     output_dir: str | None = field(
         default=None, metadata={"help": "Where runs/<model>/seed<k>/ and the leaderboard go (required)."}
     )
@@ -185,6 +192,7 @@ class SweepRun:
     seed: int
     option: str | None = None
     value: str | None = None
+    finetuning: str | None = None  # train_vit.py --finetuning, when sweep.py --finetuning gives the schemes
 
     @property
     def key(self) -> str:
@@ -279,8 +287,21 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"
 
 
-def plan_runs(models_text, seeds_text, prefix=None) -> list[SweepRun]:
-    """Every (model, seed) pair, model by model; each model checked (a .json file, a folder, or a Hub id)."""
+def parse_schemes(text) -> list[str | None]:
+    """--finetuning full,lora -> ["full", "lora"]; not given -> [None] (train_vit.py's default, no axis)."""
+    if text is None:
+        return [None]
+    from lymphus_ml.finetuning import FINETUNING_SCHEMES
+
+    schemes = [scheme.strip() for scheme in text.split(",")]
+    unknown = [scheme for scheme in schemes if scheme not in FINETUNING_SCHEMES]
+    if unknown or len(set(schemes)) != len(schemes):
+        raise ValueError(f"--finetuning {text}: give distinct schemes among {', '.join(FINETUNING_SCHEMES)}.")
+    return schemes
+
+
+def plan_runs(models_text, seeds_text, prefix=None, schemes_text=None) -> list[SweepRun]:
+    """Every (model, scheme, seed), model by model; each model checked (a .json file, a folder, or a Hub id)."""
     models = [model.strip() for model in models_text.split(",")]
     if not all(models):
         raise ValueError(f"--models {models_text} has an empty entry; separate models with single commas.")
@@ -300,7 +321,12 @@ def plan_runs(models_text, seeds_text, prefix=None) -> list[SweepRun]:
                 f"--models: {slugs[slug]!r} and {model!r} both get the name {slug!r}; rename one (folder or file)."
             )
         slugs[slug] = model
-        runs += [SweepRun(model, slug, seed, option, model) for seed in parse_seeds(seeds_text)]
+        runs += [
+            SweepRun(model, f"{slug}-{scheme}" if scheme else slug, seed, option, model, scheme)
+            for scheme in parse_schemes(schemes_text) for seed in parse_seeds(seeds_text)
+        ]
+    if len({sweep_run.key for sweep_run in runs}) != len(runs):
+        raise ValueError(f"--models {models_text} with --finetuning {schemes_text}: two runs get the same name; rename one.")
     if prefix:
         longest = max((sweep_run.repo_id(prefix) for sweep_run in runs), key=len)
         if len(longest.split("/")[-1]) > HUB_REPO_NAME_LIMIT:
@@ -393,6 +419,8 @@ def train_vit_arguments(sweep_run, sweep_args, forwarded, run_output_dir, inline
     arguments = ["--dataset_name", sweep_args.dataset_name, "--dataset_config", sweep_args.dataset_config,
                  "--external_config", sweep_args.external_config, sweep_run.option, value,
                  "--seed", str(sweep_run.seed), "--output_dir", str(run_output_dir)]
+    if sweep_run.finetuning:
+        arguments += ["--finetuning", sweep_run.finetuning]
     if sweep_args.hub_model_id_prefix:
         arguments += ["--hub_model_id", sweep_run.repo_id(sweep_args.hub_model_id_prefix)]
     return arguments + list(forwarded)
@@ -444,7 +472,8 @@ def is_argument_error(record) -> bool:
 
 
 def base_row(sweep_run, output_dir=None, prefix=None) -> dict:
-    return {"model": sweep_run.model, "model_slug": sweep_run.slug, "seed": sweep_run.seed, "status": "pending",
+    return {"model": sweep_run.model, "model_slug": sweep_run.slug, "finetuning": sweep_run.finetuning or "full",
+            "seed": sweep_run.seed, "status": "pending",
             "run_dir": str(sweep_run.folder(output_dir).relative_to(output_dir)) if output_dir else None,
             "hub_repo": sweep_run.repo_id(prefix)}
 
@@ -534,14 +563,15 @@ def collect_runs(sweep_args, output_dir) -> list[SweepRun]:
             raise ValueError(
                 "--collect with --models needs --hub_model_id_prefix (the repos are <prefix>-<model>-seed<k>)."
             )
-        return plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2")
+        return plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2", schemes_text=sweep_args.finetuning)
     jobs = read_jobs(output_dir)
     if not jobs:
         raise FileNotFoundError(
             f"{output_dir / JOBS_FILE} not found: give --models, --seeds and --hub_model_id_prefix to say which "
             "repos to collect."
         )
-    return [SweepRun(job["model"], job["model_slug"], int(job["seed"])) for job in jobs.values()]
+    return [SweepRun(job["model"], job["model_slug"], int(job["seed"]), finetuning=job.get("finetuning"))
+            for job in jobs.values()]
 
 
 def collect_from_hub(runs, sweep_args, output_dir, token) -> tuple[list, dict]:
@@ -590,12 +620,12 @@ def main(args=None):
         report(rows, output_dir)
         return rows
 
-    # The runs: every (model, seed) pair (the demo's configs are written, once, inside the sweep folder)
+    # The runs: every (model, scheme, seed) (the demo's configs are written, once, inside the sweep folder)
     if sweep_args.offline_demo:
         forwarded = apply_offline_demo(sweep_args, forwarded, output_dir)
     check_run_request(sweep_args, job_args, forwarded)
     runs = None if sweep_args.offline_demo else plan_runs(
-        sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix
+        sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix, sweep_args.finetuning
     )
 
     # Hub Jobs: one per run, in parallel on Hugging Face hardware, then stop (everything checked before any is sent)
@@ -613,7 +643,9 @@ def main(args=None):
         settings = prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
         if sweep_args.offline_demo:
             write_offline_demo_inputs(sweep_args, output_dir)
-            runs = plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix)
+            runs = plan_runs(
+                sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix, sweep_args.finetuning
+            )
         rows = run_sweep(runs, sweep_args, forwarded, output_dir, settings)
     report(rows, output_dir)
     failed = [row for row in rows if row["status"] != "finished"]

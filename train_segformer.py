@@ -16,6 +16,7 @@
 #     "safetensors",
 #     "jinja2",
 #     "openpyxl",
+#     "peft>=0.21",
 # ]
 # ///
 """Fine-tune a semantic-segmentation transformer to draw the lymph node on LymphUs ultrasound (background vs node).

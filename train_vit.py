@@ -16,6 +16,7 @@
 #     "safetensors",
 #     "jinja2",
 #     "openpyxl",
+#     "peft>=0.21",
 # ]
 # ///
 """Fine-tune an image-classification transformer on LymphUs (benign vs malignant lymph node ultrasound).
@@ -75,6 +76,16 @@ from lymphus_ml.data import (
     split_sizes,
 )
 from lymphus_ml.demo_configs import TINY_VIT_CONFIG
+from lymphus_ml.finetuning import (
+    BASE_MODEL_FOLDER,
+    FinetuningArguments,
+    TrainingCostCallback,
+    apply_finetuning,
+    finetuning_record,
+    merge_for_saving,
+    save_classifier_config,
+    write_finetuning_record,
+)
 from lymphus_ml.evaluation import (
     CLINICAL_METRIC_PATH,
     RocAucComputeMetrics,
@@ -700,10 +711,12 @@ def job_paths(model_args, data_args, training_args) -> dict:
 
 def main(args=None):
     # Arguments
-    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments, crossval.CrossValidationArguments)
-    (model_args, data_args, training_args, job_args, cv_args), push_to_hub, hub_token, argv = parse_training_arguments(
-        dataclass_types, args
+    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments,
+                       crossval.CrossValidationArguments, FinetuningArguments)
+    (model_args, data_args, training_args, job_args, cv_args, finetuning_args), push_to_hub, hub_token, argv = (
+        parse_training_arguments(dataclass_types, args)
     )
+    crossval.check_finetuning_scheme(cv_args, finetuning_args.finetuning)
 
     # Hub Job: submit this same command, with the project modules it imports, and stop
     if job_args.launch_on_hub:
@@ -724,6 +737,7 @@ def main(args=None):
         model_args, data_args, class_names, training_args.do_train
     )
     image_processor.do_convert_rgb = True
+    model = apply_finetuning(model, finetuning_args, image_processor, output_dir / BASE_MODEL_FOLDER)
 
     # Train
     metric = load_metric(data_args.metric_path)
@@ -732,6 +746,8 @@ def main(args=None):
         trainer, cv = cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets,
                                                class_names, positive_index, image_processor, run_folder)
     trainer = trainer or build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
+    training_cost = TrainingCostCallback()
+    trainer.add_callback(training_cost)
     if training_args.do_train and not cv:
         train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
 
@@ -756,7 +772,11 @@ def main(args=None):
     if cv:
         prediction_rows = crossval.report_cross_validation(cv, predictions, metric, data_args, training_args.seed, output_dir) + prediction_rows
     write_run_predictions(output_dir / "predictions.csv", prediction_rows)
+    merge_for_saving(trainer, finetuning_args, output_dir)
     save_inference_settings(trainer, youden, data_args, output_dir)
+    save_classifier_config(trainer.model, output_dir)
+    finetuning = finetuning_record(trainer.model, finetuning_args, output_dir, training_cost)
+    write_finetuning_record(finetuning, output_dir, split_metrics)
 
     # Model card
     fields = card_fields(
@@ -766,6 +786,7 @@ def main(args=None):
     fields["saliency"] = saliency
     if cv:
         crossval.update_card_fields(fields, cv, split_sizes(cv["development"], data_args.label_column_name, class_names))
+    fields["finetuning"] = finetuning
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
     run_folder.complete()

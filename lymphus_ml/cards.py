@@ -366,6 +366,7 @@ def classifier_card(
     dataset_revision: str | None = None,
     saliency: dict | None = None,
     cross_validation: dict | None = None,
+    finetuning: dict | None = None,
 ):
     """The `ModelCard` of a LymphUs classifier (model_card.md), with `model-index` results.
 
@@ -374,8 +375,11 @@ def classifier_card(
 
     split_sizes: {split: {"n": int, "<class name>": int, ...}}; split_metrics: {split: {"at_0.5": {...},
     "at_youden": {...}}} as in metrics_<split>.json; plots: {split: {"roc": "roc_test.png", "confusion_matrix": ...}}.
+    finetuning: lymphus_ml.finetuning.finetuning_record (an adapter's card says `library_name: peft`).
     """
     from huggingface_hub import ModelCard, ModelCardData
+
+    adapter = bool(finetuning) and finetuning.get("shared") == "adapter"
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
     sources = split_sources(dataset_config, external_config)
@@ -387,9 +391,10 @@ def classifier_card(
         model_name=model_name,
         base_model=base_model,
         datasets=[dataset_name] if is_hub_dataset else None,
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="image-classification",
-        tags=["image-classification"] + CARD_TAGS + (["synthetic-data"] if synthetic else []),
+        tags=["image-classification"] + CARD_TAGS + (["synthetic-data"] if synthetic else [])
+        + (["lora"] if finetuning and finetuning.get("scheme") == "lora" else []),
         metrics=["roc_auc", "recall", "specificity"],
         eval_results=eval_results or None,
         **license_fields,
@@ -421,6 +426,7 @@ def classifier_card(
              for summary in (saliency or {}).values()), None,
         ),
         cross_validation=cross_validation,  # lymphus_ml.crossval.card_context, with --cv_folds
+        finetuning=finetuning,
     )
 
 

@@ -281,3 +281,13 @@ def card_context(summary: dict, level: float) -> dict:
         "calibration_rows": calibration_rows, "conformal_rows": conformal_rows, "below_level": below,
         "ci_level": round(100 * level),
     }
+
+
+def check_finetuning_scheme(cv_args, finetuning_scheme: str) -> None:
+    """--cv_folds trains its fold models and the refit in full: a linear probe or LoRA would make the shared model
+    another scheme than the one its out-of-fold settings were chosen on, so the pair is refused."""
+    if cv_args.cv_folds and finetuning_scheme != "full":
+        raise ValueError(
+            f"--cv_folds with --finetuning {finetuning_scheme} is not supported: the fold models and the refit are "
+            "fully fine-tuned. Use --finetuning full with --cv_folds, or drop --cv_folds."
+        )

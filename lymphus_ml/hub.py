@@ -93,7 +93,7 @@ def require_hub_token(hub_token: str | None, what: str) -> str:
 # predictions and plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles
 # (training_args.bin) or dotfiles (an .env holding a token, say).
 UPLOAD_IGNORE_PATTERNS = [
-    "checkpoint-*", "checkpoint-*/**", "synthetic-lymphus/**", "runs/**", "_*", "*.bin", "*.pkl", ".*", "**/.*",
+    "checkpoint-*", "checkpoint-*/**", "synthetic-lymphus/**", "runs/**", "base_model/**", "_*", "*.bin", "*.pkl", ".*", "**/.*",
 ]
 
 

@@ -32,8 +32,13 @@ def load_segmenter(name_or_path, device=None, revision="main", cache_dir=None):
 
 
 def load_classifier(name_or_path, device=None, revision="main", cache_dir=None):
-    """(model, image processor) of a classifier written by train_vit.py, in eval mode on `device`."""
-    model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+    """(model, image processor) of a classifier written by train_vit.py, in eval mode on `device`; a LoRA
+    adapter (--finetuning lora) is loaded on its base and merged (lymphus_ml.finetuning.load_adapter_classifier)."""
+    from lymphus_ml.finetuning import load_adapter_classifier
+
+    model = load_adapter_classifier(name_or_path, revision=revision, cache_dir=cache_dir)
+    if model is None:
+        model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
     processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
     return model.to(device_for(device)).eval(), processor
 

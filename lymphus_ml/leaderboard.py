@@ -54,8 +54,8 @@ def metric_columns() -> list[str]:
 
 
 CSV_COLUMNS = (
-    "model", "model_slug", "seed", "status", "roi", "youden_threshold", "confidence_level", *metric_columns(),
-    "run_dir", "hub_repo", "hub_commit", "job_id", "returncode", "error",
+    "model", "model_slug", "finetuning", "seed", "status", "roi", "youden_threshold", "confidence_level",
+    *metric_columns(), "run_dir", "hub_repo", "hub_commit", "job_id", "returncode", "error",
 )
 
 

@@ -78,7 +78,12 @@ def check_space_models(api, classifier, segmenter) -> None:
             api.model_info(repo_id)
         except HfHubHTTPError as error:
             raise ValueError(f"{option} {repo_id} is not a model this token can read on the Hub ({error}).") from None
-    config = json.loads(Path(api.hf_hub_download(classifier, "config.json")).read_text())
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        config = json.loads(Path(api.hf_hub_download(classifier, "config.json")).read_text())
+    except EntryNotFoundError:  # a LoRA adapter (train_vit.py --finetuning lora): its classifier config
+        config = json.loads(Path(api.hf_hub_download(classifier, "classifier_config.json")).read_text())
     check_segmenter_given(classifier, config.get("roi_mode", "full"), segmenter)
 
 

@@ -112,7 +112,8 @@ def launch_runs(runs, commands, job_args, output_dir, token, hub_model_id_prefix
                          timeout=job_args.job_timeout, namespace=job_args.job_namespace)
         owner = getattr(job, "owner", None)
         jobs[sweep_run.key] = {
-            "model": sweep_run.model, "model_slug": sweep_run.slug, "seed": sweep_run.seed,
+            "model": sweep_run.model, "model_slug": sweep_run.slug, "finetuning": sweep_run.finetuning,
+            "seed": sweep_run.seed,
             "repo_id": sweep_run.repo_id(hub_model_id_prefix), "job_id": job.id, "job_url": job.url,
             "namespace": getattr(owner, "name", None) or job_args.job_namespace, "flavor": job_args.launch_on_hub,
             "created_at": job.created_at.isoformat() if getattr(job, "created_at", None) else None,
