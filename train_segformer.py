@@ -9,13 +9,15 @@
 #     "datasets>=5,<6",
 #     "huggingface_hub>=2,<3",
 #     "evaluate>=0.4.6",
+#     "numpy",
 #     "scipy",
 #     "scikit-learn",
 #     "matplotlib",
 #     "pillow",
-#     "safetensors",
-#     "jinja2",
+#     "pyarrow",
 #     "openpyxl",
+#     "safetensors",  # not imported: transformers saves the model with it
+#     "jinja2",  # not imported: huggingface_hub's ModelCard.from_template renders the cards with it
 # ]
 # ///
 """Fine-tune a semantic-segmentation transformer to draw the lymph node on LymphUs ultrasound (background vs node).

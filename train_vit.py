@@ -9,13 +9,16 @@
 #     "datasets>=5,<6",
 #     "huggingface_hub>=2,<3",
 #     "evaluate>=0.4.6",
+#     "numpy",
 #     "scipy",
 #     "scikit-learn",
 #     "matplotlib",
 #     "pillow",
-#     "safetensors",
-#     "jinja2",
+#     "pyarrow",
 #     "openpyxl",
+#     "captum>=0.9",  # lymphus_ml/saliency.py: --saliency integrated_gradients
+#     "safetensors",  # not imported: transformers saves the model with it
+#     "jinja2",  # not imported: huggingface_hub's ModelCard.from_template renders the cards with it
 # ]
 # ///
 """Fine-tune an image-classification transformer on LymphUs (benign vs malignant lymph node ultrasound).
