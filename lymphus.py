@@ -86,6 +86,9 @@ _HOMEPAGE = "https://qamebi.com/cervical-lymph-node/"
 # papers; it states no licence for the images. The data article itself is CC BY 4.0.
 _LICENSE = "other"
 _LICENSE_NAME = "lymphus-research-use"
+# The one name of these terms, in the dataset card and in every card of what is trained on it (lymphus_ml.cards,
+# the Space card).
+LYMPHUS_LICENSE = {"license": _LICENSE, "license_name": _LICENSE_NAME, "license_link": _HOMEPAGE}
 _LICENSE_DETAILS = (
     "The landing page states that the data are freely accessible for research and asks users to cite "
     "the data article and the study; it states no licence for the images themselves. The data article "
@@ -1146,9 +1149,7 @@ def render_card(built):
     facts = card_facts(counts, {centre: built[centre][3] for centre in CENTRES})
     card_data = DatasetCardData(
         pretty_name="LymphUs",
-        license=_LICENSE,
-        license_name=_LICENSE_NAME,
-        license_link=_HOMEPAGE,
+        **LYMPHUS_LICENSE,
         language=["en"],
         task_categories=["image-classification", "image-segmentation"],
         size_categories=[size_category(sum(facts["total"]))],

@@ -325,13 +325,14 @@ def test_push_to_space_uploads_the_app_and_what_it_imports(hub_with_spaces, hub_
     card = SpaceCard.load(space_id, repo_type="space")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and len(card.data.short_description) <= 60
     assert card.data.sdk_version == gradio_version() and "Not for clinical use" in card.text
+    assert (card.data.license, card.data.license_name) == ("other", "lymphus-research-use")  # the dataset's terms
     assert card.data.models == [hub_models["classifier"], hub_models["segmenter"]]
     config = json.loads(hub.read_file(space_id, "space_config.json", "space"))
     assert {key: config[key] for key in ("classifier", "segmenter")} == {
         "classifier": hub_models["classifier"], "segmenter": hub_models["segmenter"]}
     requirements = hub.read_file(space_id, "requirements.txt", "space").decode().split()
     names = {re.split(r"[<>=]", requirement)[0] for requirement in requirements}
-    assert "torch==2.14.1" in requirements and {"transformers", "huggingface_hub", "datasets"} <= names
+    assert "torch==2.14.1+cpu" in requirements and {"transformers", "huggingface_hub", "datasets"} <= names  # CPU build
     assert not names & {"gradio", "gradio_client", "playwright", "pytest"}
     for path in space_file_names(hub, space_id):
         assert hub.token.encode() not in hub.read_file(space_id, path, "space")
