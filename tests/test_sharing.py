@@ -61,3 +61,74 @@ def test_the_space_refuses_an_import_requirements_txt_does_not_list(tmp_path):
     (tmp_path / "requirements.txt").write_text((REPO / "requirements.txt").read_text().replace("torch==", "torch>="))
     with pytest.raises(ValueError, match=r"must pin torch exactly"):
         space.space_requirements(tmp_path / "requirements.txt")
+
+
+# Licences: one name for the LymphUs terms; a base model's inherited through huggingface_hub's public API
+
+
+def test_the_lymphus_terms_have_one_name_in_the_dataset_model_and_space_cards():
+    import lymphus
+    from lymphus_ml import cards
+
+    assert cards.LYMPHUS_DATA_LICENSE == lymphus.LYMPHUS_LICENSE == {
+        "license": "other", "license_name": "lymphus-research-use", "license_link": lymphus._HOMEPAGE}
+    card = space.space_card("u/space", "u/model", gradio_version="6.0.0")
+    assert (card.data.license, card.data.license_name, card.data.license_link) == tuple(lymphus.LYMPHUS_LICENSE.values())
+    text = cards.license_text(cards.card_license(None, None))
+    assert "lymphus-research-use" in text and "None" not in text
+
+
+def push_base_model(local_hub, name, front_matter) -> tuple[str, str]:
+    from huggingface_hub import HfApi
+
+    api, repo_id = HfApi(token=local_hub.token), f"{local_hub.user}/{name}"
+    api.create_repo(repo_id, exist_ok=True)
+    commit = api.upload_file(path_or_fileobj=f"---\n{front_matter}\n---\n# base\n".encode(), path_in_repo="README.md",
+                             repo_id=repo_id)
+    return repo_id, commit.oid
+
+
+def test_a_base_models_licence_is_inherited_at_its_revision(local_hub):
+    from lymphus_ml import cards
+
+    repo_id, first = push_base_model(local_hub, "base-apache", "license: apache-2.0")
+    _, second = push_base_model(local_hub, "base-apache", "license: mit")
+    assert cards.base_model_license(repo_id, first) == {"license": "apache-2.0"}
+    assert cards.base_model_license(repo_id, second) == cards.base_model_license(repo_id) == {"license": "mit"}
+    assert cards.card_license(None, cards.base_model_license(repo_id, first)) == {"license": "apache-2.0"}
+    assert cards.card_license("cc-by-4.0", cards.base_model_license(repo_id, first)) == {"license": "cc-by-4.0"}
+    assert cards.license_text({"license": "apache-2.0"}) == "`apache-2.0`"
+
+
+def test_a_base_licensed_other_passes_its_terms_on_and_never_prints_none(local_hub):
+    from huggingface_hub import ModelCardData
+
+    from lymphus_ml import cards
+
+    named, _ = push_base_model(local_hub, "base-other-named",
+                               "license: other\nlicense_name: acme-model-terms\nlicense_link: https://acme.test/terms")
+    fields = cards.card_license(None, cards.base_model_license(named))
+    assert fields == {"license": "other", "license_name": "acme-model-terms", "license_link": "https://acme.test/terms"}
+    text = cards.license_text(fields)
+    assert "`acme-model-terms`, https://acme.test/terms" in text and "base model" in text and "None" not in text
+    assert ModelCardData(**fields).to_dict() == fields  # what the card's YAML carries
+
+    bare, _ = push_base_model(local_hub, "base-other-bare", "license: other")
+    fields = cards.card_license(None, cards.base_model_license(bare))
+    assert fields == {"license": "other"}
+    text = cards.license_text(fields)
+    assert "None" not in text and "does not name" in text and "()" not in text
+
+
+def test_no_licence_where_the_base_model_has_no_card_or_cannot_be_read(local_hub, tmp_path, caplog):
+    from huggingface_hub import HfApi
+
+    from lymphus_ml import cards
+
+    repo_id = f"{local_hub.user}/base-no-card"
+    HfApi(token=local_hub.token).create_repo(repo_id, exist_ok=True)
+    assert cards.base_model_license(repo_id) is None
+    assert cards.base_model_license(str(tmp_path)) is None  # a local folder is not a Hub model
+    assert cards.base_model_license(f"{local_hub.user}/no-such-model") is None
+    assert "could not be read" in caplog.text
+    assert cards.card_license(None, None) == cards.LYMPHUS_DATA_LICENSE
