@@ -1190,6 +1190,7 @@ def render_card(built):
         features=_FEATURES,
         n_semantic_features=len(SEMANTIC_FEATURES),
         mask_labels=MASK_LABELS,
+        id2label_json=json.dumps({str(k): v for k, v in MASK_LABELS.items()}),
         citation=_CITATION,
         license_details=_LICENSE_DETAILS,
         homepage=_HOMEPAGE,

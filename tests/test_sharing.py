@@ -132,3 +132,51 @@ def test_no_licence_where_the_base_model_has_no_card_or_cannot_be_read(local_hub
     assert cards.base_model_license(f"{local_hub.user}/no-such-model") is None
     assert "could not be read" in caplog.text
     assert cards.card_license(None, None) == cards.LYMPHUS_DATA_LICENSE
+
+
+# transformers' run_semantic_segmentation.py: the dataset card's recipe, run on the small export
+
+
+def card_block(card_text, heading, language) -> str:
+    """The first ```language block after `heading` in a card."""
+    after = card_text[card_text.index(heading):]
+    return re.search(rf"```{language}\n(.*?)```", after, flags=re.S).group(1)
+
+
+def test_the_cards_segmentation_recipe_gives_what_transformers_example_expects(small_export, local_hub, monkeypatch):
+    """The card's Python recipe, run as written (ids substituted) against the local hub; then the data side of
+    run_semantic_segmentation.py as that example does it: load_dataset(name), its `image` and `label` columns,
+    id2label.json from the dataset repo, np.array(label) as the class map with do_reduce_labels off."""
+    import json
+
+    import numpy as np
+    from datasets import load_dataset
+    from huggingface_hub import hf_hub_download
+
+    import lymphus
+
+    monkeypatch.setenv("HF_TOKEN", local_hub.token)
+    card = (small_export / "README.md").read_text()
+    heading = "### Segmentation with transformers' example (`run_semantic_segmentation.py`)"
+    repo_id = f"{local_hub.user}/lymphus-segmentation-center1"
+    recipe = card_block(card, heading, "python").replace("<this repo id or export folder>", str(small_export))
+    exec(recipe.replace("<user>/lymphus-segmentation-center1", repo_id), {})
+    command = card_block(card, heading, "bash")
+    assert "--do_reduce_labels" not in command and "--dataset_name <user>/lymphus-segmentation-center1" in command
+    assert "`ignore_index=0` to `ignore_index=255`" in card
+
+    # The example's data side (its dataset_config_name is never passed to load_dataset)
+    dataset = load_dataset(repo_id)
+    source = load_dataset(str(small_export), "center1")
+    assert set(dataset) == {"train", "validation", "test"}  # a validation split: no train_val_split carved off
+    id2label = {int(k): v for k, v in json.load(open(hf_hub_download(repo_id, "id2label.json", repo_type="dataset"))).items()}
+    assert id2label == lymphus.MASK_LABELS == {0: "background", 1: "lymph_node"}
+    for split in dataset:
+        assert dataset[split].column_names == ["image", "label"] and dataset[split].num_rows == source[split].num_rows
+        assert dataset[split].features["label"].__class__.__name__ == "Image"
+        for example, original in zip(dataset[split], source[split]):
+            target = np.array(example["label"])  # preprocess_batch: mask=np.array(target), no reduce_labels
+            assert target.shape == np.array(example["image"].convert("RGB")).shape[:2]
+            assert np.array_equal(target, np.array(original["mask"]))
+            assert set(np.unique(target)) == set(id2label)  # background and node both present, both classes
+            assert 255 not in target  # the value the fixed metric ignores is never a LymphUs class
