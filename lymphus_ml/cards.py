@@ -171,6 +171,42 @@ def classification_eval_results(
     return eval_results
 
 
+EVAL_RESULTS_FILE = ".eval_results/lymphus.yaml"
+
+
+def benchmark_eval_results(kind, split_metrics, data_args, dataset_revision=None, repo_id=None) -> dict:
+    """{EVAL_RESULTS_FILE: YAML} for a pushed model: its results in the Hub's Evaluation Results format, one entry per
+    LymphUs benchmark task it measured (the export's eval.yaml): the test split of `dataset_config` and, for a
+    model trained on one centre, the external centre as the `<source>_to_<target>` subset's test split. `kind`:
+    "classification" (ROC-AUC) or "segmentation" (mean Dice); `data_args`: the run's dataset_name, dataset_config and
+    external_config. {} for a local export (no Hub dataset id to cite)."""
+    import yaml
+    from huggingface_hub import constants
+
+    from lymphus import CENTRES, benchmark_task_id
+
+    dataset_name, external_config = data_args.dataset_name, data_args.external_config
+    if not dataset_name or not dataset_reference(dataset_name)[0]:
+        return {}
+    config = data_args.dataset_config or "all"
+    measured = {config: split_metrics.get("test")}
+    if config in CENTRES and external_config in CENTRES and external_config != config:
+        measured[f"{config}_to_{external_config}"] = split_metrics.get("external")
+    entries = []
+    for task_config, metrics in measured.items():
+        value = (metrics or {}).get("at_0.5", {}).get("roc_auc") if kind == "classification" else (metrics or {}).get("dice")
+        if value is None:
+            continue
+        dataset = {"id": dataset_name, "task_id": benchmark_task_id(kind, task_config)}
+        if dataset_revision:
+            dataset["revision"] = dataset_revision
+        entry = {"dataset": dataset, "value": round(float(value), 6)}
+        if repo_id:
+            entry["source"] = {"url": f"{constants.ENDPOINT}/{repo_id}", "name": "Model card (the run's own evaluation)"}
+        entries.append(entry)
+    return {EVAL_RESULTS_FILE: yaml.safe_dump(entries, sort_keys=False)} if entries else {}
+
+
 def roi_description(roi_mode, roi_margin) -> str:
     return {
         "full": "the whole image",

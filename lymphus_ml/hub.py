@@ -114,10 +114,12 @@ def push_run_to_hub(
     *,
     private: bool | None = None,
     commit_message: str = "Upload LymphUs results",
+    extra_files: dict | None = None,
 ) -> str:
     """Create `repo_id` if needed and upload, as ONE commit, exactly the files the run that just finished in
     `output_dir` wrote (its run marker, lymphus_ml.run_folder), less UPLOAD_IGNORE_PATTERNS: never a file that was
-    there before, put beside them, or changed since. Returns the commit URL."""
+    there before, put beside them, or changed since; plus `extra_files` ({path in repo: text}, made for the push:
+    the model's .eval_results). Returns the commit URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.utils import filter_repo_objects
 
@@ -133,6 +135,8 @@ def push_run_to_hub(
             "uploaded. Make it private in its settings on the Hub, or push without --hub_private_repo."
         )
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(output_dir / name)) for name in names]
+    operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=text.encode())
+                   for name, text in (extra_files or {}).items()]
     commit = api.create_commit(repo_id, operations, commit_message=commit_message)
     return commit.commit_url
 

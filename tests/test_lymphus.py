@@ -372,7 +372,8 @@ def test_command_line_synth_and_export(tmp_path):
     lymphus.main(["export", "--data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"])
     assert len(datasets.load_dataset(str(tmp_path / "out"), "center2")["train"]) == 2
     # No build leftovers; the marker that makes it ours; the mask classes for segmentation tools.
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [lymphus.EXPORT_MARKER, "README.md", "data", "id2label.json"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        lymphus.EXPORT_MARKER, "README.md", "data", "eval.yaml", "id2label.json"]
     assert json.loads((tmp_path / "out" / "id2label.json").read_text()) == {"0": "background", "1": "lymph_node"}
 
 
@@ -425,7 +426,7 @@ def test_push_uploads_no_dotfiles_and_says_whether_the_repo_is_public(small_arch
     api = HfApi(token=local_hub.token)
     uploaded = set(api.list_repo_files(repo_id, repo_type="dataset"))
     expected = {path.relative_to(export).as_posix() for path in export.rglob("*") if path.is_file() and not any(part.startswith(".") for part in path.relative_to(export).parts)}
-    assert uploaded - {".gitattributes"} == expected and "id2label.json" in expected
+    assert uploaded - {".gitattributes"} == expected and {"id2label.json", "eval.yaml"} <= expected
     assert not api.repo_info(repo_id, repo_type="dataset").private
     # Asking for a private repo that exists and is public uploads nothing.
     commits = len(local_hub.commits(repo_id, "dataset"))

@@ -180,3 +180,97 @@ def test_the_cards_segmentation_recipe_gives_what_transformers_example_expects(s
             assert np.array_equal(target, np.array(original["mask"]))
             assert set(np.unique(target)) == set(id2label)  # background and node both present, both classes
             assert 255 not in target  # the value the fixed metric ignores is never a LymphUs class
+
+
+# LymphUs as a Hub benchmark: the export's eval.yaml, the models' .eval_results
+
+
+def test_the_export_describes_the_lymphus_benchmark_tasks(small_export):
+    import yaml
+    from datasets import get_dataset_config_names
+
+    import lymphus
+
+    benchmark = yaml.safe_load((small_export / "eval.yaml").read_text())
+    assert benchmark["name"] == "LymphUs" and benchmark["evaluation_framework"] and benchmark["description"]
+    configs = get_dataset_config_names(str(small_export))
+    ids = [task["id"] for task in benchmark["tasks"]]
+    assert len(ids) == len(set(ids)) == 2 * len(configs)
+    for task in benchmark["tasks"]:
+        assert task["config"] in configs and task["split"] == "test"
+        assert task["id"] in {lymphus.benchmark_task_id(kind, task["config"]) for kind in ("classification", "segmentation")}
+
+
+def run_metrics(kind, test, external):
+    def values(value):
+        return {"at_0.5": {"roc_auc": value}} if kind == "classification" else {"dice": value}
+
+    return {"validation": values(0.99), "test": values(test), "external": values(external)}
+
+
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_a_pushed_model_reports_into_the_benchmark_tasks(kind, small_export, tmp_path):
+    from types import SimpleNamespace
+
+    import yaml
+
+    from lymphus_ml import cards
+
+    tasks = {task["id"]: task for task in yaml.safe_load((small_export / "eval.yaml").read_text())["tasks"]}
+    data_args = SimpleNamespace(dataset_name="someone/lymphus", dataset_config="center1", external_config="center2")
+    files = cards.benchmark_eval_results(kind, run_metrics(kind, 0.8125, 0.7), data_args, "a" * 40, "someone/model")
+    (entries,) = [yaml.safe_load(text) for name, text in files.items() if name == ".eval_results/lymphus.yaml"]
+    by_task = {entry["dataset"]["task_id"]: entry for entry in entries}
+    metric = "malignancy-roc-auc" if kind == "classification" else "node-dice"
+    assert set(by_task) == {f"center1-{metric}", f"center1_to_center2-{metric}"} <= set(tasks)
+    assert tasks[f"center1_to_center2-{metric}"]["config"] == "center1_to_center2"  # its test split: all of centre 2
+    assert by_task[f"center1-{metric}"]["value"] == 0.8125 and by_task[f"center1_to_center2-{metric}"]["value"] == 0.7
+    for entry in entries:
+        assert entry["dataset"]["id"] == "someone/lymphus" and entry["dataset"]["revision"] == "a" * 40
+        assert entry["source"]["url"].endswith("/someone/model")
+    # A local export is no Hub dataset id to cite; a model trained on both centres has no external task
+    assert cards.benchmark_eval_results(kind, run_metrics(kind, 0.8, 0.7), SimpleNamespace(
+        dataset_name=str(small_export), dataset_config="center1", external_config="center2")) == {}
+    (entries,) = map(yaml.safe_load, cards.benchmark_eval_results(kind, {"test": run_metrics(kind, 0.6, 0)["test"]}, SimpleNamespace(
+        dataset_name="someone/lymphus", dataset_config="all", external_config=None)).values())
+    assert [(e["dataset"]["task_id"], e["value"]) for e in entries] == [(f"all-{metric}", 0.6)]
+    assert "revision" not in entries[0]["dataset"] and "source" not in entries[0]
+
+
+def test_push_uploads_the_eval_results_with_the_run(local_hub, tmp_path):
+    from huggingface_hub import HfApi
+
+    from lymphus_ml.hub import push_run_to_hub
+    from lymphus_ml.run_folder import RunFolder
+
+    run = RunFolder.claim(tmp_path / "run", "train_vit.py")
+    (tmp_path / "run" / "README.md").write_text("---\nlicense: mit\n---\n# model\n")
+    run.complete()
+    repo_id = f"{local_hub.user}/eval-results-push"
+    push_run_to_hub(tmp_path / "run", repo_id, local_hub.token, extra_files={".eval_results/lymphus.yaml": "- value: 1\n"})
+    files = set(HfApi(token=local_hub.token).list_repo_files(repo_id))
+    assert {"README.md", ".eval_results/lymphus.yaml"} <= files and not any(".lymphus-run" in name for name in files)
+    assert local_hub.read_file(repo_id, ".eval_results/lymphus.yaml") == b"- value: 1\n"
+
+
+# The local evaluate modules' cards: their examples run as written
+
+
+@pytest.mark.parametrize("module", ["clinical_classification", "binary_segmentation"])
+def test_the_metric_module_cards_examples_run_as_written(module, monkeypatch):
+    import doctest
+
+    import yaml
+
+    card = (REPO / "metrics" / module / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert {"evaluate", "metric"} <= set(metadata["tags"]) and metadata["description"]
+    for section in ("## Metric Description", "## How to Use", "### Inputs", "### Output Values",
+                    "## Limitations and Bias", "## Citation"):
+        assert section in card, section
+    monkeypatch.chdir(REPO)
+    example = re.search(r"```python\n(.*?)```", card, flags=re.S).group(1)
+    test = doctest.DocTestParser().get_doctest(example, {}, module, str(REPO / "metrics" / module / "README.md"), 0)
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    runner.run(test)
+    assert runner.failures == 0 and runner.tries >= 4
