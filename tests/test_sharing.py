@@ -274,3 +274,34 @@ def test_the_metric_module_cards_examples_run_as_written(module, monkeypatch):
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
     runner.run(test)
     assert runner.failures == 0 and runner.tries >= 4
+
+
+def test_a_classifier_trained_on_a_hub_dataset_pushes_its_benchmark_results(small_export, local_hub, tmp_path, monkeypatch):
+    """train_vit.py end to end on the local hub: the export pushed, one tiny run on its Hub id, pushed; the model's
+    .eval_results/lymphus.yaml cites the dataset at the revision trained on, with the run's own test and external
+    ROC-AUC, in the tasks of the export's eval.yaml."""
+    import json
+
+    import yaml
+    from huggingface_hub import HfApi
+
+    import lymphus
+    import train_vit
+    from fixtures import vit_args
+
+    monkeypatch.setenv("HF_TOKEN", local_hub.token)
+    dataset_id, model_id = f"{local_hub.user}/lymphus-benchmark", f"{local_hub.user}/vit-benchmark"
+    lymphus.push_export(small_export, dataset_id, token=local_hub.token)
+    revision = HfApi().dataset_info(dataset_id).sha
+    output = tmp_path / "run"
+    train_vit.main(vit_args(dataset_id, output, "--max_steps", "1", "--n_bootstrap", "0", "--push_to_hub",
+                            "--hub_model_id", model_id))
+    entries = yaml.safe_load(local_hub.read_file(model_id, ".eval_results/lymphus.yaml"))
+    tasks = {task["id"] for task in yaml.safe_load(local_hub.read_file(dataset_id, "eval.yaml", "dataset"))["tasks"]}
+    expected = {"center1-malignancy-roc-auc": json.loads((output / "metrics_test.json").read_text())["at_0.5"]["roc_auc"],
+                "center1_to_center2-malignancy-roc-auc":
+                    json.loads((output / "metrics_external.json").read_text())["at_0.5"]["roc_auc"]}
+    assert {entry["dataset"]["task_id"]: entry["value"] for entry in entries} == pytest.approx(expected, abs=1e-6)
+    assert set(expected) <= tasks
+    assert all(entry["dataset"]["id"] == dataset_id and entry["dataset"]["revision"] == revision for entry in entries)
+    assert not (output / ".eval_results").exists()  # written for the push only
