@@ -369,7 +369,8 @@ def launch_job(script, script_args: list[str], flavor: str, token: str, *, timeo
         for file in files:
             (Path(staging) / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(PROJECT_ROOT / file, Path(staging) / file)
-        volume = api.sync_job_volume(staging, JOB_MOUNT_PATH, remote_name=folder, namespace=namespace)
+        # Writable, as run_uv_job mounts a local script's folder: the Job may write beside the script.
+        volume = api.sync_job_volume(staging, JOB_MOUNT_PATH, remote_name=folder, read_only=False, namespace=namespace)
     job = api.run_job(
         image=JOB_IMAGE,
         command=["uv", "run", f"{JOB_MOUNT_PATH}/{files[0]}", *script_args],

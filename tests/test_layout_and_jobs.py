@@ -207,7 +207,7 @@ def test_launch_on_hub_submits_the_same_run_and_ships_what_it_imports(script, lo
     assert shipped[script] == (REPO / script).read_bytes()
     volume = spec["volumes"][0]
     assert volume["mountPath"] == "/data" and volume["source"] == f"{local_hub.user}/jobs-artifacts"
-    assert volume["path"] == bucket_recorder["add"][0][1].split("/", 1)[0] and volume["readOnly"] is True
+    assert volume["path"] == bucket_recorder["add"][0][1].split("/", 1)[0] and volume["readOnly"] is False
     assert spec["dockerImage"] == hub.JOB_IMAGE
     assert job.url in capsys.readouterr().out
 
