@@ -12,10 +12,16 @@ or bit depth are accepted, as by predict.py, and refused as it refuses them (one
 Uploads and result pictures are deleted from the server 10 minutes after they were made. Not for clinical use.
 
 --offline_demo runs `train_vit.py --offline_demo` and `train_segformer.py --offline_demo` once (about 1.5 minutes
-on 2 CPU cores) and reuses the models while they are complete in --demo_dir.
+on 2 CPU cores) and reuses the models while they are complete in --demo_dir. It deletes or replaces only what it
+wrote there (listed in --demo_dir's .lymphus-demo.json); anything else in its way is named and left alone. A failed
+training is one message naming the script and the end of its log.
 
 Publish it as a Gradio Space that loads the models by Hub id (the Space gets this file, the project modules it
-imports, its card, requirements.txt and space_config.json, which names the models it serves):
+imports, its card, requirements.txt and space_config.json, which names the models it serves and records each file
+it shipped with its SHA-256). An existing Space is updated only when that record proves it ours (every file we
+shipped unchanged, none of ours overwriting one of the user's); files an earlier push shipped and this one does not
+are deleted by exact name, anything else is kept. With --private a new Space is created private and an existing
+public one is made private:
 
     python app.py --push_to_space <user>/lymphus-demo --classifier <user>/vit-lymphus-center1 \
         --segmenter <user>/segformer-lymphus-center1
@@ -84,7 +90,7 @@ class AppArguments:
             "Hub ids, then exit."
         },
     )
-    private: bool = field(default=False, metadata={"help": "With --push_to_space: create the Space private."})
+    private: bool = field(default=False, metadata={"help": "With --push_to_space: create the Space private, or make an existing public one private."})
     hub_token: str | None = field(
         default=None, metadata={"help": "Token for --push_to_space (default: $HF_TOKEN or the saved login)."}
     )

@@ -37,17 +37,27 @@ writes its sweep_run.json with "status": "finished". Running the same command ag
 the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
 then exits with status 1 (train_vit.py refusing the options stops it at once). --output_dir and --dataset_* are
 sweep.py's own; the options it sets per run (--model_name_or_path, --model_config_json, --seed, --hub_model_id) are
-refused among the forwarded ones, and so are abbreviations of its own.
+refused among the forwarded ones, and so are abbreviations of its own; every other forwarded option must be one of
+train_vit.py's (read from `train_vit.py --help`), and a value that looks like a Hub token is refused wherever it is
+given but --hub_token, all before anything is written or submitted.
+
+One sweep per --output_dir at a time (a lock on <output_dir>/.sweep.lock: a second fails at once). The train_vit.py
+runs die with the sweep, even when it is SIGKILLed; SIGINT or SIGTERM ends them, says so and exits non-zero.
+--collect counts a Hub run as finished only when its Job completed and its repo was pushed after the Job was created:
+an earlier sweep's results in a repo of the same name are never shown as this sweep's.
 """
 
+import difflib
 import json
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from pathlib import Path
 
 from lymphus_ml.cli import DEBUG_FLAG, argument_parser, run
@@ -59,21 +69,35 @@ from lymphus_ml.hub import (
     boolean_flag,
     option_name,
     option_names,
+    refuse_token_values,
     resolve_hub_token,
     without_boolean_flag,
 )
 from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files, write_leaderboard, write_text_atomic
-from lymphus_ml.runs import RUN_SPLITS, TRAIN_VIT_SCRIPT, log_tail, read_run_metrics, read_run_predictions, run_script
+from lymphus_ml.runs import (
+    RUN_SPLITS,
+    TRAIN_VIT_SCRIPT,
+    folder_lock,
+    log_tail,
+    read_run_metrics,
+    read_run_predictions,
+    run_script,
+    script_option_names,
+    stop_scripts_on_signals,
+)
 
 
 logger = logging.getLogger(__name__)
 
 RUN_MARKER = "sweep_run.json"
+LOCK_FILE = ".sweep.lock"  # one sweep per --output_dir at a time (runs.folder_lock)
 RUN_LOG = "train_vit.log"
 RESULT_FILES = tuple(f"metrics_{split}.json" for split in RUN_SPLITS) + ("predictions.csv",)
 JOB_FAILED_STAGES = ("ERROR", "CANCELED", "DELETED")
 JOB_ACTIVE_STAGES = ("RUNNING", "SCHEDULING")
 HUB_REPO_NAME_LIMIT = 96
+# Forwarded options whose value train_vit.py reads as a file or folder (or a Hub id): a Hub Job cannot read a local one.
+READ_PATH_OPTION = re.compile(r"(name_or_path|_path|_name|_json|_config|resume_from_checkpoint|deepspeed)$")
 
 # Options sweep.py sets for each run: refused among the options forwarded to train_vit.py.
 MANAGED_OPTIONS = {
@@ -178,11 +202,13 @@ def parse_sweep_arguments(args=None):
         epilog="Any other option is forwarded to every train_vit.py run (see python train_vit.py --help).",
     )
     argv = [argument for argument in (sys.argv[1:] if args is None else list(args)) if argument != DEBUG_FLAG]
+    refuse_token_values(argv, "sweep.py")  # before parsing: argparse's own errors quote values
     sweep_args, job_args, forwarded = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     own_options = [f"--{item.name}" for kind in (SweepArguments, HubJobArguments) for item in fields(kind)]
     check_forwarded_options(forwarded, own_options)
     if sweep_args.collect and forwarded:
-        raise ValueError(f"--collect reads finished runs and takes no train_vit.py option (got {forwarded[0]}).")
+        got = option_name(forwarded[0]) if forwarded[0].startswith("-") else "a value"
+        raise ValueError(f"--collect reads finished runs and takes no train_vit.py option (got {got}).")
     if sweep_args.output_dir is None:
         raise ValueError("--output_dir is required: the folder for runs/<model>/seed<k>/ and the leaderboard.")
     modes = [name for name, on in (("--collect", sweep_args.collect), ("--launch_on_hub", job_args.launch_on_hub),
@@ -191,6 +217,8 @@ def parse_sweep_arguments(args=None):
         raise ValueError(f"{' and '.join(modes)} cannot be combined.")
     if sweep_args.max_parallel_runs is not None and sweep_args.max_parallel_runs < 1:
         raise ValueError(f"--max_parallel_runs {sweep_args.max_parallel_runs}: give 1 or more.")
+    if forwarded:
+        check_train_vit_options(forwarded, own_options)
     return sweep_args, job_args, job_script_args(forwarded)
 
 
@@ -210,6 +238,28 @@ def check_forwarded_options(forwarded, own_options):
         if abbreviated:
             raise ValueError(
                 f"{name} looks like an abbreviation of {', '.join(abbreviated)}: options must be spelt in full."
+            )
+
+
+def is_option(argument) -> bool:
+    """`--name`, `--name=value`, `-x`; not a value such as -1 or -0.5."""
+    return re.match(r"-[^\d.]", argument) is not None
+
+
+def check_train_vit_options(forwarded, own_options):
+    """Every forwarded option must be one of train_vit.py's (read from its --help): a misspelt one, a token option
+    above all, never reaches a run's command, a Job or a file. Names the option, never its value."""
+    known = script_option_names(TRAIN_VIT_SCRIPT)
+    for argument in forwarded:
+        if not is_option(argument):
+            continue
+        name = option_name(argument)
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known | set(own_options)), n=1)
+            raise ValueError(
+                f"{name} is an option of neither sweep.py nor train_vit.py"
+                + (f" (did you mean {close[0]}?)" if close else "")
+                + "; options must be spelt in full (python train_vit.py --help lists them). Nothing was run."
             )
 
 
@@ -317,7 +367,7 @@ def prepare_output_dir(output_dir, settings, compare=True) -> dict:
     manifest = output_dir / "sweep.json"
     if output_dir.is_file():
         raise NotADirectoryError(f"--output_dir {output_dir} is a file.")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not manifest.is_file():
+    if output_dir.is_dir() and any(item.name != LOCK_FILE for item in output_dir.iterdir()) and not manifest.is_file():
         raise FileExistsError(
             f"--output_dir {output_dir} is not empty and holds no sweep.json: choose a new or empty folder."
         )
@@ -341,7 +391,7 @@ def train_vit_arguments(sweep_run, sweep_args, forwarded, run_output_dir, inline
     """train_vit.py's command line for one run (a config file's contents inline for a Hub Job, which cannot read it)."""
     value = sweep_run.value
     if inline_config and sweep_run.option == "--model_config_json":
-        value = json.dumps(json.loads(Path(sweep_run.value).read_text()), separators=(",", ":"))
+        value = json.dumps(read_config_file(sweep_run.value), separators=(",", ":"))
     arguments = ["--dataset_name", sweep_args.dataset_name, "--dataset_config", sweep_args.dataset_config,
                  "--external_config", sweep_args.external_config, sweep_run.option, value,
                  "--seed", str(sweep_run.seed), "--output_dir", str(run_output_dir)]
@@ -376,6 +426,8 @@ def run_train_vit(sweep_run, arguments, folder, env) -> dict:
     if record["status"] == "failed":
         record["log_tail"] = log_tail(folder / RUN_LOG)
         record["error"] = error_line(record["log_tail"]) if returncode else f"train_vit.py wrote no {missing}"
+        if returncode < 0:
+            record["error"] = f"train_vit.py was ended by {signal.Signals(-returncode).name} (the sweep stopping, or from outside)"
     write_text_atomic(folder / RUN_MARKER, json.dumps(record, indent=2) + "\n")
     return record
 
@@ -383,7 +435,7 @@ def run_train_vit(sweep_run, arguments, folder, env) -> dict:
 def is_argument_error(record) -> bool:
     """train_vit.py refused its command line (argparse exits 2; lymphus_ml.cli names unknown options): every run
     would fail the same way."""
-    return record["returncode"] == 2 or "Unknown option" in record.get("error", "")
+    return record["returncode"] == 2 or "Unknown option" in (record.get("error") or "")
 
 
 def base_row(sweep_run, output_dir=None, prefix=None) -> dict:
@@ -423,7 +475,10 @@ def run_sweep(runs, sweep_args, forwarded, output_dir, settings) -> list:
     pending = [item for item in runs if read_run_marker(item.folder(output_dir)).get("status") != "finished"]
     logger.info(f"{len(runs)} runs: {len(runs) - len(pending)} already finished (skipped), {len(pending)} to run.")
     queue, running, ended = list(pending), {}, 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # SIGINT/SIGTERM end the running train_vit.py processes (before the pool waits for its threads), say so, exit
+    # non-zero; SIGKILL ends them too (runs.start_script ties them to this process).
+    stopping = stop_scripts_on_signals("sweep.py", "Run the same command to resume: finished runs are kept.")
+    with ThreadPoolExecutor(max_workers=workers) as pool, stopping:
         while queue or running:
             while queue and len(running) < workers:  # submitted one by one: a stop leaves the rest unstarted
                 sweep_run = queue.pop(0)
@@ -481,6 +536,37 @@ def check_launch_request(sweep_args, runs, forwarded, token):
         raise ValueError(
             f"--models {local[0]} is a local folder, which a Hub Job cannot read: push it and give its Hub id."
         )
+    for config in dict.fromkeys(item.model for item in runs if item.option == "--model_config_json"):
+        read_config_file(config)  # sent inline: every one must read before the first Job is submitted
+    for name, value in option_values(forwarded):
+        if READ_PATH_OPTION.search(name) and Path(value).expanduser().exists():
+            raise ValueError(
+                f"{name} {value} is a local path, which a Hub Job cannot read: push it to the Hub and give its id."
+            )
+
+
+def option_values(forwarded) -> list[tuple[str, str]]:
+    """(option, value) of every `--name value` and `--name=value` among forwarded arguments."""
+    pairs = []
+    for index, argument in enumerate(forwarded):
+        if not is_option(argument):
+            continue
+        if "=" in argument:
+            pairs.append((option_name(argument), argument.split("=", 1)[1]))
+        elif index + 1 < len(forwarded) and not is_option(forwarded[index + 1]):
+            pairs.append((option_name(argument), forwarded[index + 1]))
+    return pairs
+
+
+def read_config_file(path) -> dict:
+    """A --models .json config: a JSON object with "model_type" (train_vit.py builds the model from it)."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--models {path} is not valid JSON: {error}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f'--models {path} is not a model config: a JSON object with "model_type" is needed.')
+    return config
 
 
 def read_jobs(output_dir) -> dict:
@@ -488,17 +574,19 @@ def read_jobs(output_dir) -> dict:
     return json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
 
 
-def job_stage(api, job) -> tuple[str, str | None]:
-    """(stage, message) of a recorded job: COMPLETED, ERROR, RUNNING, ... or UNKNOWN when the Hub cannot say."""
+def job_stage(api, job) -> tuple[str, str | None, datetime | None]:
+    """(stage, message, created_at) of a recorded job: COMPLETED, ERROR, RUNNING, ... or UNKNOWN when the Hub cannot
+    say (then the creation time recorded at launch)."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    recorded = datetime.fromisoformat(job["created_at"]) if job.get("created_at") else None
     try:
         info = api.inspect_job(job_id=job["job_id"], namespace=job.get("namespace"))
     except HfHubHTTPError as error:
-        return "UNKNOWN", str(error).splitlines()[0]
+        return "UNKNOWN", str(error).splitlines()[0], recorded
     status = info.status
     stage = getattr(status.stage, "value", status.stage) if status is not None else "UNKNOWN"
-    return str(stage), getattr(status, "message", None)
+    return str(stage), getattr(status, "message", None), info.created_at or recorded
 
 
 def launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token) -> dict:
@@ -509,7 +597,7 @@ def launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token) -> dic
     for sweep_run in runs:
         recorded = jobs.get(sweep_run.key)
         if recorded is not None:
-            stage, _ = job_stage(api, recorded)
+            stage, _, _ = job_stage(api, recorded)
             if stage not in JOB_FAILED_STAGES:
                 logger.info(f"{sweep_run.key}: job {recorded['job_id']} already submitted ({stage}); not resubmitted.")
                 continue
@@ -525,6 +613,7 @@ def launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token) -> dic
             "model": sweep_run.model, "model_slug": sweep_run.slug, "seed": sweep_run.seed,
             "repo_id": sweep_run.repo_id(sweep_args.hub_model_id_prefix), "job_id": job.id, "job_url": job.url,
             "namespace": getattr(owner, "name", None) or job_args.job_namespace, "flavor": job_args.launch_on_hub,
+            "created_at": job.created_at.isoformat() if getattr(job, "created_at", None) else None,
         }
         write_text_atomic(output_dir / "jobs.json", json.dumps({"runs": jobs}, indent=2) + "\n")
     logger.info(f"{len(jobs)} jobs recorded in {output_dir / 'jobs.json'}; when they are done: "
@@ -532,23 +621,25 @@ def launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token) -> dic
     return jobs
 
 
-def hub_run_results(repo_id, token):
-    """(leaderboard fields, predictions) of a run's Hub repo, or None while it has no predictions.csv.
+def hub_run_results(repo_id, token, revision=None):
+    """(leaderboard fields, predictions) of a run's Hub repo at `revision`, or None while it has no predictions.csv.
 
     The metrics files are preferred; without them the model card's model-index gives the AUCs (and CIs if it has them).
     """
     from huggingface_hub import ModelCard, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
 
+    def download(filename):
+        return hf_hub_download(repo_id, filename, revision=revision, token=token)
+
     try:
-        predictions = read_run_predictions(hf_hub_download(repo_id, "predictions.csv", token=token))
+        predictions = read_run_predictions(download("predictions.csv"))
     except (RepositoryNotFoundError, EntryNotFoundError):
         return None
     metrics = {}
     try:
         for split in RUN_SPLITS:
-            path = hf_hub_download(repo_id, f"metrics_{split}.json", token=token)
-            metrics[split] = json.loads(Path(path).read_text())
+            metrics[split] = json.loads(Path(download(f"metrics_{split}.json")).read_text())
     except EntryNotFoundError:
         metrics = None
     except json.JSONDecodeError as error:
@@ -556,10 +647,25 @@ def hub_run_results(repo_id, token):
     if metrics is not None:
         return row_from_metrics_files(metrics, source=f"{repo_id}: "), predictions
     try:
-        card = ModelCard.load(repo_id, token=token)
+        card = ModelCard.load(download("README.md"))
     except EntryNotFoundError:
         return {}, predictions
     return row_from_eval_results(card.data.eval_results), predictions
+
+
+def latest_commit(api, repo_id):
+    """(sha, date) of the repo's latest commit, or None when the repo does not exist (yet)."""
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        info = api.model_info(repo_id)
+    except RepositoryNotFoundError:
+        return None
+    return info.sha, info.last_modified
+
+
+def is_complete(results) -> bool:
+    return results is not None and all(results[0].get(f"{split}_auc") is not None for split in RUN_SPLITS)
 
 
 def collect_runs(sweep_args, output_dir) -> list[SweepRun]:
@@ -580,7 +686,12 @@ def collect_runs(sweep_args, output_dir) -> list[SweepRun]:
 
 
 def collect_from_hub(runs, sweep_args, output_dir, token) -> tuple[list, dict]:
-    """(rows, predictions) from each run's repo; a run without results is running, failed or not found (job state)."""
+    """(rows, predictions) from each run's repo.
+
+    A run of jobs.json is finished only when its Job COMPLETED and the repo's latest commit is newer than the Job:
+    results committed before it (an earlier sweep's, under the same names) are never shown as this sweep's. Runs
+    named by --models without a recorded Job are read as their repos stand (the commit is in `hub_commit`).
+    """
     from huggingface_hub import HfApi
 
     api, jobs, rows, predictions = HfApi(token=token), read_jobs(output_dir), [], {}
@@ -589,20 +700,40 @@ def collect_from_hub(runs, sweep_args, output_dir, token) -> tuple[list, dict]:
         prefix = sweep_args.hub_model_id_prefix
         repo_id = sweep_run.repo_id(prefix) if prefix else job["repo_id"]
         row = {**base_row(sweep_run), "hub_repo": repo_id, "job_id": job["job_id"] if job else None}
-        results = hub_run_results(repo_id, token)
-        complete = results is not None and all(results[0].get(f"{split}_auc") is not None for split in RUN_SPLITS)
-        if complete:
-            row.update(results[0], status="finished")
-            predictions[sweep_run.key] = results[1]
-        elif job is None:
-            row.update(status="not found", error=f"{repo_id} has no results yet (still running or failed)")
-        else:
-            stage, message = job_stage(api, job)
-            # A job that completed without results in its repo failed to push them.
-            status = "running" if stage in JOB_ACTIVE_STAGES else "unknown" if stage == "UNKNOWN" else "failed"
-            detail = f"job {job['job_id']} {stage}" + (f": {message}" if message else "")
-            row.update(status=status, error=f"{detail}; {repo_id} has no {'complete ' if results else ''}results yet"
-                       + (f" ({job['job_url']})" if job.get("job_url") else ""))
+        commit = latest_commit(api, repo_id)
+        if commit is not None:
+            row["hub_commit"] = commit[0]
+        if job is None:
+            results = hub_run_results(repo_id, token, commit[0]) if commit else None
+            if is_complete(results):
+                row.update(results[0], status="finished")
+                predictions[sweep_run.key] = results[1]
+            else:
+                row.update(status="not found", error=f"{repo_id} has no results yet (still running or failed)")
+            rows.append(row)
+            continue
+        stage, message, created_at = job_stage(api, job)
+        detail = f"job {job['job_id']} {stage}" + (f": {message}" if message else "")
+        where = f" ({job['job_url']})" if job.get("job_url") else ""
+        fresh = commit is not None and created_at is not None and commit[1] is not None and commit[1] > created_at
+        stale = "" if commit is None or fresh else (
+            f"; {repo_id} holds only what was committed before this job was created (commit {commit[0][:8]}"
+            + (f" of {commit[1]:%Y-%m-%d %H:%M} UTC" if commit[1] else "") + "): not this sweep's results, not shown"
+        )
+        if stage == "COMPLETED" and fresh:
+            results = hub_run_results(repo_id, token, commit[0])
+            if is_complete(results):
+                row.update(results[0], status="finished")
+                predictions[sweep_run.key] = results[1]
+            else:
+                row.update(status="failed", error=f"{detail}, but {repo_id} has no complete results{where}")
+        elif stage in JOB_ACTIVE_STAGES:
+            row.update(status="running", error=f"{detail}{stale}{where}")
+        elif stage == "UNKNOWN":
+            row.update(status="unknown", error=f"{detail}{stale}{where}")
+        else:  # ERROR, CANCELED, DELETED, or COMPLETED without pushing anything new
+            pushed = "" if stage != "COMPLETED" else f"; it pushed no results to {repo_id}"
+            row.update(status="failed", error=f"{detail}{pushed}{stale}{where}")
         rows.append(row)
     return rows, predictions
 
@@ -619,41 +750,48 @@ def report(rows, output_dir):
 
 
 def main(args=None):
-    # Arguments: sweep.py's own, and the options forwarded to every train_vit.py run
+    # Arguments: sweep.py's own, and the options forwarded to every train_vit.py run (checked against train_vit.py's)
     sweep_args, job_args, forwarded = parse_sweep_arguments(args)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])
     output_dir = Path(sweep_args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output_dir {output_dir} is a file.")
 
-    # Collect: the leaderboard of a Hub sweep from its repos
+    # Collect: the leaderboard of a Hub sweep from its repos, each run's results checked to come from its own Job
     if sweep_args.collect:
-        settings = prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded), compare=False)
-        runs = collect_runs(sweep_args, output_dir)
-        rows, predictions = collect_from_hub(runs, sweep_args, output_dir, resolve_hub_token(sweep_args.hub_token))
-        write_leaderboard(output_dir, rows, predictions, settings)
+        with folder_lock(output_dir, LOCK_FILE, "sweep.py"):
+            settings = prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded), compare=False)
+            runs = collect_runs(sweep_args, output_dir)
+            rows, predictions = collect_from_hub(runs, sweep_args, output_dir, resolve_hub_token(sweep_args.hub_token))
+            write_leaderboard(output_dir, rows, predictions, settings)
         report(rows, output_dir)
         return rows
 
-    # The runs: every (model, seed) pair (the demo first writes its configs and synthetic export, once)
-    settings = None
+    # The runs: every (model, seed) pair (the demo's configs are written, once, inside the sweep folder)
     if sweep_args.offline_demo:
         forwarded = apply_offline_demo(sweep_args, forwarded, output_dir)
-        settings = prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
-        write_offline_demo_inputs(sweep_args, output_dir)
     check_run_request(sweep_args, job_args, forwarded)
-    runs = plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix)
+    runs = None if sweep_args.offline_demo else plan_runs(
+        sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix
+    )
 
-    # Hub Jobs: one per run, in parallel on Hugging Face hardware, then stop
+    # Hub Jobs: one per run, in parallel on Hugging Face hardware, then stop (everything checked before any is sent)
     if job_args.launch_on_hub:
         forwarded = without_boolean_flag(forwarded, "--push_to_hub")  # every Job pushes: the same settings either way
         token = resolve_hub_token(sweep_args.hub_token)
         check_launch_request(sweep_args, runs, forwarded, token)
-        prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
-        return launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token)
+        with folder_lock(output_dir, LOCK_FILE, "sweep.py"):
+            prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
+            return launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token)
 
-    # Local runs, one after another, skipping those already finished
-    settings = settings or prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
-    rows = run_sweep(runs, sweep_args, forwarded, output_dir, settings)
+    # Local runs, skipping those already finished; one sweep per folder at a time
+    with folder_lock(output_dir, LOCK_FILE, "sweep.py"):
+        settings = prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
+        if sweep_args.offline_demo:
+            write_offline_demo_inputs(sweep_args, output_dir)
+            runs = plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix)
+        rows = run_sweep(runs, sweep_args, forwarded, output_dir, settings)
     report(rows, output_dir)
     failed = [row for row in rows if row["status"] != "finished"]
     if failed:

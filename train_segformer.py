@@ -277,8 +277,10 @@ def evaluate_and_report(model, image_processor, evaluation_sets, metric, data_ar
         grid = plot_overlay_grid(rows, output_dir / f"overlays_{split}.png", title=f"{split}: best, median, worst by Dice")
         grids[split] = grid.name
         logger.info(
-            f"{split}: Dice {format_metric(summary, 'dice')}, IoU {format_metric(summary, 'iou')}, "
-            f"HD95 {format_metric(summary, 'hd95')} px (n={summary['n_images']})"
+            f"{split}: detected {summary.get('n_detected')}/{summary.get('n_with_node')} nodes "
+            f"({format_metric(summary, 'detection_rate')}); detected nodes: Dice {format_metric(summary, 'dice_detected')}, "
+            f"HD95 {format_metric(summary, 'hd95_detected')} px; worst-case means: Dice {format_metric(summary, 'dice')}, "
+            f"IoU {format_metric(summary, 'iou')}, HD95 {format_metric(summary, 'hd95')} px (n={summary['n_images']})"
         )
     write_cases_csv(output_dir / "segmentation_cases.csv", case_rows)
     return split_metrics, grids

@@ -88,6 +88,7 @@ from lymphus_ml.evaluation import (
     load_metric,
     positive_probabilities,
     youden_threshold,
+    youden_threshold_stability,
 )
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_run_to_hub, submit_script_job
 from lymphus_ml.images import (
@@ -402,6 +403,11 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
             confidence_level=data_args.confidence_level,
             seed=training_args.seed,
         )
+        # How much of the operating point is the luck of choosing the threshold on a small validation split.
+        results["at_youden"].update(youden_threshold_stability(
+            predictions["validation"][:2], references, probabilities, n_bootstrap=data_args.n_bootstrap,
+            confidence_level=data_args.confidence_level, seed=training_args.seed, metric_path=data_args.metric_path,
+        ))
         split_metrics[split] = results
         record = {
             "split": split,

@@ -7,7 +7,13 @@ import logging
 from pathlib import Path
 
 from lymphus import LYMPHUS_LICENSE
-from lymphus_ml.evaluation import METRIC_DISPLAY_NAMES, THRESHOLD_METRICS, format_metric
+from lymphus_ml.evaluation import (
+    DEGENERATE_INTERVAL,
+    METRIC_DISPLAY_NAMES,
+    THRESHOLD_METRICS,
+    degenerate_interval,
+    format_metric,
+)
 from lymphus_ml.segmentation import METRIC_DISPLAY_NAMES as SEGMENTATION_DISPLAY_NAMES
 from lymphus_ml.segmentation import SEGMENTATION_METRICS
 
@@ -88,15 +94,35 @@ def reporting_order(splits) -> list[str]:
     return sorted(splits, key=lambda split: REPORTING_ORDER.index(split) if split in REPORTING_ORDER else len(REPORTING_ORDER))
 
 
+def perfect_separation_bound(values, level: int) -> str:
+    """The one-sided bound Newcombe's interval leaves a perfectly separated AUC (of 1: a lower bound; of 0: upper)."""
+    if values.get("roc_auc_ci_low") is None:
+        return "no interval"
+    if values["roc_auc"] >= 1.0:
+        return f"{level}% CI lower bound {values['roc_auc_ci_low']:.3f} (Newcombe)"
+    return f"{level}% CI upper bound {values['roc_auc_ci_high']:.3f} (Newcombe)"
+
+
 def auc_text(values, level: int) -> str:
-    """ROC-AUC with its bootstrap and DeLong intervals, or why there is none."""
+    """ROC-AUC with its Newcombe interval (the headline) and DeLong's and the bootstrap's beside it, or, for perfectly
+    separated classes, Newcombe's one-sided bound."""
     if values.get("roc_auc") is None:
         return "n/a (one class only)"
     if values.get("perfect_separation"):
-        return f"{values['roc_auc']:.3f}: the classes are perfectly separated in this set, so no interval can be estimated"
-    text = format_metric(values, "roc_auc")
-    if values.get("roc_auc_delong_ci_low") is not None:
-        text += f"; DeLong {level}% CI {values['roc_auc_delong_ci_low']:.3f}-{values['roc_auc_delong_ci_high']:.3f}"
+        return (f"{values['roc_auc']:.3f}: the classes are perfectly separated in this set; "
+                f"{perfect_separation_bound(values, level)}")
+    low, high = values.get("roc_auc_ci_low"), values.get("roc_auc_ci_high")
+    if low is None or high is None:
+        text = format_metric(values, "roc_auc")
+    else:
+        text = f"{values['roc_auc']:.3f} ({level}% CI {low:.3f}-{high:.3f}, Newcombe)"
+    others = [(method, values.get(f"roc_auc_{key}_ci_low"), values.get(f"roc_auc_{key}_ci_high"))
+              for method, key in (("DeLong", "delong"), ("stratified bootstrap", "bootstrap"))]
+    others = [f"{method} {low:.3f}-{high:.3f}" for method, low, high in others if low is not None and high is not None]
+    if others:
+        text += f"; for comparison {', '.join(others)}"
+        if values.get("small_sample"):
+            text += " (too narrow below 30 cases a class: see the README's coverage table)"
     return text
 
 
@@ -154,7 +180,10 @@ def classification_eval_results(
             if config_name is not None:
                 label += f" @ {'Youden ' if config_name == 'youden' else ''}threshold {values['threshold']:.3f}"
             if name == "roc_auc" and values.get("perfect_separation"):
-                label += " (perfectly separated: no interval)"
+                # Not in the "(95% CI low-high" form: the leaderboard reads that as a two-sided interval.
+                label += f" (perfectly separated; {perfect_separation_bound(values, level)})"
+            elif degenerate_interval(values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")):
+                label += f" ({DEGENERATE_INTERVAL})"
             elif values.get(f"{name}_ci_low") is not None:
                 method = values.get(f"{name}_ci_method", "").replace("-", " ")
                 label += f" ({level}% CI {values[f'{name}_ci_low']:.3f}-{values[f'{name}_ci_high']:.3f}{', ' + method if method else ''})"
@@ -228,6 +257,37 @@ def split_note(split, values) -> str:
     return " ".join(notes)
 
 
+def prevalence_text(values) -> str:
+    """The evaluated set's prevalence of malignancy, at which its PPV and NPV hold."""
+    if not values.get("n"):
+        return "n/a"
+    return f"{values.get('n_positive', 0) / values['n']:.0%} malignant ({values.get('n_positive')}/{values['n']})"
+
+
+def threshold_stability_text(values, level: int) -> str:
+    """How far the Youden threshold's choice on the validation split moves this set's sensitivity and specificity
+    (`youden_threshold_stability`'s keys in the at-Youden metrics); empty when not computed."""
+    keys = [f"{name}_range_{end}" for name in ("threshold", "sensitivity_threshold", "specificity_threshold")
+            for end in ("low", "high")]
+    if any(values.get(key) is None for key in keys):
+        return ""
+    if values["threshold_range_low"] == values["threshold_range_high"]:
+        return (
+            f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of "
+            f"the validation split gave {values['threshold_range_low']:.3f} in the central {level}% of them: the "
+            "operating point on this set does not hinge on the luck of the threshold (small validation sets can "
+            "still hide a larger spread)."
+        )
+    return (
+        f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of the "
+        f"validation split moves it over {values['threshold_range_low']:.3f}-{values['threshold_range_high']:.3f} "
+        f"(central {level}%), which gives sensitivity {values['sensitivity_threshold_range_low']:.3f}-"
+        f"{values['sensitivity_threshold_range_high']:.3f} and specificity {values['specificity_threshold_range_low']:.3f}-"
+        f"{values['specificity_threshold_range_high']:.3f} on this set: the part of the operating point that is the "
+        "luck of the threshold."
+    )
+
+
 def classification_results(split_metrics, sources, plots, level=95) -> list[dict]:
     """One entry per evaluated split, held-out first, for the card's Results section."""
     results = []
@@ -242,6 +302,8 @@ def classification_results(split_metrics, sources, plots, level=95) -> list[dict
                 "n": at_half.get("n"),
                 "roc_auc": auc_text(at_half, level),
                 "youden_threshold": at_youden["threshold"],
+                "prevalence": prevalence_text(at_half),
+                "threshold_stability": threshold_stability_text(at_youden, level),
                 "rows": [
                     (METRIC_DISPLAY_NAMES[name], format_metric(at_youden, name), format_metric(at_half, name))
                     for name in THRESHOLD_METRICS
@@ -383,7 +445,8 @@ def classifier_card(
 def segmentation_eval_results(
     split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95, dataset_revision=None
 ):
-    """`EvalResult`s for model-index: mean Dice, IoU and HD95 over images, per evaluated split, held-out first."""
+    """`EvalResult`s for model-index, per evaluated split, held-out first: the detection rate (exact CI), Dice and HD95
+    of the detected nodes, then the worst-case means of Dice, IoU and HD95 over all images (misses at the worst)."""
     from huggingface_hub import EvalResult
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
@@ -392,14 +455,17 @@ def segmentation_eval_results(
     for split in reporting_order(split_metrics):
         metrics = split_metrics[split]
         config = external_config if split == "external" else dataset_config
-        for name in SEGMENTATION_METRICS:
+        for name in SEGMENTATION_REPORTED:
             if metrics.get(name) is None:
                 continue
-            label = f"{SEGMENTATION_DISPLAY_NAMES[name]}, mean over images"
+            label = SEGMENTATION_LABELS[name]
             if split == "validation":
                 label += " [model-selection set, optimistic]"
-            if metrics.get(f"{name}_ci_low") is not None:
-                label += f" ({level}% CI {metrics[f'{name}_ci_low']:.3f}-{metrics[f'{name}_ci_high']:.3f})"
+            method = ", clopper pearson" if name == "detection_rate" else ", bootstrap"
+            if degenerate_interval(metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")):
+                label += f" ({DEGENERATE_INTERVAL})"
+            elif metrics.get(f"{name}_ci_low") is not None:
+                label += f" ({level}% CI {metrics[f'{name}_ci_low']:.3f}-{metrics[f'{name}_ci_high']:.3f}{method})"
             eval_results.append(
                 EvalResult(
                     task_type="image-segmentation",
@@ -416,21 +482,41 @@ def segmentation_eval_results(
     return eval_results
 
 
+# The segmentation card's figures in its order: (1) detection, (2) the detected nodes, (3) worst-case means.
+SEGMENTATION_REPORTED = ("detection_rate", "dice_detected", "hd95_detected") + SEGMENTATION_METRICS
+SEGMENTATION_LABELS = {
+    "detection_rate": "Detection rate (predicted mask overlaps the expert's node)",
+    "dice_detected": "Dice of the detected nodes, mean",
+    "hd95_detected": "HD95 (pixels) of the detected nodes, mean",
+    **{name: f"{SEGMENTATION_DISPLAY_NAMES[name]}, worst-case mean over images (misses at the worst)"
+       for name in SEGMENTATION_METRICS},
+}
+
+
+def detection_text(metrics) -> str:
+    """The detection rate as "k/n = rate (CI)" (n/a when no expert mask has a node)."""
+    if metrics.get("detection_rate") is None:
+        return "n/a"
+    return f"{metrics.get('n_detected')}/{metrics.get('n_with_node')} = {format_metric(metrics, 'detection_rate')}"
+
+
+def segmentation_row(title, metrics) -> list[str]:
+    """One row of the card's results table: n, detection, detected Dice and HD95, worst-case Dice, IoU, HD95, misses."""
+    worst = [format_metric(metrics, name) for name in SEGMENTATION_METRICS]
+    worst[-1] += f" (n={metrics.get('n_hd95_defined')})"
+    return ([title, str(metrics.get("n_images")), detection_text(metrics), format_metric(metrics, "dice_detected"),
+             format_metric(metrics, "hd95_detected")] + worst + [missed_text(metrics)])
+
+
 def segmentation_result_rows(split_metrics, sources) -> list[list[str]]:
     """Rows of the card's results table: per split, then per centre when the split mixes centres."""
     rows = []
     for split in reporting_order(split_metrics):
         metrics = split_metrics[split]
-        values = [format_metric(metrics, name) for name in SEGMENTATION_METRICS]
-        values[-1] += f" (n={metrics.get('n_hd95_defined')})"
         title = "validation (model selection, optimistic)" if split == "validation" else split
-        rows.append([f"{title} ({sources.get(split, split)})", str(metrics.get("n_images"))] + values + [missed_text(metrics)])
+        rows.append(segmentation_row(f"{title} ({sources.get(split, split)})", metrics))
         for centre, by_centre in (metrics.get("by_centre") or {}).items():
-            rows.append(
-                [f"{split}, {centre} only", str(by_centre.get("n_images"))]
-                + [format_metric(by_centre, name) for name in SEGMENTATION_METRICS]
-                + [missed_text(by_centre)]
-            )
+            rows.append(segmentation_row(f"{split}, {centre} only", by_centre))
     return rows
 
 

@@ -58,16 +58,25 @@ def write_synthetic_export(folder, scale=0.25, cases_per_group=None, seed=0, reu
     """Synthetic LymphUs archives (official counts unless `cases_per_group`, images at `scale` x the official
     sizes) in `folder`/archives, exported as Parquet to `folder`/export; returns the export's path.
 
-    The one writer of every demo's synthetic data. With `reuse`, a complete export already there (the export moves
-    into place only when complete, its card last) is returned as it is: written once per folder."""
+    The one writer of every demo's synthetic data. With `reuse`, a complete export already there (`export_problems`
+    finds nothing) is returned as it is: written once per folder. An incomplete one is rebuilt only where its marker
+    vouches for every file left in it (`lymphus.py export --overwrite`'s rule), else refused, naming what is wrong."""
     import lymphus
 
     folder = Path(folder)
-    if reuse and (folder / "export" / "README.md").is_file():
+    if reuse and (folder / "export").exists() and not export_problems(folder / "export"):
         return str(folder / "export")
     lymphus.write_synthetic_archives(folder / "archives", cases_per_group=cases_per_group, scale=scale, seed=seed)
     lymphus.export_dataset(folder / "archives", folder / "export", verification_mode="basic_checks", overwrite=True)
     return str(folder / "export")
+
+
+def export_problems(folder) -> list[str]:
+    """What keeps `folder` from being a complete export written by `lymphus.py export`: no marker, a file the
+    marker does not list or that changed since, a file it lists that is missing; [] for a complete export."""
+    import lymphus
+
+    return lymphus.export_discrepancies(folder, complete=True)
 
 
 def split_sizes(dataset, label_column, class_names) -> dict:

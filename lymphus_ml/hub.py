@@ -57,6 +57,37 @@ def missing_token_error(what: str) -> ValueError:
     return ValueError(f"{what} needs a token: pass --hub_token, set HF_TOKEN or run `hf auth login`.")
 
 
+# What a Hub user access token looks like: refused wherever it would travel as an ordinary argument.
+HUB_TOKEN_PATTERN = re.compile(r"hf_[A-Za-z0-9]{20,}")
+
+
+def refuse_token_values(argv, where: str) -> None:
+    """Refuse a Hub token anywhere in `argv` but as --hub_token's value: it would land in commands, logs and files.
+
+    The message names the option it was given to (or its position), never the value.
+    """
+    skip = False
+    for index, argument in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if argument.startswith("-") and option_name(argument) == "--hub_token":
+            skip = "=" not in argument
+            continue
+        if HUB_TOKEN_PATTERN.search(argument):
+            if argument.startswith("-") and "=" in argument:
+                given = f"given to {argument.split('=', 1)[0]}"
+            elif index > 0 and argv[index - 1].startswith("-"):
+                given = f"given to {option_name(argv[index - 1])}"
+            else:
+                given = f"argument {index + 1}"
+            raise ValueError(
+                f"{where}: a value that looks like a Hub token ({given}) is refused: it would be written into commands, "
+                "logs and result files. Give the token with --hub_token or HF_TOKEN (or `hf auth login`) only; "
+                "nothing was written or submitted."
+            )
+
+
 def require_hub_token(hub_token: str | None, what: str) -> str:
     """The token from `resolve_hub_token`, or `missing_token_error(what)`."""
     token = resolve_hub_token(hub_token)

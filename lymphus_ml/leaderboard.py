@@ -54,7 +54,7 @@ def metric_columns() -> list[str]:
 
 CSV_COLUMNS = (
     "model", "model_slug", "seed", "status", "roi", "youden_threshold", "confidence_level", *metric_columns(),
-    "run_dir", "hub_repo", "job_id", "returncode", "error",
+    "run_dir", "hub_repo", "hub_commit", "job_id", "returncode", "error",
 )
 
 
@@ -88,6 +88,8 @@ def row_from_metrics_files(metrics: dict, source="") -> dict:
         at_half = metrics[split]["at_0.5"]
         for suffix in ("", "_ci_low", "_ci_high"):
             row[f"{split}_auc{suffix}"] = number(at_half.get(f"roc_auc{suffix}"))
+        if at_half.get("perfect_separation"):  # Newcombe's one-sided bound is not a two-sided interval to tabulate
+            row[f"{split}_auc_ci_low"] = row[f"{split}_auc_ci_high"] = None
     for split in THRESHOLD_SPLITS:
         at_youden = metrics[split]["at_youden"]
         for name in LEADERBOARD_THRESHOLD_METRICS:
@@ -244,12 +246,15 @@ def format_value(value, low=None, high=None) -> str:
     return text + (" (perfectly separated: no CI)" if no_interval else "")
 
 
-def format_spread(entry) -> str:
+def format_spread(entry, n_finished) -> str:
+    """mean ± SD; "(n=k of N)" where the mean rests on fewer than the model's N finished runs (a run lacks the
+    metric), "(n=1)" where one run gives it."""
     if entry["mean"] is None:
         return "–"
-    if entry["sd"] is None:
-        return f"{entry['mean']:.3f} (n=1)"
-    return f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+    text = f"{entry['mean']:.3f}" if entry["sd"] is None else f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+    if entry["n"] < n_finished:
+        return f"{text} (n={entry['n']} of {n_finished})"
+    return f"{text} (n=1)" if entry["n"] == 1 else text
 
 
 def summary_table(summary, averaged) -> list[str]:
@@ -258,7 +263,7 @@ def summary_table(summary, averaged) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for slug, entry in summary.items():
         cells = [f"`{slug}`", f"{entry['n_finished']}/{entry['n_runs']}"]
-        cells += [format_spread(entry[metric]) for metric in SUMMARY_METRICS]
+        cells += [format_spread(entry[metric], entry["n_finished"]) for metric in SUMMARY_METRICS]
         for split in AVERAGED_SPLITS:
             result = averaged.get(slug, {}).get(split)
             cells.append(

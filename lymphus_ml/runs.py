@@ -4,12 +4,24 @@ The scripts never import each other: sweep.py, benchmark_lymphus.py and the app'
 `train_vit.py` (or `train_segformer.py`) as a process (`start_script` / `run_script`), with its output in a log,
 and read the run folder back (`read_run_predictions`, `read_run_metrics`); train_vit.py writes its predictions.csv
 with `write_run_predictions`.
+
+One process tree that dies together: every script started here gets SIGTERM from the kernel when the process that
+started it dies, even by SIGKILL (Linux `PR_SET_PDEATHSIG`), so no trainer goes on writing a run folder with parent
+PID 1; inside `stop_scripts_on_signals()`, SIGINT and SIGTERM end the scripts started here, say so and exit
+non-zero. `folder_lock` keeps a second process out of a folder one is writing.
 """
 
+import contextlib
 import csv
+import functools
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -21,6 +33,50 @@ TRAIN_VIT_SCRIPT = PROJECT_ROOT / "train_vit.py"
 RUN_SPLITS = ("validation", "test", "external")
 PREDICTION_COLUMNS = ("case_id", "split", "label", "probability", "prediction_at_youden")
 LOG_TAIL_LINES = 25
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOP_GRACE_SECONDS = 10.0  # SIGTERM, then SIGKILL for a script that has not ended by then
+
+
+@functools.cache
+def _prctl():
+    """libc's prctl, resolved once in the parent: a child between fork and exec should only call it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent(sig=signal.SIGKILL) -> bool:
+    """Ask Linux to send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG); False where unavailable.
+
+    "Parent" is the thread that forked this process: `start_script` forks from one thread that lives as long as the
+    process does. lymphus.py's export workers call it with SIGKILL; `start_script`'s children get SIGTERM.
+    """
+    prctl = _prctl()
+    return prctl is not None and prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+def _child_dies_with(parent_pid):
+    """preexec_fn of every script started here: SIGTERM when this process dies, or exit now if it already has."""
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@functools.cache
+def _spawner() -> ThreadPoolExecutor:
+    """The one thread that forks the scripts: PR_SET_PDEATHSIG fires when the forking *thread* ends, so a child
+    started from a short-lived thread (a web request's worker, a pool thread) would otherwise be killed with it."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="lymphus-script-spawner")
+
+
+_LIVE_LOCK = threading.Lock()
+_LIVE: list["ScriptRun"] = []
+_STOPPING = False  # set by stop_scripts_on_signals: this process is ending and starts no more scripts
 
 
 @dataclass
@@ -33,11 +89,24 @@ class ScriptRun:
     log: IO | None = None
 
     def wait(self) -> int:
-        """The exit status, once the script has ended (its log closed)."""
+        """The exit status, once the script has ended (its log closed); negative: ended by that signal."""
         status = self.process.wait()
         if self.log is not None:
             self.log.close()
+        with _LIVE_LOCK:
+            _LIVE[:] = [started for started in _LIVE if started is not self]
         return status
+
+    def stop(self, grace=STOP_GRACE_SECONDS) -> None:
+        """SIGTERM, then SIGKILL if it has not ended after `grace` seconds (whoever waits for it gets the status)."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def failure(self, status: int, what: str | None = None, lines: int = LOG_TAIL_LINES) -> str:
         """`<what> failed (exit status N)`, with the end of its log (or a pointer to the output above)."""
@@ -47,13 +116,46 @@ class ScriptRun:
         return f"{what} failed (exit status {status}); end of {self.log_path}:\n{log_tail(self.log_path, lines)}"
 
 
+def _popen(command, **kwargs) -> subprocess.Popen:
+    """subprocess.Popen from the spawner thread, the child tied to this process (SIGTERM when it dies)."""
+    _prctl()  # resolved here, not in the forked child
+    preexec = functools.partial(_child_dies_with, os.getpid())
+    # preexec_fn and threads: the child only calls the prctl resolved above and os.getppid before exec.
+    return _spawner().submit(
+        lambda: subprocess.Popen(command, preexec_fn=preexec, **kwargs)  # noqa: PLW1509
+    ).result()
+
+
 def start_script(script, arguments, log_path=None, env=None, cwd=None) -> ScriptRun:
-    """`python script arguments...` as its own process, its output (stdout and stderr) in `log_path` if given."""
+    """`python script arguments...` as its own process, its output (stdout and stderr) in `log_path` if given.
+
+    The script dies with this process (SIGTERM, even when this one is SIGKILLed), and `stop_scripts` ends it.
+    """
+    refuse_when_stopping(script)
     log = open(log_path, "w") if log_path is not None else None
     command = [sys.executable, str(script), *[str(argument) for argument in arguments]]
     stdout = {"stdout": log, "stderr": subprocess.STDOUT} if log is not None else {}
-    process = subprocess.Popen(command, env=env, cwd=cwd, **stdout)
-    return ScriptRun(Path(script), process, Path(log_path) if log_path is not None else None, log)
+    try:
+        process = _popen(command, env=env, cwd=cwd, **stdout)
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
+    started = ScriptRun(Path(script), process, Path(log_path) if log_path is not None else None, log)
+    with _LIVE_LOCK:
+        stopping = _STOPPING
+        if not stopping:
+            _LIVE.append(started)
+    if stopping:  # started while the stop collected the others: it goes too
+        started.stop()
+        started.wait()
+        refuse_when_stopping(script)
+    return started
+
+
+def refuse_when_stopping(script):
+    if _STOPPING:
+        raise RuntimeError(f"{Path(script).name} not started: this process is stopping (SIGINT or SIGTERM).")
 
 
 def run_script(script, arguments, log_path=None, env=None, cwd=None, check=True, what=None) -> int:
@@ -64,6 +166,137 @@ def run_script(script, arguments, log_path=None, env=None, cwd=None, check=True,
     if check and status != 0:
         raise ValueError(started.failure(status, what))
     return status
+
+
+def live_scripts() -> list[ScriptRun]:
+    """The scripts started here that nobody has waited for yet, oldest first."""
+    with _LIVE_LOCK:
+        return [started for started in _LIVE if started.process.poll() is None]
+
+
+def stop_scripts(grace=STOP_GRACE_SECONDS, for_good=False) -> list[ScriptRun]:
+    """End every live script started here (SIGTERM to all at once, SIGKILL after `grace` seconds); returns them.
+
+    `for_good`: this process is ending, so `start_script` refuses from now on (a thread about to start a script
+    would otherwise start it after the others were stopped)."""
+    global _STOPPING
+    with _LIVE_LOCK:
+        _STOPPING = _STOPPING or for_good
+    running = live_scripts()
+    for started in running:
+        started.process.terminate()
+    for started in running:
+        started.stop(grace)
+    return running
+
+
+class ScriptsStopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM inside `stop_scripts_on_signals`: a KeyboardInterrupt, so the main thread unwinds."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_scripts_on_signals(what: str, hint: str = ""):
+    """Within: SIGINT and SIGTERM (and Ctrl-C) end every script started here, print one line naming them, and exit
+    with 128 + the signal's number (130, 143). `what` names the caller (e.g. "sweep.py"); `hint` ends the line.
+
+    Main thread only (Python runs signal handlers there). The scripts are stopped when the signal's exception
+    leaves the block, so put thread pools that wait for them *outside* it: `with pool, stop_scripts_on_signals(...)`.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one stop at a time: a second signal would cut the cleanup short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise ScriptsStopped(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopped = stop_scripts(for_good=True)
+        names = ", ".join(f"{started.script.name} (process {started.process.pid})" for started in stopped) or "none"
+        print(f"error: {what} stopped by {signal.Signals(signum).name}; scripts it had started, now ended: {names}."
+              + (f" {hint}" if hint else ""), file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def script_option_names(script) -> frozenset[str]:
+    """Every option `script` accepts (`--name`, spelt as `hub.option_name` spells it), read from its `--help`.
+
+    Asking the script itself keeps one truth (its argument dataclasses, the library's and transformers' included)
+    without importing a script; one run per script and file version (~5-10 s: the script's imports).
+    """
+    path = Path(script).resolve()
+    return _script_option_names(str(path), path.stat().st_mtime_ns)
+
+
+@functools.cache
+def _script_option_names(path, mtime_ns) -> frozenset[str]:
+    from lymphus_ml.hub import option_name
+
+    # One option per line at two spaces (argparse's layout); a wide terminal keeps each on one line.
+    environment = {**os.environ, "COLUMNS": "1000"}
+    process = _popen([sys.executable, path, "--help"], env=environment, stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True)
+    output, _ = process.communicate()
+    if process.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-LOG_TAIL_LINES:])
+        raise ValueError(f"{Path(path).name} --help failed (exit status {process.returncode}):\n{tail}")
+    names = set()
+    for line in output.splitlines():
+        match = re.match(r"^  (-\S.*?)(?:\s{2,}|$)", line)
+        if match:
+            for invocation in match.group(1).split(", "):
+                name = invocation.split(" ", 1)[0]
+                if name.startswith("--"):
+                    names.add(option_name(name))
+    if not names:
+        raise ValueError(f"{Path(path).name} --help listed no options.")
+    return frozenset(names)
+
+
+@contextlib.contextmanager
+def folder_lock(folder, lock_name: str, what: str):
+    """Within: an exclusive flock on `folder/lock_name` (the folder is created), holding this process's id.
+
+    The kernel releases it when the holder ends, even by SIGKILL; a second holder fails at once with one message
+    naming `what`, the holder's process and the lock file. The file stays (empty of meaning once unlocked): deleting
+    it would let a third process lock a new file while the second still holds the old one.
+    """
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / lock_name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ValueError(
+            f"another {what} is using {folder} (process {holder}; lock file {path}): wait for it to finish, "
+            "or choose another folder."
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.ftruncate(fd, 0)
+        os.close(fd)
 
 
 def log_tail(path, lines=LOG_TAIL_LINES) -> str:

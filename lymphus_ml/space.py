@@ -1,7 +1,9 @@
 """Publishing app.py as a Gradio Space that loads the models by Hub id (`push_space`), and reading its
 space_config.json back when the app starts in a Space."""
 
+import hashlib
 import json
+import logging
 import re
 import shutil
 import sys
@@ -10,6 +12,8 @@ from pathlib import Path
 
 from lymphus_ml.inference import check_segmenter_given
 
+
+logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPACE_CARD_TEMPLATE = PROJECT_ROOT / "space_card.md"
@@ -115,57 +119,126 @@ def check_space_models(api, classifier, segmenter) -> None:
 def push_space(space_id, classifier, segmenter=None, token=None, private=None, app_path=PROJECT_ROOT / "app.py") -> str:
     """Create or update the Gradio Space `space_id`: app.py with exactly the project files it imports
     (`lymphus_ml.hub.job_files`), the card (README.md), requirements.txt and space_config.json (the Hub ids the
-    app serves when started with no option, and the files this push shipped). Returns the commit URL.
+    app serves when started with no option, and each file this push shipped with its SHA-256 and git blob id), in
+    one commit. Returns the commit URL.
 
-    An existing Space is updated only if an earlier push_space wrote it (its space_config.json says so); files
-    that push shipped and this one does not are removed, anything else in the Space is left as it is.
+    An existing Space is updated only where our record proves it ours (`check_space_is_ours`): every file an
+    earlier push shipped is unchanged on the Hub (or gone), and nothing we would write is a file we did not ship.
+    Files that push shipped and this one does not are deleted by their exact names; anything else in the Space is
+    left as it is. `private=True` makes a new Space private, and an existing public one private (said in the log).
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     from lymphus_ml.hub import job_files
 
     api = HfApi(token=token)
     check_space_models(api, classifier, segmenter)
-    shipped_before = files_shipped_earlier(api, space_id)
     with tempfile.TemporaryDirectory() as staging:
         staging = Path(staging)
-        shipped = job_files(app_path, PROJECT_ROOT)
-        for path in shipped:
+        names = job_files(app_path, PROJECT_ROOT)
+        for path in names:
             (staging / path).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(PROJECT_ROOT / path, staging / path)
         space_card(space_id, classifier, segmenter).save(staging / "README.md")
         (staging / "requirements.txt").write_text(space_requirements())
-        shipped += ["README.md", "requirements.txt", SPACE_CONFIG_FILE]
-        config = {"classifier": classifier, "segmenter": segmenter, "files": sorted(shipped)}
+        names += ["README.md", "requirements.txt"]
+        shipped = {path: shipped_file_entry(staging / path) for path in sorted(names)}
+        shipped_before = check_space_is_ours(api, space_id, shipped)
+        config = {"classifier": classifier, "segmenter": segmenter, "files": shipped}
         (staging / SPACE_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=space_id, repo_type="space", folder_path=str(staging),
-            delete_patterns=sorted(set(shipped_before) - set(shipped)) or None,
+        if shipped_before is None:
+            api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=bool(private))
+        elif private:
+            make_private(api, space_id)
+        operations = [CommitOperationAdd(path, str(staging / path)) for path in [*shipped, SPACE_CONFIG_FILE]]
+        operations += [CommitOperationDelete(path) for path in sorted(set(shipped_before or {}) - set(shipped))]
+        commit = api.create_commit(
+            space_id, operations, repo_type="space",
             commit_message=f"LymphUs app serving {classifier}" + (f" with {segmenter}" if segmenter else ""),
         )
     return commit.commit_url
 
 
-def files_shipped_earlier(api, space_id) -> list[str]:
-    """Files an earlier push_space shipped to `space_id` ([] for a new or empty Space); a Space with other content
-    and no space_config.json of ours is refused, so nothing a user put there is overwritten."""
+def shipped_file_entry(path) -> dict:
+    """How space_config.json records a shipped file: its SHA-256 (what the Hub reports for an LFS file) and its git
+    blob id (what it reports for any other)."""
+    data = Path(path).read_bytes()
+    return {"sha256": hashlib.sha256(data).hexdigest(),
+            "git_oid": hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()}
+
+
+def check_space_is_ours(api, space_id, shipped) -> dict | None:
+    """The files an earlier push shipped to `space_id` and that are still there, unchanged ({} for an empty Space,
+    None where there is no Space); ValueError, before anything is changed, for a Space our record does not prove
+    ours: files and no space_config.json, a space_config.json that is not ours, a file we shipped that was changed
+    since, or a file we would now write that we did not ship."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.hf_api import RepoFile
 
     try:
-        existing = set(api.list_repo_files(space_id, repo_type="space"))
+        tree = {item.path: item for item in api.list_repo_tree(space_id, repo_type="space", recursive=True)
+                if isinstance(item, RepoFile)}
     except RepositoryNotFoundError:
-        return []
-    if SPACE_CONFIG_FILE not in existing:
-        if existing - {".gitattributes"}:
+        return None
+    if SPACE_CONFIG_FILE not in tree:
+        if set(tree) - {".gitattributes"}:
             raise ValueError(
                 f"Space {space_id} exists and was not written by `app.py --push_to_space` (no {SPACE_CONFIG_FILE}): "
                 "its files are not ours to replace. Choose another Space name."
             )
-        return []
+        return {}
     config_path = hf_hub_download(space_id, SPACE_CONFIG_FILE, repo_type="space", token=api.token)
-    return list(json.loads(Path(config_path).read_text()).get("files", []))
+    before = recorded_files(Path(config_path).read_bytes(), space_id)
+    changed = [path for path, entry in before.items() if path in tree and not same_file(tree[path], entry)]
+    foreign = [path for path in shipped if path in tree and path not in before]
+    if changed or foreign:
+        problems = [f"{path} (changed since `app.py --push_to_space` shipped it)" for path in changed]
+        problems += [f"{path} (not shipped by `app.py --push_to_space`)" for path in foreign]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(
+            f"Space {space_id} has {problems[0]}{more}: a push would overwrite or delete it, so nothing was changed. "
+            "Keep your version under another name (or delete it), or choose another Space name."
+        )
+    return {path: entry for path, entry in before.items() if path in tree}
+
+
+def recorded_files(text: bytes, space_id) -> dict:
+    """{path: {"sha256", "git_oid"}} from the `files` of a Space's space_config.json; ValueError where it is not
+    a record push_space writes (it then proves nothing)."""
+    hexadecimal = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+    try:
+        files = json.loads(text)["files"]
+        valid = isinstance(files, dict) and all(
+            isinstance(path, str) and isinstance(entry, dict) and hexadecimal.fullmatch(str(entry.get("sha256")))
+            and hexadecimal.fullmatch(str(entry.get("git_oid"))) for path, entry in files.items()
+        )
+    except (ValueError, TypeError, KeyError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            f"Space {space_id} has a {SPACE_CONFIG_FILE} that is not the record `app.py --push_to_space` writes "
+            "(each shipped file with its sha256 and git_oid): nothing in the Space can be proved ours, so nothing "
+            "was changed. Choose another Space name."
+        )
+    return files
+
+
+def same_file(remote, entry) -> bool:
+    """Whether the Hub's file `remote` (a RepoFile) holds the bytes recorded in `entry`."""
+    if remote.lfs is not None:
+        return remote.lfs.sha256 == entry["sha256"]
+    return remote.blob_id == entry["git_oid"]
+
+
+def make_private(api, space_id) -> None:
+    """--private on an existing Space: a public one is made private (and checked), with a line in the log."""
+    if api.space_info(space_id).private:
+        return
+    api.update_repo_settings(space_id, private=True, repo_type="space")
+    if not api.space_info(space_id).private:
+        raise ValueError(f"Space {space_id} is public and could not be made private: nothing was pushed.")
+    logger.info(f"Space {space_id} was public: made private (--private).")
 
 
 def read_space_config(app_path) -> dict | None:
@@ -173,7 +246,10 @@ def read_space_config(app_path) -> dict | None:
     path = Path(app_path).with_name(SPACE_CONFIG_FILE)
     if not path.is_file():
         return None
-    config = json.loads(path.read_text())
-    if not config.get("classifier"):
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): it cannot name the models this app serves.") from None
+    if not isinstance(config, dict) or not isinstance(config.get("classifier"), str) or not config["classifier"]:
         raise ValueError(f"{path} names no classifier.")
     return config

@@ -6,6 +6,7 @@ routes a Space push and a Space download use, reusing the server's own handlers 
   GET  /api/spaces/{id}/tree/{rev}[/{path}]          list_repo_files, upload_folder(delete_patterns=...)
   POST /api/spaces/{id}/paths-info/{rev}, GET .../commits/{rev}, POST .../preupload/{rev}, POST .../commit/{rev}
   GET|HEAD /spaces/{id}/resolve/{rev}/{path}         hf_hub_download / snapshot_download(repo_type="space")
+  PUT  /api/spaces/{id}/settings                     update_repo_settings(private=...): the visibility only
 
 Spaces live in `LocalHub.repos[("space", id)]` (with "sdk"), checked out under `root/spaces/`. No LFS for Spaces:
 a Space of source and text files needs none (an LFS file is refused by the server's LFS route, loudly).
@@ -57,6 +58,14 @@ def add_space_support(hub_server) -> None:
         headers = {"X-Repo-Commit": commit["id"], "ETag": f'"{entry["oid"]}"'}
         self._send(200, hub.read_object(entry), headers, "application/octet-stream")
 
+    def settings(self, hub, t, repo_id):
+        repo = hub._repo("space", repo_id, self._user(required=True))
+        visibility = (self.json or {}).get("visibility")
+        if visibility not in ("public", "private"):
+            raise hub_server.HubError(400, f"Unsupported settings {self.json}")
+        repo["private"] = visibility == "private"
+        self._send(200, {})
+
     def repo_url(self, repo_type, repo_id):
         if repo_type == "space":
             return f"{self.endpoint}/spaces/{repo_id}"
@@ -72,6 +81,7 @@ def add_space_support(hub_server) -> None:
         ("GET", rf"{space}/commits/{rev}", handler.commits),
         ("POST", rf"{space}/preupload/{rev}", handler.preupload),
         ("POST", rf"{space}/commit/{rev}", handler.commit),
+        ("PUT", rf"{space}/settings", settings),
         ("GET|HEAD", rf"/spaces/{hub_server.NS}/{hub_server.NAME}/resolve/{rev}/{path}", resolve),
     ]
     hub_server.ROUTES[:0] = routes  # first match wins: the space create route sees every create first

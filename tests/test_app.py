@@ -6,6 +6,7 @@ by Debian's chromium through Playwright.
 The session's models are tiny and untrained, built from the project's configs and saved as the training scripts
 save them: the app is tested, not the training (train_vit.py and train_segformer.py have their own tests)."""
 
+import hashlib
 import json
 import os
 import re
@@ -150,24 +151,27 @@ def test_offline_demo_trains_what_is_missing_with_the_scripts(demo_dir, tmp_path
     record = "import shutil, sys\nopen({calls!r}, 'a').write(' '.join(sys.argv) + '\\n')\n"
     (scripts / "train_vit.py").write_text(
         record.format(calls=str(tmp_path / "train_vit.calls"))
-        + f"shutil.copytree({str(demo_dir / 'classifier')!r}, sys.argv[sys.argv.index('--output_dir') + 1])\n"
+        + f"shutil.copytree({str(demo_dir / 'classifier')!r}, sys.argv[sys.argv.index('--output_dir') + 1], "
+        "dirs_exist_ok=True)\n"  # the demo's new, empty staging folder
     )
     (scripts / "train_segformer.py").write_text(
         record.format(calls=str(tmp_path / "train_segformer.calls")) + "print('out of memory'); sys.exit(3)\n"
     )
-    with pytest.raises(RuntimeError, match=r"train_segformer.py --offline_demo failed \(exit status 3\)") as error:
+    with pytest.raises(offline_demo.DemoTrainingError, match=r"train_segformer.py --offline_demo failed \(exit status 3\)") as error:
         offline_demo.prepare_offline_demo(folder, cases_per_group=3, extra_arguments=["--max_steps", "2"], root=scripts)
     assert "out of memory" in str(error.value) and "train_vit.py" not in str(error.value)
-    assert offline_demo.model_folder_complete(folder / "classifier") and not (folder / "classifier.partial").exists()
+    assert offline_demo.model_folder_complete(folder / "classifier") and not list(folder.glob(".*.partial-*"))
     assert not offline_demo.model_folder_complete(folder / "segmenter")
     (command,) = (tmp_path / "train_vit.calls").read_text().splitlines()
     export = folder / "synthetic-lymphus" / "export"
+    staging = command.split()[5]
+    assert re.fullmatch(re.escape(str(folder / ".classifier.partial-")) + "[0-9a-f]{8}", staging)
     assert command.split()[1:] == [
-        "--offline_demo", "--dataset_name", str(export), "--output_dir", str(folder / "classifier.partial"),
+        "--offline_demo", "--dataset_name", str(export), "--output_dir", staging,
         "--roi", "crop", "--num_train_epochs", "5", "--learning_rate", "1e-3", "--max_steps", "2",
     ]
     assert (export / "README.md").is_file()  # the synthetic export both scripts train on
-    with pytest.raises(RuntimeError, match="train_segformer.py"):
+    with pytest.raises(offline_demo.DemoTrainingError, match="train_segformer.py"):
         offline_demo.prepare_offline_demo(folder, root=scripts)
     assert len((tmp_path / "train_vit.calls").read_text().splitlines()) == 1  # the classifier was reused
     assert len((tmp_path / "train_segformer.calls").read_text().splitlines()) == 2
@@ -341,9 +345,13 @@ def test_push_to_space_uploads_the_app_and_what_it_imports(hub_with_spaces, hub_
     # a file the user added is kept.
     api = HfApi(token=hub.token)
     config = json.loads(hub.read_file(space_id, "space_config.json", "space"))
-    assert config["files"] == sorted(shipped + ["README.md", "requirements.txt", "space_config.json"])
-    config["files"].append("lymphus_ml/old.py")
-    api.upload_file(path_or_fileobj=b"old = 1\n", path_in_repo="lymphus_ml/old.py", repo_id=space_id, repo_type="space")
+    assert sorted(config["files"]) == sorted(shipped + ["README.md", "requirements.txt"])
+    for path, entry in config["files"].items():  # the record that proves the Space ours: each file's SHA-256
+        assert entry["sha256"] == hashlib.sha256(hub.read_file(space_id, path, "space")).hexdigest()
+    old = b"old = 1\n"
+    config["files"]["lymphus_ml/old.py"] = {"sha256": hashlib.sha256(old).hexdigest(),
+                                            "git_oid": hashlib.sha1(b"blob %d\0" % len(old) + old).hexdigest()}
+    api.upload_file(path_or_fileobj=old, path_in_repo="lymphus_ml/old.py", repo_id=space_id, repo_type="space")
     api.upload_file(path_or_fileobj=json.dumps(config).encode(), path_in_repo="space_config.json", repo_id=space_id,
                     repo_type="space")
     api.upload_file(path_or_fileobj=b"my notes\n", path_in_repo="notes.md", repo_id=space_id, repo_type="space")

@@ -1,5 +1,6 @@
 """The dataset builder, export and push, on synthetic archives in the official format."""
 
+import errno
 import hashlib
 import io
 import json
@@ -227,9 +228,11 @@ def test_card_documents_configs_features_and_provenance(official_export):
 def test_unofficial_archive_is_refused_naming_both_hashes(small_archives, tmp_path):
     with pytest.raises(NonMatchingChecksumError) as error:
         lymphus.export_dataset(small_archives, tmp_path / "out")
-    actual = hashlib.sha256((small_archives / "Center-1.zip").read_bytes()).hexdigest()
-    assert "Center-1.zip" in str(error.value) and actual in str(error.value)
-    assert lymphus._ARCHIVES["center1"]["sha256"] in str(error.value) and "basic_checks" in str(error.value)
+    # Both centres are refused, each in its own worker: the message names whichever failed first.
+    (centre,) = [centre for centre in lymphus.CENTRES if lymphus._ARCHIVES[centre]["file"] in str(error.value)]
+    actual = hashlib.sha256((small_archives / lymphus._ARCHIVES[centre]["file"]).read_bytes()).hexdigest()
+    assert actual in str(error.value)
+    assert lymphus._ARCHIVES[centre]["sha256"] in str(error.value) and "basic_checks" in str(error.value)
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))  # no staging folder, no lock file
 
 
@@ -406,17 +409,13 @@ def test_push_then_load_dataset_from_the_hub(small_archives, tmp_path, local_hub
 def test_push_refuses_a_folder_that_is_not_an_export(tmp_path, local_hub):
     (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n")
     (tmp_path / ".env").write_text("HF_TOKEN=hf_secret")
-    with pytest.raises(ValueError, match=f"has no {re.escape(lymphus.EXPORT_MARKER)}: only a folder written by `python lymphus.py export`"):
+    with pytest.raises(ValueError, match=f"has no {re.escape(lymphus.EXPORT_MARKER)} .*: `push` uploads only an unchanged folder written by `python lymphus.py export`"):
         lymphus.push_export(tmp_path, f"{local_hub.user}/not-an-export", token=local_hub.token)
     assert not [r for r in local_hub.find_requests("POST", "/api/repos/create") if (r["json"] or {}).get("name") == "not-an-export"]
 
 
-def test_push_uploads_no_dotfiles_and_says_whether_the_repo_is_public(small_archives, tmp_path, local_hub, monkeypatch, capsys):
+def test_push_uploads_exactly_the_marker_files_and_says_whether_the_repo_is_public(small_archives, tmp_path, local_hub, monkeypatch, capsys):
     export = lymphus.export_dataset(small_archives, tmp_path / "export", "basic_checks")
-    (export / ".env").write_text("HF_TOKEN=hf_secret")
-    (export / "data" / ".credentials").write_text("secret")
-    (export / ".cache").mkdir()
-    (export / ".cache" / "token").write_text("secret")
     repo_id = f"{local_hub.user}/lymphus-public-{tmp_path.name}"
     monkeypatch.setenv("HF_TOKEN", local_hub.token)
     lymphus.main(["push", str(export), "--repo_id", repo_id])
@@ -425,14 +424,213 @@ def test_push_uploads_no_dotfiles_and_says_whether_the_repo_is_public(small_arch
 
     api = HfApi(token=local_hub.token)
     uploaded = set(api.list_repo_files(repo_id, repo_type="dataset"))
-    expected = {path.relative_to(export).as_posix() for path in export.rglob("*") if path.is_file() and not any(part.startswith(".") for part in path.relative_to(export).parts)}
-    assert uploaded - {".gitattributes"} == expected and {"id2label.json", "eval.yaml"} <= expected
+    listed = set(json.loads((export / lymphus.EXPORT_MARKER).read_text())["files"])
+    on_disk = {path.relative_to(export).as_posix() for path in export.rglob("*") if path.is_file()}
+    assert uploaded - {".gitattributes"} == listed == on_disk - {lymphus.EXPORT_MARKER} and {"id2label.json", "eval.yaml"} <= listed
     assert not api.repo_info(repo_id, repo_type="dataset").private
     # Asking for a private repo that exists and is public uploads nothing.
     commits = len(local_hub.commits(repo_id, "dataset"))
     with pytest.raises(ValueError, match=f"{repo_id} already exists and is public, but --private was given: nothing was uploaded"):
         lymphus.main(["push", str(export), "--repo_id", repo_id, "--private"])
     assert len(local_hub.commits(repo_id, "dataset")) == commits
+
+
+def add_file(relative, text="mine"):
+    def change(export):
+        (export / relative).parent.mkdir(parents=True, exist_ok=True)
+        (export / relative).write_text(text)
+    return change
+
+
+PUSH_REFUSALS = {
+    "patients_private.csv": (add_file("patients_private.csv", "patient,name\n1,A. Person\n"), "'patients_private.csv' (not written by the export)"),
+    "dotfile": (add_file(".env", "HF_TOKEN=hf_secret"), "'.env' (not written by the export)"),
+    "dotfile-in-data": (add_file("data/.credentials"), "'data/.credentials' (not written by the export)"),
+    "dot-folder": (add_file(".cache/token"), "'.cache/' (not written by the export)"),
+    "changed": (add_file("README.md", "my own card"), "'README.md' (changed since the export)"),
+    "same-size-change": (lambda export: (export / "id2label.json").write_bytes((export / "id2label.json").read_bytes().upper()), "'id2label.json' (changed since the export)"),
+    "missing": (lambda export: (export / "id2label.json").unlink(), f"'id2label.json' (listed in {lymphus.EXPORT_MARKER} but missing)"),
+    "link": (lambda export: (export / "notes").symlink_to("/etc/hostname"), "'notes' (a link)"),
+}
+
+
+def test_push_refuses_an_export_holding_anything_its_marker_does_not_vouch_for(small_archives, tmp_path, local_hub, monkeypatch):
+    import shutil
+
+    original = lymphus.export_dataset(small_archives, tmp_path / "export", "basic_checks")
+    monkeypatch.setenv("HF_TOKEN", local_hub.token)
+    requests = len(local_hub.requests)
+    for case, (change, culprit) in PUSH_REFUSALS.items():
+        export = shutil.copytree(original, tmp_path / case, symlinks=True)
+        change(export)
+        with pytest.raises(ValueError, match=re.escape(culprit) + ".*exactly the files its .lymphus-export.json lists. Nothing was uploaded"):
+            lymphus.main(["push", str(export), "--repo_id", f"{local_hub.user}/refused-{case}"])
+    assert local_hub.requests[requests:] == []  # refused before any call to the Hub: no repo, no commit
+
+
+TAMPERED_MARKERS = {
+    "not-json": (b'{"format": "lymphus-export", "files": {', "is not valid JSON"),
+    "not-utf8": (b"\xff\xfe{}", "is not valid JSON"),
+    "a-list": (b"[]", "is not an export marker"),
+    "files-a-list": (b'{"format": "lymphus-export", "files": ["README.md"]}', "is not an export marker"),
+    "bytes-a-string": (None, "not {\"bytes\": <size>, \"sha256\": <64 hex digits>}"),
+    "outside": ('../secret.txt', "lists '../secret.txt', which is not a file name inside the export"),
+    "absolute": ("ABSOLUTE", "which is not a file name inside the export"),  # tamper() writes the path
+    "dotfile": ('.env', "lists '.env', which is not a file name inside the export"),
+}
+
+
+def tamper(export, case):
+    content, _ = TAMPERED_MARKERS[case]
+    marker_path = export / lymphus.EXPORT_MARKER
+    marker = json.loads(marker_path.read_text())
+    if case == "bytes-a-string":
+        marker["files"]["README.md"]["bytes"] = str(marker["files"]["README.md"]["bytes"])
+        content = json.dumps(marker).encode()
+    elif isinstance(content, str):  # a listed name outside the export, with the right size and hash of what is there
+        if content == "ABSOLUTE":
+            content = str(export.parent.resolve() / "secret.txt")
+        target = Path(content) if content.startswith("/") else export / content
+        if not target.exists():
+            target.write_text("not the export's")
+        marker["files"][content] = {"bytes": target.stat().st_size, "sha256": lymphus.sha256_of_file(target)}
+        content = json.dumps(marker).encode()
+    marker_path.write_bytes(content)
+
+
+def run_command(argv, capsys):
+    """lymphus.py's command line, in process, through the entry point `__main__` uses: (exit status, stderr)."""
+    from lymphus_ml.cli import run
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda: lymphus.main(argv), argv)
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_one_line(status, stderr, *culprits):
+    assert status != 0 and "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and "--debug" in lines[1], stderr
+    for culprit in culprits:
+        assert culprit in lines[0], stderr
+
+
+def test_a_tampered_marker_is_one_message_for_overwrite_and_push(small_archives, tmp_path, local_hub, monkeypatch, capsys):
+    import shutil
+
+    original = lymphus.export_dataset(small_archives, tmp_path / "export", "basic_checks")
+    monkeypatch.setenv("HF_TOKEN", local_hub.token)
+    requests = len(local_hub.requests)
+    for case, (_, culprit) in TAMPERED_MARKERS.items():
+        export = shutil.copytree(original, tmp_path / case)
+        tamper(export, case)
+        before = sorted((p.relative_to(export), p.read_bytes()) for p in export.rglob("*") if p.is_file())
+        status, stderr = run_command(["export", "--data_dir", str(small_archives), "--output_dir", str(export), "--verification_mode", "basic_checks", "--overwrite"], capsys)
+        assert_one_line(status, stderr, culprit, "nothing was replaced")
+        assert sorted((p.relative_to(export), p.read_bytes()) for p in export.rglob("*") if p.is_file()) == before
+        status, stderr = run_command(["push", str(export), "--repo_id", f"{local_hub.user}/tampered-{case}"], capsys)
+        assert_one_line(status, stderr, culprit, "Nothing was uploaded")
+    assert local_hub.requests[requests:] == []
+    assert (tmp_path / "secret.txt").read_text() == "not the export's"
+
+
+def fail_with_a_full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/full/disk/file")
+
+
+@pytest.mark.parametrize("where", ["parquet-in-a-worker", "marker-in-the-export"])
+def test_a_full_disk_is_one_message_and_leaves_nothing_that_looks_complete(small_archives, tmp_path, monkeypatch, capsys, where):
+    if where == "parquet-in-a-worker":  # the workers are forked: they inherit the patch
+        monkeypatch.setattr(datasets.arrow_writer.ArrowWriter, "_write_table", fail_with_a_full_disk)
+    else:
+        monkeypatch.setattr(lymphus, "write_export_marker", fail_with_a_full_disk)
+    status, stderr = run_command(["export", "--data_dir", str(small_archives), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"], capsys)
+    assert_one_line(status, stderr, "No space left on device writing '/full/disk/file'", f"nothing was exported to '{tmp_path / 'out'}'")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["archives"]  # no export, staging folder or lock
+
+
+def hold_the_progress_bar_lock_or_fail(centre, *args):
+    """An export worker: centre1 draws a progress bar for ever (holding tqdm's lock); centre 2 fails."""
+    import time
+
+    from tqdm import tqdm
+
+    if centre == "center1":
+        tqdm.get_lock().acquire()
+        time.sleep(120)
+    time.sleep(0.5)
+    raise lymphus.LymphUsFormatError("center2 member: cannot be decoded")
+
+
+def test_a_worker_killed_while_drawing_a_progress_bar_leaves_the_export_able_to_draw_one(small_archives, tmp_path, monkeypatch):
+    from tqdm import tqdm
+    from tqdm.std import TqdmDefaultWriteLock
+
+    tqdm.get_lock()  # tqdm's lock exists before the workers fork, as it does after any progress bar
+    monkeypatch.setattr(lymphus, "build_centre_parquet", hold_the_progress_bar_lock_or_fail)  # forked: inherited
+    with pytest.raises(lymphus.LymphUsFormatError, match="cannot be decoded"):
+        export(small_archives, tmp_path / "out")  # centre 2 fails: the export kills centre 1 holding its lock
+    if TqdmDefaultWriteLock.mp_lock is not None:
+        assert TqdmDefaultWriteLock.mp_lock.acquire(True, 10), "tqdm's lock is held by a dead worker"
+        TqdmDefaultWriteLock.mp_lock.release()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["archives"]
+
+
+def test_plain_parser_reads_the_options_as_hf_argument_parser(tmp_path, capsys):
+    from transformers import HfArgumentParser
+
+    from lymphus_ml.cli import PlainArgumentParser
+
+    command_lines = {
+        "synth": [["--output_dir", "x"], ["--output-dir", "x", "--cases_per_group", "3", "--scale", "0.5", "--seed", "2"],
+                  ["--output_dir", "x", "--scale", "big"], [], ["--output_dir", "x", "--cases_per_gr", "3"]],
+        "export": [["--output_dir", "o", "--overwrite"], ["--output_dir", "o", "--overwrite", "false", "--verification_mode", "basic_checks"],
+                   ["--output_dir", "o", "--data_dir", "d", "--overwrite", "YES"], ["--output_dir", "o", "--verification_mode", "none"],
+                   ["--output_dir", "o", "--overwrite", "maybe"], ["--output_dir", "o", "--overwr"], ["--output_dir=o", "--data-dir=d"]],
+        "push": [["--export_dir", "e", "--repo_id", "r", "--private", "y"], ["--export_dir", "e", "--repo_id", "r", "--private", "--hub_token", "hf_x"],
+                 ["--export_dir", "e"]],
+    }
+
+    def outcome(parser, argv):
+        try:
+            return parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        except SystemExit as error:
+            return "exit", error.code, capsys.readouterr().err
+
+    for command, argvs in command_lines.items():
+        plain = PlainArgumentParser([lymphus.COMMANDS[command]])
+        reference = HfArgumentParser([lymphus.COMMANDS[command]], allow_abbrev=False)
+        assert plain.format_help() == reference.format_help()
+        for argv in argvs:
+            assert outcome(plain, argv) == outcome(reference, argv), argv
+    assert outcome(plain, ["--export_dir", "e"])[0] == "exit"  # the comparison sees failures too
+    # The options as a JSON file, as transformers' examples take them.
+    options = tmp_path / "export.json"
+    options.write_text(json.dumps({"output_dir": "o", "data_dir": "d", "overwrite": True}))
+    reference = HfArgumentParser([lymphus.ExportArguments], allow_abbrev=False).parse_json_file(str(options))
+    assert PlainArgumentParser([lymphus.ExportArguments]).parse_json_file(str(options)) == reference
+    options.write_text(json.dumps({"output_dir": "o", "overwrite": True, "hub_token": "hf_x"}))
+    with pytest.raises(ValueError, match=r"unknown keys \['hub_token'\]"):
+        PlainArgumentParser([lymphus.ExportArguments]).parse_json_file(str(options))
+
+
+def test_the_commands_load_neither_transformers_nor_torch(tmp_path, local_hub):
+    """A dataset tool starts without the ML stack (about a second): synth, export and push, in one fresh process."""
+    repo_id = f"{local_hub.user}/no-ml-stack"
+    code = f"""
+import sys
+import lymphus
+lymphus.main(["synth", "--output_dir", {str(tmp_path / "a")!r}, "--cases_per_group", "3", "--scale", "0.1"])
+lymphus.main(["export", "--data_dir", {str(tmp_path / "a")!r}, "--output_dir", {str(tmp_path / "out")!r}, "--verification_mode", "basic_checks"])
+lymphus.main(["push", {str(tmp_path / "out")!r}, "--repo_id", {repo_id!r}])
+print(sorted(name for name in sys.modules if name.split(".")[0] in ("transformers", "torch")))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=LYMPHUS_PY.parent, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_TOKEN": local_hub.token})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "[]", result.stdout
+    assert local_hub.commits(repo_id, "dataset")  # the push did happen
 
 
 # The download path (no data_dir): the official URLs, served here from a local HTTP server
@@ -824,10 +1022,10 @@ def test_a_killed_export_leaves_no_process_and_the_next_run_cleans_up(tmp_path, 
     assert not any(alive(pid) for pid in workers), f"workers {workers} outlived the export"
     assert not out.exists(), (process.returncode, stderr[-3000:])
     if signal_number == signal.SIGTERM:  # stopped cleanly: nothing left, no traceback
-        assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+        assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, (process.returncode, stderr[-3000:])
         assert not list(tmp_path.glob(".out.*"))
     else:
-        assert list(tmp_path.glob(".out.incomplete-*"))
+        assert list(tmp_path.glob(".out.incomplete-*")), (process.returncode, stderr[-3000:])
     export(tmp_path / "archives", out)
     assert is_complete_export(out) and sorted(p.name for p in tmp_path.iterdir()) == ["archives", "out"]
 

@@ -8,6 +8,7 @@ which it lacks, is recorded.
 
 import csv
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -217,8 +218,11 @@ def test_a_rerun_skips_finished_runs_and_reports_a_failed_one(swept, export_dir,
 
 def test_options_train_vit_refuses_stop_the_sweep_at_the_first_run(export_dir, configs, tmp_path):
     output_dir = tmp_path / "typo"
-    with pytest.raises(ValueError, match=r"refused the options.*Unknown option\(s\) --num_train_epoch\b"):
+    with pytest.raises(ValueError, match=r"--num_train_epoch is an option of neither .* \(did you mean --num_train_epochs\?\)"):
         sweep.main(sweep_args(export_dir, output_dir, [configs["vit-micro"]], "0,1", "--num_train_epoch", "1"))
+    assert not output_dir.exists()  # a misspelt option: refused before anything is written
+    with pytest.raises(ValueError, match=r"refused the options.*invalid choice: 'nonsense'"):  # a value it refuses
+        sweep.main(sweep_args(export_dir, output_dir, [configs["vit-micro"]], "0,1", "--roi", "nonsense"))
     assert (output_dir / "runs/vit-micro/seed0/sweep_run.json").is_file()
     assert not (output_dir / "runs/vit-micro/seed1").exists()
 
@@ -375,6 +379,104 @@ def test_launch_on_hub_refuses_what_a_job_cannot_read(local_hub, configs, export
     assert not (tmp_path / "x").exists()
 
 
+TOKEN_LIKE = "hf_" + "Ab3" * 10  # what a Hub token looks like (hf_ + 30 letters and digits); not a real one
+
+
+@pytest.mark.parametrize("option", ["--hubtoken", "--hub_tokens", "--HUB_TOKEN", "--token", "--hub.token"])
+def test_a_misspelt_token_option_is_refused_before_anything_is_written_or_submitted(
+    option, local_hub, bucket_recorder, configs, export_dir, tmp_path
+):
+    jobs_before = len(local_hub.find_requests("POST", r"/api/jobs/"))
+    secret = "not-token-shaped-but-secret"
+    launch = launch_args(local_hub, configs, tmp_path / "hub", f"{local_hub.user}/sw", "--push_to_hub")
+    local = sweep_args(export_dir, tmp_path / "local", [configs["vit-micro"]], "0")
+    for arguments in (launch + [option, secret], local + [f"{option}={secret}"]):
+        with pytest.raises(ValueError, match=rf"^{re.escape(option)} is an option of neither sweep.py nor train_vit.py") as refused:
+            sweep.main(arguments)
+        assert secret not in str(refused.value)
+    for arguments in (launch + [option, TOKEN_LIKE], local + ["--run_name", TOKEN_LIKE]):
+        with pytest.raises(ValueError, match="looks like a Hub token") as refused:
+            sweep.main(arguments)
+        assert TOKEN_LIKE not in str(refused.value) and "hf_" not in str(refused.value)
+    assert len(local_hub.find_requests("POST", r"/api/jobs/")) == jobs_before and "add" not in bucket_recorder
+    assert not (tmp_path / "hub").exists() and not (tmp_path / "local").exists()
+
+
+def test_a_token_value_is_refused_in_the_sweep_s_own_options_too_and_never_quoted(capsys):
+    with pytest.raises(ValueError, match=r"looks like a Hub token \(given to --max_parallel_runs\)") as refused:
+        sweep.parse_sweep_arguments(["--models", "a/b", "--output_dir", "o", "--max_parallel_runs", TOKEN_LIKE])
+    assert TOKEN_LIKE not in str(refused.value) + capsys.readouterr().err
+    # The token itself, as --hub_token, is the one place it may be given.
+    parsed, _, _ = sweep.parse_sweep_arguments(["--models", "a/b", "--output_dir", "o", "--hub_token", TOKEN_LIKE])
+    assert parsed.hub_token == TOKEN_LIKE
+
+
+def test_launch_on_hub_refuses_local_paths_and_broken_configs_before_the_first_job(
+    local_hub, bucket_recorder, configs, tmp_path
+):
+    jobs_before = len(local_hub.find_requests("POST", r"/api/jobs/"))
+    segmenter = tmp_path / "my-segmenter"
+    segmenter.mkdir()
+    base = launch_args(local_hub, configs, tmp_path / "x", f"{local_hub.user}/sw")
+    for extra in (["--segmenter_name_or_path", str(segmenter)], [f"--image_processor_name={segmenter}"]):
+        with pytest.raises(ValueError, match=rf"--\w+ {re.escape(str(segmenter))} is a local path, which a Hub Job cannot read"):
+            sweep.main(base + extra)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"model_type": "vit",')  # listed after a valid config: no Job may go out for either
+    arguments = list(base)
+    arguments[arguments.index("--models") + 1] = f"{configs['vit-micro']},{broken}"
+    with pytest.raises(ValueError, match=f"--models {re.escape(str(broken))} is not valid JSON"):
+        sweep.main(arguments)
+    assert len(local_hub.find_requests("POST", r"/api/jobs/")) == jobs_before
+    assert not (tmp_path / "x").exists()
+
+
+def test_collect_never_shows_an_earlier_sweep_s_results_as_this_sweep_s(
+    local_hub, bucket_recorder, swept, configs, tmp_path
+):
+    """Every repo holds an earlier sweep's results when the new Jobs are submitted: only a Job that completed and
+    pushed afterwards counts as finished, with its own numbers; the others say what their job is doing."""
+    from huggingface_hub import HfApi
+
+    api, prefix, output_dir = HfApi(token=local_hub.token), f"{local_hub.user}/sweep-stale", tmp_path / "stale"
+    keys = ["vit-micro/seed0", "vit-micro/seed1", "convnext-micro/seed0", "convnext-micro/seed1"]
+
+    def push(key, source):
+        slug, seed = key.split("/")
+        repo_id = f"{prefix}-{slug}-{seed}"
+        api.create_repo(repo_id, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=swept / "runs" / source,
+                                 ignore_patterns=["checkpoint-*", "*.bin", "*.safetensors", "*.png"]).oid
+
+    other_seed = {"seed0": "seed1", "seed1": "seed0"}
+    for key in keys:  # the earlier sweep: each repo holds the other seed's results
+        slug, seed = key.split("/")
+        push(key, f"{slug}/{other_seed[seed]}")
+    jobs = sweep.main(launch_args(local_hub, configs, output_dir, prefix))
+    new_commit = push("vit-micro/seed0", "vit-micro/seed0")  # this sweep's Job pushes, then completes
+    stages = {"vit-micro/seed0": "COMPLETED", "vit-micro/seed1": "RUNNING", "convnext-micro/seed0": "ERROR",
+              "convnext-micro/seed1": "COMPLETED"}  # the last completed without pushing anything
+    for key, stage in stages.items():
+        local_hub.jobs[jobs[key]["job_id"]]["status"] = {"stage": stage, "message": None}
+
+    rows = {leaderboard.run_key(row): row for row in sweep.main(
+        ["--collect", "--output_dir", str(output_dir), "--hub_token", local_hub.token])}
+    assert {key: rows[key]["status"] for key in keys} == {
+        "vit-micro/seed0": "finished", "vit-micro/seed1": "running", "convnext-micro/seed0": "failed",
+        "convnext-micro/seed1": "failed",
+    }
+    local = {leaderboard.run_key(row): row for row in read_csv(swept / "leaderboard.csv")}
+    assert rows["vit-micro/seed0"]["external_auc"] == pytest.approx(float(local["vit-micro/seed0"]["external_auc"]))
+    assert rows["vit-micro/seed0"]["hub_commit"] == new_commit
+    for key in keys[1:]:
+        assert rows[key].get("external_auc") is None, key  # the earlier numbers are not shown
+        assert "committed before this job was created" in rows[key]["error"] and "not shown" in rows[key]["error"]
+    assert "RUNNING" in rows["vit-micro/seed1"]["error"] and "pushed no results" in rows["convnext-micro/seed1"]["error"]
+    markdown = (output_dir / "leaderboard.md").read_text()
+    assert "| `vit-micro` | 1/2 |" in markdown and "| `convnext-micro` | 0/2 |" in markdown
+    assert "4 runs: 1 finished, 1 running, 2 failed." in markdown
+
+
 def test_collect_builds_the_same_leaderboard_from_hub_repos_and_names_unfinished_runs(
     local_hub, bucket_recorder, swept, configs, tmp_path
 ):
@@ -392,7 +494,8 @@ def test_collect_builds_the_same_leaderboard_from_hub_repos_and_names_unfinished
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=swept / "runs" / key, allow_patterns=allow,
                           ignore_patterns=["checkpoint-*", "*.bin"])
-    local_hub.jobs[jobs["vit-micro/seed0"]["job_id"]]["status"] = {"stage": "COMPLETED", "message": None}
+    for key in uploads:  # a run is finished only when its job completed (and pushed after it was created)
+        local_hub.jobs[jobs[key]["job_id"]]["status"] = {"stage": "COMPLETED", "message": None}
     failed = {"stage": "ERROR", "message": "CUDA out of memory"}
     local_hub.jobs[jobs["convnext-micro/seed1"]["job_id"]]["status"] = failed
 
