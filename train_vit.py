@@ -18,6 +18,7 @@
 #     "openpyxl",
 #     "pyyaml",
 #     "httpx",
+#     "tqdm",
 #     "captum>=0.9",  # lymphus_ml/saliency.py: --saliency integrated_gradients
 #     "safetensors",  # not imported: transformers saves the model with it
 #     "jinja2",  # not imported: huggingface_hub's ModelCard.from_template renders the cards with it
