@@ -121,35 +121,55 @@ def model_sources(app_args) -> dict:
 # The page
 
 
-def classify_upload(path, models):
-    """The page's action: (probability, label, details, outline, heatmap) for an uploaded file; gr.Error (one
-    message on the page) for no file, an upload no longer kept, or a file that is not one still image of a sensible
-    size (`lymphus_ml.images.open_image`: too small, too large, several frames, not an image)."""
+def classify_upload(image, models):
+    """The page's action and the API's `/predict`: (probability, label, details, outline, heatmap, result) for an
+    uploaded file (`image`: its path); the first five are the page's human-readable view (probability rounded to 4
+    decimals), `result` the same prediction as JSON for API clients (`api_result`). gr.Error (one message on the
+    page) for no file, an upload no longer kept, or a file that is not one still image of a sensible size
+    (`lymphus_ml.images.open_image`: too small, too large, several frames, not an image)."""
     import gradio as gr
 
-    if path is None:
+    if image is None:
         raise gr.Error("Upload an image first, or pick an example.", print_exception=False)
-    name = Path(path).name
-    if not Path(path).is_file():
+    name = Path(image).name
+    if not Path(image).is_file():
         raise gr.Error(
             f"{name} is no longer on the server (uploads and results are deleted after {DELETE_CACHE[1] // 60} "
             "minutes): upload it again.", print_exception=False,
         )
     try:
-        image, conversion = read_grayscale_image(path, name)
+        pixels, conversion = read_grayscale_image(image, name)
     except ValueError as error:
         if str(error).startswith("Cannot read image"):
             message = f"{name} is not an image file the app can read: upload a PNG, BMP, TIFF or JPEG ultrasound image."
         else:
             message = str(error)
         raise gr.Error(message, print_exception=False) from None
-    result = predict_image(image, models)
+    result = predict_image(pixels, models)
     note = "; ".join(part for part in (conversion, result["note"]) if part)
     details = (
         f"**{result['label']}** at the classifier's validation threshold {result['threshold']:.4f} "
         f"(probability ≥ threshold: {result['positive_label']}).\n\n{note[:1].upper() + note[1:]}."
     )
-    return round(result["probability"], 4), result["label"], details, result["outline"], result["heatmap"]
+    return (round(result["probability"], 4), result["label"], details, result["outline"], result["heatmap"],
+            api_result(result, note, models))
+
+
+def api_result(result, note, models) -> dict:
+    """The prediction as the API's JSON output: the probability unrounded, the label and the threshold that gave it,
+    the ROI the classifier saw (full, crop, masked; full when the predicted node is empty), the models."""
+    return {
+        "probability": result["probability"],
+        "label": result["label"],
+        "threshold": result["threshold"],
+        "positive_label": result["positive_label"],
+        "roi": result["roi"],
+        "roi_mode": models.settings["roi_mode"],
+        "node_pixels": result["node_pixels"],
+        "classifier": models.classifier_name,
+        "segmenter": models.segmenter_name,
+        "note": note,
+    }
 
 
 def probability_label(positive_label) -> str:
@@ -167,12 +187,13 @@ def page_header(models) -> str:
 
 
 def build_demo(models, examples=(), delete_cache=DELETE_CACHE):
-    """The Gradio Blocks: an upload, the results, the examples; `classify_upload` wired as the API `/predict`.
-    Uploads and result pictures are deleted from the server after `delete_cache` = (every, age) seconds."""
+    """The Gradio Blocks: an upload, the results, the examples; `classify_upload` wired as the API `/predict`, whose
+    input is `image` and whose last output is the JSON result. Uploads and result pictures are deleted from the
+    server after `delete_cache` = (every, age) seconds."""
     import gradio as gr
 
-    def classify(path):
-        return classify_upload(path, models)
+    def classify(image):
+        return classify_upload(image, models)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(page_header(models), elem_id="header")
@@ -196,10 +217,11 @@ def build_demo(models, examples=(), delete_cache=DELETE_CACHE):
                 )
                 label = gr.Textbox(label="Label at the validation threshold", interactive=False, elem_id="label")
                 details = gr.Markdown(label="Details", elem_id="details")
+                result = gr.JSON(label="Result (JSON, as API clients get it)", elem_id="result")
         with gr.Row():
             outline.render()
             heatmap.render()
-        outputs = [probability, label, details, outline, heatmap]
+        outputs = [probability, label, details, outline, heatmap, result]
         button.click(classify, inputs=upload, outputs=outputs, api_name="predict")
         if examples:
             with examples_column:

@@ -92,6 +92,9 @@ _HOMEPAGE = "https://qamebi.com/cervical-lymph-node/"
 # papers; it states no licence for the images. The data article itself is CC BY 4.0.
 _LICENSE = "other"
 _LICENSE_NAME = "lymphus-research-use"
+# The one name of these terms, in the dataset card and in every card of what is trained on it (lymphus_ml.cards,
+# the Space card).
+LYMPHUS_LICENSE = {"license": _LICENSE, "license_name": _LICENSE_NAME, "license_link": _HOMEPAGE}
 _LICENSE_DETAILS = (
     "The landing page states that the data are freely accessible for research and asks users to cite "
     "the data article and the study; it states no licence for the images themselves. The data article "
@@ -138,6 +141,36 @@ LABEL_NAMES = ["benign", "malignant"]
 MASK_LABELS = {0: "background", 1: "lymph_node"}
 CENTRES = ["center1", "center2"]
 SPLITS = ["train", "validation", "test"]
+# LymphUs as a Hub benchmark (eval.yaml in the export; the trainers' .eval_results/lymphus.yaml in every pushed
+# model): per subset's test split, the classifiers' ROC-AUC and the segmenters' mean Dice over images. A
+# `<source>_to_<target>` subset's test split is all of the other centre: the external validation.
+BENCHMARK_METRICS = {"classification": ("malignancy-roc-auc", "ROC-AUC of malignant vs benign (train_vit.py)"),
+                     "segmentation": ("node-dice", "mean Dice of the node mask over images (train_segformer.py)")}
+BENCHMARK_FRAMEWORK = "lymphus"
+
+
+def benchmark_task_id(kind: str, config: str) -> str:
+    """The eval.yaml task (one Hub leaderboard) of a `kind` ("classification"/"segmentation") on a subset's test split."""
+    return f"{config}-{BENCHMARK_METRICS[kind][0]}"
+
+
+def eval_yaml() -> str:
+    """The export's eval.yaml: LymphUs as a Hub benchmark, one task (leaderboard) per subset and metric."""
+    lines = [
+        "# LymphUs as a Hugging Face benchmark (https://huggingface.co/docs/hub/eval-results). The models that",
+        "# train_vit.py and train_segformer.py push report into these tasks in their .eval_results/lymphus.yaml.",
+        "name: LymphUs",
+        "description: >",
+        "  Cervical lymph node ultrasound (papillary thyroid carcinoma, two centres): malignancy classification",
+        "  (ROC-AUC) and node segmentation (mean Dice over images), on each subset's test split; a",
+        "  <source>_to_<target> subset tests on every case of the other centre (external validation).",
+        f"evaluation_framework: {BENCHMARK_FRAMEWORK}",
+        "tasks:",
+    ]
+    for kind, (_, description) in BENCHMARK_METRICS.items():
+        for config in (config.name for config in LymphUs.BUILDER_CONFIGS):
+            lines += [f"  - id: {benchmark_task_id(kind, config)}  # {description}", f"    config: {config}", "    split: test"]
+    return "\n".join(lines) + "\n"
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 # Fixed so that the same archives always give the same split membership; changing it changes every
 # published split, so it is part of the dataset's definition, not a knob.
@@ -1132,6 +1165,7 @@ def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwri
             (staging / "id2label.json").write_text(
                 json.dumps({str(k): v for k, v in MASK_LABELS.items()}, indent=2) + "\n"
             )
+            (staging / "eval.yaml").write_text(eval_yaml())
             write_export_marker(staging)  # last: from here on the staging folder is a complete export
         except BaseException as error:
             remove_quietly(staging)
@@ -1338,9 +1372,7 @@ def render_card(built):
     facts = card_facts(counts, {centre: built[centre][3] for centre in CENTRES})
     card_data = DatasetCardData(
         pretty_name="LymphUs",
-        license=_LICENSE,
-        license_name=_LICENSE_NAME,
-        license_link=_HOMEPAGE,
+        **LYMPHUS_LICENSE,
         language=["en"],
         task_categories=["image-classification", "image-segmentation"],
         size_categories=[size_category(sum(facts["total"]))],
@@ -1386,6 +1418,7 @@ def render_card(built):
         features=_FEATURES,
         n_semantic_features=len(SEMANTIC_FEATURES),
         mask_labels=MASK_LABELS,
+        id2label_json=json.dumps({str(k): v for k, v in MASK_LABELS.items()}),
         citation=_CITATION,
         license_details=_LICENSE_DETAILS,
         homepage=_HOMEPAGE,

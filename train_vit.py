@@ -9,14 +9,20 @@
 #     "datasets>=5,<6",
 #     "huggingface_hub>=2,<3",
 #     "evaluate>=0.4.6",
+#     "numpy",
 #     "scipy",
 #     "scikit-learn",
 #     "matplotlib",
 #     "pillow",
-#     "safetensors",
-#     "jinja2",
+#     "pyarrow",
 #     "openpyxl",
+#     "pyyaml",
+#     "httpx",
+#     "tqdm",
+#     "captum>=0.9",  # lymphus_ml/saliency.py: --saliency integrated_gradients
 #     "peft>=0.21",
+#     "safetensors",  # not imported: transformers saves the model with it
+#     "jinja2",  # not imported: huggingface_hub's ModelCard.from_template renders the cards with it
 # ]
 # ///
 """Fine-tune an image-classification transformer on LymphUs (benign vs malignant lymph node ultrasound).
@@ -65,8 +71,8 @@ import numpy as np
 from datasets import ClassLabel
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
-from lymphus_ml.cards import base_model_license, card_license, classifier_card
 from lymphus_ml import crossval
+from lymphus_ml.cards import base_model_license, benchmark_eval_results, card_license, classifier_card
 from lymphus_ml.cli import run
 from lymphus_ml.data import (
     dataset_is_synthetic,
@@ -794,7 +800,8 @@ def main(args=None):
     # Push: one commit of the files this run wrote, with the final card
     if push_to_hub:
         url = push_run_to_hub(
-            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier"
+            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier",
+            extra_files=benchmark_eval_results("classification", split_metrics, data_args, fields["dataset_revision"], repo_id),
         )
         logger.info(f"Pushed to {url}")
     logger.info(

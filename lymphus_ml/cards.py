@@ -3,8 +3,10 @@
 Python builds the `model-index` results (`EvalResult`s) and the table rows; the templates hold the prose.
 """
 
+import logging
 from pathlib import Path
 
+from lymphus import LYMPHUS_LICENSE
 from lymphus_ml.evaluation import (
     DEGENERATE_INTERVAL,
     METRIC_DISPLAY_NAMES,
@@ -19,48 +21,71 @@ from lymphus_ml.segmentation import SEGMENTATION_METRICS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLASSIFIER_CARD_TEMPLATE = PROJECT_ROOT / "model_card.md"
 SEGMENTER_CARD_TEMPLATE = PROJECT_ROOT / "segmentation_card.md"
+logger = logging.getLogger(__name__)
 SHIPPED_FILES = ("model_card.md", "segmentation_card.md")
 CARD_TAGS = ["medical-imaging", "ultrasound", "lymph-node", "lymphus"]
 # The metric ids of the Hub's model-index where one exists (sensitivity is recall, PPV is precision).
 HUB_METRIC_TYPES = {"roc_auc": "roc_auc", "accuracy": "accuracy", "sensitivity": "recall", "ppv": "precision", "f1": "f1"}
 # Held-out sets first; validation (which chose the epoch and the threshold) last.
 REPORTING_ORDER = ("external", "external_predicted_roi", "test", "test_predicted_roi", "validation")
-# The terms of the data the weights were trained on, when neither the base model's nor the user's licence is known.
-LYMPHUS_DATA_LICENSE = {
-    "license": "other",
-    "license_name": "lymphus-data-terms",
-    "license_link": "https://qamebi.com/cervical-lymph-node/",
-}
+# The terms of the data the weights were trained on, when neither the base model's nor the user's licence is known:
+# the dataset card's own fields and name for them (lymphus.LYMPHUS_LICENSE), so both say the same thing.
+LYMPHUS_DATA_LICENSE = dict(LYMPHUS_LICENSE)
+LICENSE_FIELDS = ("license", "license_name", "license_link")
 
 
-def card_license(license_id: str | None, base_model_license: str | None) -> dict:
-    """ModelCardData licence fields: the user's --license, else the base model's, else `other` naming the LymphUs
-    data terms the weights were trained under."""
+def card_license(license_id: str | None, base_model_license: dict | str | None) -> dict:
+    """ModelCardData licence fields: the user's --license, else the base model's (`base_model_license`: its
+    license / license_name / license_link), else `other` naming the LymphUs data terms the weights were trained
+    under. A bare `other` (the user's, or a base card naming no terms) gets the LymphUs terms' name and link."""
     if license_id:
-        return {"license": license_id}
-    if base_model_license:
-        return {"license": base_model_license}
-    return dict(LYMPHUS_DATA_LICENSE)
+        fields = {"license": license_id}
+    elif isinstance(base_model_license, str):
+        fields = {"license": base_model_license}
+    elif base_model_license and base_model_license.get("license"):
+        fields = {key: base_model_license[key] for key in LICENSE_FIELDS if base_model_license.get(key)}
+    else:
+        return dict(LYMPHUS_DATA_LICENSE)
+    if fields["license"] == "other" and license_id:
+        fields.update({key: LYMPHUS_DATA_LICENSE[key] for key in ("license_name", "license_link")})
+    return fields
 
 
-def base_model_license(base_model: str | None, revision: str | None = None) -> str | None:
-    """The `license` of a Hub base model's card, or None (no base model, no card, no licence, not reachable)."""
-    if not base_model:
+def base_model_license(base_model: str | None, revision: str | None = None) -> dict | None:
+    """{license, license_name, license_link} of a Hub base model's card at `revision` (`HfApi.model_info`'s
+    card_data), the keys it has; None with no base model, no card or no licence, or where the Hub cannot be read
+    (offline, gated, unknown: logged)."""
+    if not base_model or Path(base_model).exists():
         return None
-    from huggingface_hub import ModelCard
+    import httpx
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return ModelCard.load(base_model, revision=revision).data.get("license")
-    except Exception:  # offline, gated, no README: the card then says `other` under the data terms
+        card_data = HfApi().model_info(base_model, revision=revision).card_data
+    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as error:
+        logger.warning(f"The licence of the base model {base_model} could not be read ({error}); the card names the "
+                       "LymphUs data terms instead.")
         return None
+    fields = {key: card_data.get(key) for key in LICENSE_FIELDS if card_data is not None and card_data.get(key)}
+    return fields if fields.get("license") else None
 
 
 def license_text(fields: dict) -> str:
-    if fields.get("license") != "other":
-        return f"`{fields['license']}`"
+    """The card's licence line: the id; for `other`, whose terms (name and link) and where they come from."""
+    license_id, name, link = (fields.get(key) for key in LICENSE_FIELDS)
+    if license_id != "other":
+        return f"`{license_id}`"
+    if name == LYMPHUS_DATA_LICENSE["license_name"]:
+        return (
+            f"`other` ({name}): the weights were trained on LymphUs, whose terms ({link}) apply to them; no other "
+            "licence was given."
+        )
+    named = ", ".join(part for part in (name and f"`{name}`", link) if part)
     return (
-        f"`other` ({fields.get('license_name')}): the weights were trained on LymphUs, whose terms "
-        f"({fields.get('license_link')}) apply to them; no other licence was given."
+        "`other`" + (f" ({named})" if named else "") + ": the base model's licence"
+        + ("" if named else ", which its card does not name (read the base model's card)")
+        + f"; the weights were also trained on LymphUs, whose terms ({LYMPHUS_DATA_LICENSE['license_link']}) apply."
     )
 
 
@@ -173,6 +198,42 @@ def classification_eval_results(
                 )
             )
     return eval_results
+
+
+EVAL_RESULTS_FILE = ".eval_results/lymphus.yaml"
+
+
+def benchmark_eval_results(kind, split_metrics, data_args, dataset_revision=None, repo_id=None) -> dict:
+    """{EVAL_RESULTS_FILE: YAML} for a pushed model: its results in the Hub's Evaluation Results format, one entry per
+    LymphUs benchmark task it measured (the export's eval.yaml): the test split of `dataset_config` and, for a
+    model trained on one centre, the external centre as the `<source>_to_<target>` subset's test split. `kind`:
+    "classification" (ROC-AUC) or "segmentation" (mean Dice); `data_args`: the run's dataset_name, dataset_config and
+    external_config. {} for a local export (no Hub dataset id to cite)."""
+    import yaml
+    from huggingface_hub import constants
+
+    from lymphus import CENTRES, benchmark_task_id
+
+    dataset_name, external_config = data_args.dataset_name, data_args.external_config
+    if not dataset_name or not dataset_reference(dataset_name)[0]:
+        return {}
+    config = data_args.dataset_config or "all"
+    measured = {config: split_metrics.get("test")}
+    if config in CENTRES and external_config in CENTRES and external_config != config:
+        measured[f"{config}_to_{external_config}"] = split_metrics.get("external")
+    entries = []
+    for task_config, metrics in measured.items():
+        value = (metrics or {}).get("at_0.5", {}).get("roc_auc") if kind == "classification" else (metrics or {}).get("dice")
+        if value is None:
+            continue
+        dataset = {"id": dataset_name, "task_id": benchmark_task_id(kind, task_config)}
+        if dataset_revision:
+            dataset["revision"] = dataset_revision
+        entry = {"dataset": dataset, "value": round(float(value), 6)}
+        if repo_id:
+            entry["source"] = {"url": f"{constants.ENDPOINT}/{repo_id}", "name": "Model card (the run's own evaluation)"}
+        entries.append(entry)
+    return {EVAL_RESULTS_FILE: yaml.safe_dump(entries, sort_keys=False)} if entries else {}
 
 
 def roi_description(roi_mode, roi_margin) -> str:

@@ -329,13 +329,14 @@ def test_push_to_space_uploads_the_app_and_what_it_imports(hub_with_spaces, hub_
     card = SpaceCard.load(space_id, repo_type="space")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and len(card.data.short_description) <= 60
     assert card.data.sdk_version == gradio_version() and "Not for clinical use" in card.text
+    assert (card.data.license, card.data.license_name) == ("other", "lymphus-research-use")  # the dataset's terms
     assert card.data.models == [hub_models["classifier"], hub_models["segmenter"]]
     config = json.loads(hub.read_file(space_id, "space_config.json", "space"))
     assert {key: config[key] for key in ("classifier", "segmenter")} == {
         "classifier": hub_models["classifier"], "segmenter": hub_models["segmenter"]}
     requirements = hub.read_file(space_id, "requirements.txt", "space").decode().split()
     names = {re.split(r"[<>=]", requirement)[0] for requirement in requirements}
-    assert "torch==2.14.1" in requirements and {"transformers", "huggingface_hub", "datasets"} <= names
+    assert "torch==2.14.1+cpu" in requirements and {"transformers", "huggingface_hub", "datasets"} <= names  # CPU build
     assert not names & {"gradio", "gradio_client", "playwright", "pytest"}
     for path in space_file_names(hub, space_id):
         assert hub.token.encode() not in hub.read_file(space_id, path, "space")
@@ -420,8 +421,19 @@ def test_the_space_serves_its_hub_models_to_gradio_client(space_app, hub_models,
 
     client = Client(space_app, verbose=False, download_files=str(tmp_path))
     expected = app_prediction.predict_image(read(examples[1]), models)  # the same weights, loaded from the demo folder
-    probability, label, details, outline, heatmap = client.predict(handle_file(str(examples[1])), api_name="/predict")
+    (endpoint,) = [info for name, info in client.view_api(print_info=False, return_format="dict")["named_endpoints"].items()
+                   if name == "/predict"]
+    assert [parameter["parameter_name"] for parameter in endpoint["parameters"]] == ["image"]
+    probability, label, details, outline, heatmap, result = client.predict(
+        image=handle_file(str(examples[1])), api_name="/predict"
+    )
     assert probability == pytest.approx(expected["probability"], abs=1e-4) and label == expected["label"]
+    # The JSON beside the page's view: the probability unrounded, the label, the threshold and ROI that gave it
+    assert result["probability"] == pytest.approx(expected["probability"], rel=1e-6)
+    assert result["probability"] != round(result["probability"], 4)  # not the page's 4 decimals
+    assert (result["label"], result["threshold"], result["roi"]) == (expected["label"], expected["threshold"], expected["roi"])
+    assert result["classifier"] == hub_models["classifier"] and result["segmenter"] == hub_models["segmenter"]
+    assert result["roi_mode"] == models.settings["roi_mode"] and result["node_pixels"] == expected["node_pixels"]
     assert "validation threshold 0.4200" in details
     assert read(outline).size == read(examples[1]).size and max(read(heatmap).size) == app_prediction.HEATMAP_SIZE
     notes = tmp_path / "notes.txt"

@@ -431,7 +431,8 @@ def test_command_line_synth_and_export(tmp_path):
     lymphus.main(["export", "--data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"])
     assert len(datasets.load_dataset(str(tmp_path / "out"), "center2")["train"]) == 2
     # No build leftovers; the marker that makes it ours; the mask classes for segmentation tools.
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [lymphus.EXPORT_MARKER, "README.md", "data", "id2label.json"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        lymphus.EXPORT_MARKER, "README.md", "data", "eval.yaml", "id2label.json"]
     assert json.loads((tmp_path / "out" / "id2label.json").read_text()) == {"0": "background", "1": "lymph_node"}
 
 
@@ -481,7 +482,7 @@ def test_push_uploads_exactly_the_marker_files_and_says_whether_the_repo_is_publ
     uploaded = set(api.list_repo_files(repo_id, repo_type="dataset"))
     listed = set(json.loads((export / lymphus.EXPORT_MARKER).read_text())["files"])
     on_disk = {path.relative_to(export).as_posix() for path in export.rglob("*") if path.is_file()}
-    assert uploaded - {".gitattributes"} == listed == on_disk - {lymphus.EXPORT_MARKER} and "id2label.json" in listed
+    assert uploaded - {".gitattributes"} == listed == on_disk - {lymphus.EXPORT_MARKER} and {"id2label.json", "eval.yaml"} <= listed
     assert not api.repo_info(repo_id, repo_type="dataset").private
     # Asking for a private repo that exists and is public uploads nothing.
     commits = len(local_hub.commits(repo_id, "dataset"))

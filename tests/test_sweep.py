@@ -337,21 +337,6 @@ def test_offline_demo_defaults_give_way_to_the_command(export_dir, tmp_path):
 # Hub Jobs and collecting from the Hub
 
 
-@pytest.fixture
-def bucket_recorder(monkeypatch):
-    """The local hub has no buckets (xet): record what launch_job uploads to the Jobs artifacts bucket."""
-    from huggingface_hub import HfApi
-
-    uploads = {}
-    monkeypatch.setattr(
-        HfApi, "create_bucket", lambda self, bucket_id, **kwargs: uploads.setdefault("bucket", bucket_id)
-    )
-    monkeypatch.setattr(
-        HfApi, "batch_bucket_files", lambda self, bucket_id, add=None, **kwargs: uploads.setdefault("add", list(add))
-    )
-    return uploads
-
-
 def launch_args(local_hub, configs, output_dir, prefix, *extra):
     return ["--launch_on_hub", "a10g-small", "--job_timeout", "2h", "--hub_token", local_hub.token,
             "--hub_model_id_prefix", prefix, "--dataset_name", f"{local_hub.user}/lymphus",
