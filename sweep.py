@@ -26,6 +26,7 @@ from those repos (it says which runs are still running or failed):
 Outputs in --output_dir:
   leaderboard.csv          one row per run: model, seed, ROI, validation / test / external AUC with CIs, sensitivity
                            and specificity at the validation threshold, run folder or Hub repo, exit status, error
+                           (a forwarded --cv_folds: out-of-fold AUC and per-fold AUC mean / SD in place of validation)
   leaderboard.md           per model: mean ± SD across seeds (ddof=1), the figure to quote; apart from it, the AUC
                            of the seeds' averaged predictions (an ensemble no run saved) with its DeLong CI; every
                            run; failed runs with the end of their log
@@ -33,9 +34,9 @@ Outputs in --output_dir:
   runs/<model>/seed<k>/    each run's train_vit.py outputs, train_vit.log and sweep_run.json
   sweep.json               the settings every run shares (a re-run with other settings is refused)
 
-A run is finished when train_vit.py exited 0 and left metrics_<split>.json and predictions.csv: sweep.py then
-writes its sweep_run.json with "status": "finished". Running the same command again skips finished runs and retries
-the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
+A run is finished when train_vit.py exited 0 and left metrics_<split>.json (metrics_oof.json in place of validation's
+for --cv_folds) and predictions.csv: sweep.py then writes its sweep_run.json with "status": "finished". Running the
+same command again skips finished runs and retries the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
 then exits with status 1 (train_vit.py refusing the options stops it at once). --output_dir and --dataset_* are
 sweep.py's own; the options it sets per run (--model_name_or_path, --model_config_json, --seed, --hub_model_id) are
 refused among the forwarded ones, and so are abbreviations of its own; every other forwarded option must be one of
