@@ -4,11 +4,13 @@
     python app.py --classifier <user>/vit-lymphus-center1 --segmenter <user>/segformer-lymphus-center1
     python app.py --offline_demo          # tiny models trained on synthetic data (no network), cached in runs/app-demo/
 
-The page shows the malignancy probability, the label at the classifier's validation (Youden) threshold, the node
-outline found by the segmenter (required for a classifier trained on the node's crop or masked crop: such a
-classifier is refused without one) and an occlusion saliency heatmap over the classifier's view. Images of any mode
-or bit depth are accepted, as by predict.py, and refused as it refuses them (one message on the page): smaller than
-32 pixels on a side, over PIL's decompression-bomb limit, or of several frames (an animated GIF, a TIFF stack).
+The page shows the malignancy probability, the label at the classifier's validation (Youden) threshold, for a
+classifier trained with --cv_folds its conformal prediction set ({benign}, {malignant} or both: "uncertain: refer";
+`prediction_set` in the JSON output, null otherwise), the node outline found by the segmenter (required for a
+classifier trained on the node's crop or masked crop: such a classifier is refused without one) and an occlusion
+saliency heatmap over the classifier's view. Images of any mode or bit depth are accepted, as by predict.py, and
+refused as it refuses them (one message on the page): smaller than 32 pixels on a side, over PIL's
+decompression-bomb limit, or of several frames (an animated GIF, a TIFF stack).
 Uploads and result pictures are deleted from the server 10 minutes after they were made. Not for clinical use.
 
 --offline_demo runs `train_vit.py --offline_demo` and `train_segformer.py --offline_demo` once (about 1.5 minutes
@@ -149,20 +151,38 @@ def classify_upload(image, models):
     note = "; ".join(part for part in (conversion, result["note"]) if part)
     details = (
         f"**{result['label']}** at the classifier's validation threshold {result['threshold']:.4f} "
-        f"(probability ≥ threshold: {result['positive_label']}).\n\n{note[:1].upper() + note[1:]}."
+        f"(probability ≥ threshold: {result['positive_label']}).{set_description(result)}\n\n"
+        f"{note[:1].upper() + note[1:]}."
     )
     return (round(result["probability"], 4), result["label"], details, result["outline"], result["heatmap"],
             api_result(result, note, models))
 
 
+def set_description(result) -> str:
+    """The conformal prediction set in words for the page ("" for a classifier without conformal thresholds)."""
+    if result.get("prediction_set") is None:
+        return ""
+    members = "{" + ", ".join(result["prediction_set"]) + "}"
+    level = f"{100 * result['conformal_level']:g} %"
+    if len(result["prediction_set"]) == 1:
+        return f"\n\nConformal prediction set at {level}: **{members}**."
+    why = "both classes are plausible" if result["prediction_set"] else "neither class is plausible"
+    return f"\n\nConformal prediction set at {level}: **{members}**, {why}: **{result['prediction_set_label']}**."
+
+
 def api_result(result, note, models) -> dict:
     """The prediction as the API's JSON output: the probability unrounded, the label and the threshold that gave it,
-    the ROI the classifier saw (full, crop, masked; full when the predicted node is empty), the models."""
+    the conformal prediction set (prediction_set: the class names in it, prediction_set_label, conformal_level; null
+    for a classifier trained without --cv_folds), the ROI the classifier saw (full, crop, masked; full when the
+    predicted node is empty), the models."""
     return {
         "probability": result["probability"],
         "label": result["label"],
         "threshold": result["threshold"],
         "positive_label": result["positive_label"],
+        "prediction_set": result["prediction_set"],
+        "prediction_set_label": result["prediction_set_label"],
+        "conformal_level": result["conformal_level"],
         "roi": result["roi"],
         "roi_mode": models.settings["roi_mode"],
         "node_pixels": result["node_pixels"],
@@ -182,8 +202,13 @@ def page_header(models) -> str:
     return (
         f"# {TITLE}\n\n> {NOT_FOR_CLINICAL_USE}\n\n"
         f"Classifier `{models.classifier_name}` (trained on the {settings['roi_mode']} view, validation threshold "
-        f"{settings['threshold']:.4f}), {segmenter}. Upload a B-mode ultrasound image (any mode or bit depth)."
+        f"{settings['threshold']:.4f}{conformal_header(settings)}), {segmenter}. Upload a B-mode ultrasound image (any mode or bit depth)."
     )
+
+
+def conformal_header(settings) -> str:
+    conformal = settings.get("conformal")
+    return f", conformal prediction sets at {100 * conformal['level']:g} %" if conformal else ""
 
 
 def build_demo(models, examples=(), delete_cache=DELETE_CACHE):

@@ -26,6 +26,7 @@ from those repos (it says which runs are still running or failed):
 Outputs in --output_dir:
   leaderboard.csv          one row per run: model, seed, ROI, validation / test / external AUC with CIs, sensitivity
                            and specificity at the validation threshold, run folder or Hub repo, exit status, error
+                           (a forwarded --cv_folds: out-of-fold AUC and per-fold AUC mean / SD in place of validation)
   leaderboard.md           per model: mean ± SD across seeds (ddof=1), the figure to quote; apart from it, the AUC
                            of the seeds' averaged predictions (an ensemble no run saved) with its DeLong CI; every
                            run; failed runs with the end of their log
@@ -33,9 +34,9 @@ Outputs in --output_dir:
   runs/<model>/seed<k>/    each run's train_vit.py outputs, train_vit.log and sweep_run.json
   sweep.json               the settings every run shares (a re-run with other settings is refused)
 
-A run is finished when train_vit.py exited 0 and left metrics_<split>.json and predictions.csv: sweep.py then
-writes its sweep_run.json with "status": "finished". Running the same command again skips finished runs and retries
-the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
+A run is finished when train_vit.py exited 0 and left metrics_<split>.json (metrics_oof.json in place of validation's
+for --cv_folds) and predictions.csv: sweep.py then writes its sweep_run.json with "status": "finished". Running the
+same command again skips finished runs and retries the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
 then exits with status 1 (train_vit.py refusing the options stops it at once). --output_dir and --dataset_* are
 sweep.py's own; the options it sets per run (--model_name_or_path, --model_config_json, --seed, --hub_model_id) are
 refused among the forwarded ones, and so are abbreviations of its own; every other forwarded option must be one of
@@ -74,10 +75,10 @@ from lymphus_ml.hub import (
 )
 from lymphus_ml.leaderboard import row_from_metrics_files, write_leaderboard, write_text_atomic
 from lymphus_ml.runs import (
-    RUN_SPLITS,
     TRAIN_VIT_SCRIPT,
     folder_lock,
     log_tail,
+    missing_run_files,
     read_run_metrics,
     read_run_predictions,
     run_script,
@@ -99,7 +100,6 @@ logger = logging.getLogger(__name__)
 RUN_MARKER = "sweep_run.json"
 LOCK_FILE = ".sweep.lock"  # one sweep per --output_dir at a time (runs.folder_lock)
 RUN_LOG = "train_vit.log"
-RESULT_FILES = tuple(f"metrics_{split}.json" for split in RUN_SPLITS) + ("predictions.csv",)
 HUB_REPO_NAME_LIMIT = 96
 
 # Options sweep.py sets for each run: refused among the options forwarded to train_vit.py.
@@ -452,7 +452,7 @@ def run_train_vit(sweep_run, arguments, folder, env) -> dict:
     logger.info(f"{sweep_run.slug} seed {sweep_run.seed}: train_vit.py started, log in {folder / RUN_LOG}")
     start = time.monotonic()
     returncode = run_script(TRAIN_VIT_SCRIPT, arguments, folder / RUN_LOG, env=env, check=False)
-    missing = [name for name in RESULT_FILES if not (folder / name).is_file()]
+    missing = missing_run_files(folder)
     record = {"status": "finished" if returncode == 0 and not missing else "failed",
               "returncode": returncode, "seconds": round(time.monotonic() - start, 1),
               "model": sweep_run.model, "seed": sweep_run.seed, "train_vit_arguments": arguments}
@@ -554,6 +554,23 @@ def check_run_request(sweep_args, job_args, forwarded):
     if sweep_args.hub_model_id_prefix and not (pushing or job_args.launch_on_hub):
         raise ValueError("--hub_model_id_prefix names the repos runs push to: add --push_to_hub or --launch_on_hub "
                          "(or --collect to read them).")
+    check_cv_with_finetuning(sweep_args, forwarded)
+
+
+def check_cv_with_finetuning(sweep_args, forwarded):
+    """A forwarded --cv_folds K (K > 0) trains every run in full: a --finetuning axis with another scheme is refused
+    here, before any run starts, rather than by each of its train_vit.py runs."""
+    from lymphus_ml.hub import option_values
+
+    folds = option_values(forwarded, "--cv_folds")
+    if not folds or not folds[-1].lstrip("-").isdigit() or int(folds[-1]) <= 0 or not sweep_args.finetuning:
+        return
+    others = [scheme for scheme in parse_schemes(sweep_args.finetuning) if scheme not in (None, "full")]
+    if others:
+        raise ValueError(
+            f"--cv_folds {folds[-1]} with --finetuning {sweep_args.finetuning}: cross-validated runs are fully "
+            f"fine-tuned, so {', '.join(others)} cannot be swept with --cv_folds. Use --finetuning full, or drop --cv_folds."
+        )
 
 
 def collect_runs(sweep_args, output_dir) -> list[SweepRun]:

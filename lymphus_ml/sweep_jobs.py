@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lymphus_ml.hub import check_hub_job_request, is_option, launch_job, option_name
 from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files, write_text_atomic
-from lymphus_ml.runs import RUN_SPLITS, TRAIN_VIT_SCRIPT, read_run_predictions
+from lymphus_ml.runs import CV_DEVELOPMENT_SPLIT, RUN_SPLITS, TRAIN_VIT_SCRIPT, read_run_predictions
 
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,13 @@ def hub_run_results(repo_id, token, revision=None):
     metrics = {}
     try:
         for split in RUN_SPLITS:
-            metrics[split] = json.loads(Path(download(f"metrics_{split}.json")).read_text())
+            try:
+                metrics[split] = json.loads(Path(download(f"metrics_{split}.json")).read_text())
+            except EntryNotFoundError:
+                if split != "validation":
+                    raise
+                split = CV_DEVELOPMENT_SPLIT  # a --cv_folds run: metrics_oof.json in place of metrics_validation.json
+                metrics[split] = json.loads(Path(download(f"metrics_{split}.json")).read_text())
     except EntryNotFoundError:
         metrics = None
     except json.JSONDecodeError as error:
@@ -168,7 +174,12 @@ def latest_commit(api, repo_id):
 
 
 def is_complete(results) -> bool:
-    return results is not None and all(results[0].get(f"{split}_auc") is not None for split in RUN_SPLITS)
+    """A development AUC (validation, or out-of-fold for a --cv_folds run), a test and an external AUC."""
+    if results is None:
+        return False
+    row = results[0]
+    development = row.get("validation_auc") is not None or row.get(f"{CV_DEVELOPMENT_SPLIT}_auc") is not None
+    return development and all(row.get(f"{split}_auc") is not None for split in RUN_SPLITS[1:])
 
 
 def hub_run_row(api, repo_id, job, token) -> tuple[dict, dict | None]:

@@ -497,3 +497,38 @@ def test_a_browser_uploads_an_image_and_reads_the_result(space_app, hub_models, 
     assert "notes.txt is not an image file the app can read" in read_off["error"]
     with Image.open(screenshot) as shot:
         assert shot.format == "PNG" and shot.size[0] == 1280 and shot.size[1] >= 600
+
+
+def test_a_cv_classifier_shows_its_conformal_set_on_the_page_and_in_the_json(tmp_path, examples):
+    """A classifier whose config carries conformal thresholds (as crossval.carry_settings writes them): the set is
+    every class whose probability reaches its threshold; a model without them gives prediction_set null."""
+    import dataclasses
+
+    folder = save_tiny_classifier(tmp_path / "cv-classifier", "full", 0.3)
+    plain = app.classify_upload(str(examples[0]), app_prediction.load_models(folder, device="cpu"))
+    assert plain[5]["prediction_set"] is None and "Conformal" not in plain[2]
+    p = plain[5]["probability"]
+    # Thresholds around this image's probability: benign (1 - p) always in, malignant (p) just in.
+    config = json.loads((folder / "config.json").read_text())
+    config["conformal"] = {"level": 0.9, "class_names": ["benign", "malignant"],
+                           "min_probability": {"benign": (1 - p) / 2, "malignant": p - 0.01}, "n": {"benign": 70, "malignant": 74}}
+    (folder / "config.json").write_text(json.dumps(config))
+    models = app_prediction.load_models(folder, device="cpu")
+    assert "conformal prediction sets at 90 %" in app.page_header(models)
+    cases = {  # min_probability -> the expected set, read off p(c) >= threshold_c
+        "both": ({"benign": (1 - p) / 2, "malignant": p - 0.01}, ["benign", "malignant"], "uncertain: refer"),
+        "malignant": ({"benign": min(1.0, 1 - p + 0.01), "malignant": p - 0.01}, ["malignant"], "malignant"),
+        "benign": ({"benign": (1 - p) / 2, "malignant": min(1.0, p + 0.01)}, ["benign"], "benign"),
+        "none": ({"benign": min(1.0, 1 - p + 0.01), "malignant": min(1.0, p + 0.01)}, [], "uncertain: refer"),
+    }
+    for name, (minimum, members, words) in cases.items():
+        settings = {**models.settings, "conformal": {**models.settings["conformal"], "min_probability": minimum}}
+        result = app_prediction.predict_image(read(examples[0]), dataclasses.replace(models, settings=settings))
+        assert result["probability"] == pytest.approx(p, abs=1e-6)
+        assert result["prediction_set"] == members and result["prediction_set_label"] == words, name
+        assert result["conformal_level"] == 0.9
+    # The saved config's thresholds (the "both" case) reach the page and the JSON API output
+    _, label, details, _, _, output = app.classify_upload(str(examples[0]), models)
+    assert output["prediction_set"] == ["benign", "malignant"] and output["prediction_set_label"] == "uncertain: refer"
+    assert "Conformal prediction set at 90 %: **{benign, malignant}**" in details and "uncertain: refer" in details
+    assert label == output["label"] and json.loads(json.dumps(output)) == output
