@@ -4,11 +4,13 @@
     python app.py --classifier <user>/vit-lymphus-center1 --segmenter <user>/segformer-lymphus-center1
     python app.py --offline_demo          # tiny models trained on synthetic data (no network), cached in runs/app-demo/
 
-The page shows the malignancy probability, the label at the classifier's validation (Youden) threshold, the node
-outline found by the segmenter (required for a classifier trained on the node's crop or masked crop: such a
-classifier is refused without one) and an occlusion saliency heatmap over the classifier's view. Images of any mode
-or bit depth are accepted, as by predict.py, and refused as it refuses them (one message on the page): smaller than
-32 pixels on a side, over PIL's decompression-bomb limit, or of several frames (an animated GIF, a TIFF stack).
+The page shows the malignancy probability, the label at the classifier's validation (Youden) threshold, for a
+classifier trained with --cv_folds its conformal prediction set ({benign}, {malignant} or both: "uncertain: refer";
+`prediction_set` in the JSON output, null otherwise), the node outline found by the segmenter (required for a
+classifier trained on the node's crop or masked crop: such a classifier is refused without one) and an occlusion
+saliency heatmap over the classifier's view. Images of any mode or bit depth are accepted, as by predict.py, and
+refused as it refuses them (one message on the page): smaller than 32 pixels on a side, over PIL's
+decompression-bomb limit, or of several frames (an animated GIF, a TIFF stack).
 Uploads and result pictures are deleted from the server 10 minutes after they were made. Not for clinical use.
 
 --offline_demo runs `train_vit.py --offline_demo` and `train_segformer.py --offline_demo` once (about 1.5 minutes
@@ -121,35 +123,73 @@ def model_sources(app_args) -> dict:
 # The page
 
 
-def classify_upload(path, models):
-    """The page's action: (probability, label, details, outline, heatmap) for an uploaded file; gr.Error (one
-    message on the page) for no file, an upload no longer kept, or a file that is not one still image of a sensible
-    size (`lymphus_ml.images.open_image`: too small, too large, several frames, not an image)."""
+def classify_upload(image, models):
+    """The page's action and the API's `/predict`: (probability, label, details, outline, heatmap, result) for an
+    uploaded file (`image`: its path); the first five are the page's human-readable view (probability rounded to 4
+    decimals), `result` the same prediction as JSON for API clients (`api_result`). gr.Error (one message on the
+    page) for no file, an upload no longer kept, or a file that is not one still image of a sensible size
+    (`lymphus_ml.images.open_image`: too small, too large, several frames, not an image)."""
     import gradio as gr
 
-    if path is None:
+    if image is None:
         raise gr.Error("Upload an image first, or pick an example.", print_exception=False)
-    name = Path(path).name
-    if not Path(path).is_file():
+    name = Path(image).name
+    if not Path(image).is_file():
         raise gr.Error(
             f"{name} is no longer on the server (uploads and results are deleted after {DELETE_CACHE[1] // 60} "
             "minutes): upload it again.", print_exception=False,
         )
     try:
-        image, conversion = read_grayscale_image(path, name)
+        pixels, conversion = read_grayscale_image(image, name)
     except ValueError as error:
         if str(error).startswith("Cannot read image"):
             message = f"{name} is not an image file the app can read: upload a PNG, BMP, TIFF or JPEG ultrasound image."
         else:
             message = str(error)
         raise gr.Error(message, print_exception=False) from None
-    result = predict_image(image, models)
+    result = predict_image(pixels, models)
     note = "; ".join(part for part in (conversion, result["note"]) if part)
     details = (
         f"**{result['label']}** at the classifier's validation threshold {result['threshold']:.4f} "
-        f"(probability ≥ threshold: {result['positive_label']}).\n\n{note[:1].upper() + note[1:]}."
+        f"(probability ≥ threshold: {result['positive_label']}).{set_description(result)}\n\n"
+        f"{note[:1].upper() + note[1:]}."
     )
-    return round(result["probability"], 4), result["label"], details, result["outline"], result["heatmap"]
+    return (round(result["probability"], 4), result["label"], details, result["outline"], result["heatmap"],
+            api_result(result, note, models))
+
+
+def set_description(result) -> str:
+    """The conformal prediction set in words for the page ("" for a classifier without conformal thresholds)."""
+    if result.get("prediction_set") is None:
+        return ""
+    members = "{" + ", ".join(result["prediction_set"]) + "}"
+    level = f"{100 * result['conformal_level']:g} %"
+    if len(result["prediction_set"]) == 1:
+        return f"\n\nConformal prediction set at {level}: **{members}**."
+    why = "both classes are plausible" if result["prediction_set"] else "neither class is plausible"
+    return f"\n\nConformal prediction set at {level}: **{members}**, {why}: **{result['prediction_set_label']}**."
+
+
+def api_result(result, note, models) -> dict:
+    """The prediction as the API's JSON output: the probability unrounded, the label and the threshold that gave it,
+    the conformal prediction set (prediction_set: the class names in it, prediction_set_label, conformal_level; null
+    for a classifier trained without --cv_folds), the ROI the classifier saw (full, crop, masked; full when the
+    predicted node is empty), the models."""
+    return {
+        "probability": result["probability"],
+        "label": result["label"],
+        "threshold": result["threshold"],
+        "positive_label": result["positive_label"],
+        "prediction_set": result["prediction_set"],
+        "prediction_set_label": result["prediction_set_label"],
+        "conformal_level": result["conformal_level"],
+        "roi": result["roi"],
+        "roi_mode": models.settings["roi_mode"],
+        "node_pixels": result["node_pixels"],
+        "classifier": models.classifier_name,
+        "segmenter": models.segmenter_name,
+        "note": note,
+    }
 
 
 def probability_label(positive_label) -> str:
@@ -162,17 +202,23 @@ def page_header(models) -> str:
     return (
         f"# {TITLE}\n\n> {NOT_FOR_CLINICAL_USE}\n\n"
         f"Classifier `{models.classifier_name}` (trained on the {settings['roi_mode']} view, validation threshold "
-        f"{settings['threshold']:.4f}), {segmenter}. Upload a B-mode ultrasound image (any mode or bit depth)."
+        f"{settings['threshold']:.4f}{conformal_header(settings)}), {segmenter}. Upload a B-mode ultrasound image (any mode or bit depth)."
     )
 
 
+def conformal_header(settings) -> str:
+    conformal = settings.get("conformal")
+    return f", conformal prediction sets at {100 * conformal['level']:g} %" if conformal else ""
+
+
 def build_demo(models, examples=(), delete_cache=DELETE_CACHE):
-    """The Gradio Blocks: an upload, the results, the examples; `classify_upload` wired as the API `/predict`.
-    Uploads and result pictures are deleted from the server after `delete_cache` = (every, age) seconds."""
+    """The Gradio Blocks: an upload, the results, the examples; `classify_upload` wired as the API `/predict`, whose
+    input is `image` and whose last output is the JSON result. Uploads and result pictures are deleted from the
+    server after `delete_cache` = (every, age) seconds."""
     import gradio as gr
 
-    def classify(path):
-        return classify_upload(path, models)
+    def classify(image):
+        return classify_upload(image, models)
 
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(page_header(models), elem_id="header")
@@ -196,10 +242,11 @@ def build_demo(models, examples=(), delete_cache=DELETE_CACHE):
                 )
                 label = gr.Textbox(label="Label at the validation threshold", interactive=False, elem_id="label")
                 details = gr.Markdown(label="Details", elem_id="details")
+                result = gr.JSON(label="Result (JSON, as API clients get it)", elem_id="result")
         with gr.Row():
             outline.render()
             heatmap.render()
-        outputs = [probability, label, details, outline, heatmap]
+        outputs = [probability, label, details, outline, heatmap, result]
         button.click(classify, inputs=upload, outputs=outputs, api_name="predict")
         if examples:
             with examples_column:

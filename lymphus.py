@@ -92,6 +92,9 @@ _HOMEPAGE = "https://qamebi.com/cervical-lymph-node/"
 # papers; it states no licence for the images. The data article itself is CC BY 4.0.
 _LICENSE = "other"
 _LICENSE_NAME = "lymphus-research-use"
+# The one name of these terms, in the dataset card and in every card of what is trained on it (lymphus_ml.cards,
+# the Space card).
+LYMPHUS_LICENSE = {"license": _LICENSE, "license_name": _LICENSE_NAME, "license_link": _HOMEPAGE}
 _LICENSE_DETAILS = (
     "The landing page states that the data are freely accessible for research and asks users to cite "
     "the data article and the study; it states no licence for the images themselves. The data article "
@@ -138,10 +141,44 @@ LABEL_NAMES = ["benign", "malignant"]
 MASK_LABELS = {0: "background", 1: "lymph_node"}
 CENTRES = ["center1", "center2"]
 SPLITS = ["train", "validation", "test"]
+# LymphUs as a Hub benchmark (eval.yaml in the export; the trainers' .eval_results/lymphus.yaml in every pushed
+# model): per subset's test split, the classifiers' ROC-AUC and the segmenters' mean Dice over images. A
+# `<source>_to_<target>` subset's test split is all of the other centre: the external validation.
+BENCHMARK_METRICS = {"classification": ("malignancy-roc-auc", "ROC-AUC of malignant vs benign (train_vit.py)"),
+                     "segmentation": ("node-dice", "mean Dice of the node mask over images (train_segformer.py)")}
+BENCHMARK_FRAMEWORK = "lymphus"
+
+
+def benchmark_task_id(kind: str, config: str) -> str:
+    """The eval.yaml task (one Hub leaderboard) of a `kind` ("classification"/"segmentation") on a subset's test split."""
+    return f"{config}-{BENCHMARK_METRICS[kind][0]}"
+
+
+def eval_yaml() -> str:
+    """The export's eval.yaml: LymphUs as a Hub benchmark, one task (leaderboard) per subset and metric."""
+    lines = [
+        "# LymphUs as a Hugging Face benchmark (https://huggingface.co/docs/hub/eval-results). The models that",
+        "# train_vit.py and train_segformer.py push report into these tasks in their .eval_results/lymphus.yaml.",
+        "name: LymphUs",
+        "description: >",
+        "  Cervical lymph node ultrasound (papillary thyroid carcinoma, two centres): malignancy classification",
+        "  (ROC-AUC) and node segmentation (mean Dice over images), on each subset's test split; a",
+        "  <source>_to_<target> subset tests on every case of the other centre (external validation).",
+        f"evaluation_framework: {BENCHMARK_FRAMEWORK}",
+        "tasks:",
+    ]
+    for kind, (_, description) in BENCHMARK_METRICS.items():
+        for config in (config.name for config in LymphUs.BUILDER_CONFIGS):
+            lines += [f"  - id: {benchmark_task_id(kind, config)}  # {description}", f"    config: {config}", "    split: test"]
+    return "\n".join(lines) + "\n"
 SPLIT_FRACTIONS = {"train": 0.7, "validation": 0.1, "test": 0.2}
 # Fixed so that the same archives always give the same split membership; changing it changes every
 # published split, so it is part of the dataset's definition, not a knob.
 SPLIT_SEED = 20230601
+# Cross-validation folds over each centre's development cases (train + validation), part of the dataset's
+# definition like the splits: fixed so that two studies cross-validate on the same folds.
+N_FOLDS = 5
+FOLD_SEED = 20230602
 
 # The spreadsheet's header row, verbatim (with the source's spelling), and our column for each.
 SPREADSHEET_COLUMNS = {
@@ -184,6 +221,7 @@ _FEATURES = datasets.Features(
         "centre": datasets.Value("string"),
         "case_id": datasets.Value("string"),
         "patient_id": datasets.Value("string"),
+        "fold": datasets.Value("int8"),  # 0..N_FOLDS-1 for train and validation rows, null for test rows
         **SEMANTIC_FEATURES,
     }
 )
@@ -577,9 +615,12 @@ def read_centre(source):
             f"{group} "
             f"and Image name {index} ({len(rowless)} case(s) without a row in all)."
         )
-    splits = assign_splits([(case["patient_id"], case["label"]) for case in cases])
+    patients = [(case["patient_id"], case["label"]) for case in cases]
+    splits = assign_splits(patients)
+    folds = assign_folds(patients, splits)
     for case in cases:
         case["split"] = splits[case["patient_id"]]
+        case["fold"] = folds.get(case["patient_id"])
     return cases
 
 
@@ -803,6 +844,25 @@ def assign_splits(patients, seed=SPLIT_SEED, fractions=SPLIT_FRACTIONS):
     return assignment
 
 
+def assign_folds(patients, splits, n_folds=N_FOLDS, seed=FOLD_SEED):
+    """Patient-grouped, label-stratified cross-validation folds of the development patients: {patient_id: fold}.
+
+    Development = train + validation (assign_splits' output, unchanged); test patients get no fold. The
+    patients of each label are sorted by id, shuffled with a fixed-seed generator and dealt to folds in turn,
+    the deal going on from one label to the next, so each fold holds floor or ceil of n_label / n_folds
+    patients of each label, fold sizes differ by at most one, and the folds depend only on the set of patients.
+    """
+    labels = dict(patients)
+    rng = np.random.default_rng(seed)
+    folds, position = {}, 0
+    for label in sorted(set(labels.values())):
+        ids = sorted(p for p, l in labels.items() if l == label and splits[p] != "test")
+        for i in rng.permutation(len(ids)):
+            folds[ids[i]] = position % n_folds
+            position += 1
+    return folds
+
+
 def load_case(case):
     """Decode and check one case; return (example, whether Lesion.bmp is still image x mask)."""
     source, members = case["source"], case["members"]
@@ -826,6 +886,7 @@ def load_case(case):
         "centre": case["centre"],
         "case_id": case["case_id"],
         "patient_id": case["patient_id"],
+        "fold": case.get("fold"),
         **case["features"],
     }
     return example, lesion_matches
@@ -1104,6 +1165,7 @@ def export_dataset(data_dir, output_dir, verification_mode="all_checks", overwri
             (staging / "id2label.json").write_text(
                 json.dumps({str(k): v for k, v in MASK_LABELS.items()}, indent=2) + "\n"
             )
+            (staging / "eval.yaml").write_text(eval_yaml())
             write_export_marker(staging)  # last: from here on the staging folder is a complete export
         except BaseException as error:
             remove_quietly(staging)
@@ -1310,9 +1372,7 @@ def render_card(built):
     facts = card_facts(counts, {centre: built[centre][3] for centre in CENTRES})
     card_data = DatasetCardData(
         pretty_name="LymphUs",
-        license=_LICENSE,
-        license_name=_LICENSE_NAME,
-        license_link=_HOMEPAGE,
+        **LYMPHUS_LICENSE,
         language=["en"],
         task_categories=["image-classification", "image-segmentation"],
         size_categories=[size_category(sum(facts["total"]))],
@@ -1358,10 +1418,13 @@ def render_card(built):
         features=_FEATURES,
         n_semantic_features=len(SEMANTIC_FEATURES),
         mask_labels=MASK_LABELS,
+        id2label_json=json.dumps({str(k): v for k, v in MASK_LABELS.items()}),
         citation=_CITATION,
         license_details=_LICENSE_DETAILS,
         homepage=_HOMEPAGE,
         split_seed=SPLIT_SEED,
+        n_folds=N_FOLDS,
+        fold_seed=FOLD_SEED,
         lymphus_version=str(LymphUs.VERSION),
     )
 

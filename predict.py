@@ -38,6 +38,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from lymphus_ml.cli import parse_arguments, run
+from lymphus_ml.conformal import set_of
 from lymphus_ml.images import read_grayscale_image
 from lymphus_ml.inference import (
     check_segmenter_given,
@@ -198,7 +199,7 @@ def write_predictions_csv(path, rows, positive_label="malignant") -> Path:
     complete table or not there (a previous run's stays as it was until then)."""
     path = Path(path)
     fieldnames = ["file", "status", f"probability_{positive_label}", "label_at_threshold", "threshold", "mask_path",
-                  "node_pixels", "roi"]
+                  "node_pixels", "roi"] + (["conformal_set"] if any("conformal_set" in row for row in rows) else [])
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(partial, "w", newline="", encoding="utf-8") as handle:
@@ -230,6 +231,8 @@ def prediction_row(path, name, image, probability, mask, roi, threshold, setting
         "mask_path": mask_path,
         "node_pixels": int(mask.sum()) if mask is not None else "",
         "roi": roi,
+        # A model trained with --cv_folds: {benign}, {malignant} or "uncertain: refer" at its conformal level
+        **({"conformal_set": set_of(probability, settings["conformal"])} if settings.get("conformal") else {}),
     }
 
 

@@ -26,15 +26,17 @@ from those repos (it says which runs are still running or failed):
 Outputs in --output_dir:
   leaderboard.csv          one row per run: model, seed, ROI, validation / test / external AUC with CIs, sensitivity
                            and specificity at the validation threshold, run folder or Hub repo, exit status, error
-  leaderboard.md           per model: mean ± SD across seeds (ddof=1) and the AUC of the seeds' averaged predictions
-                           with its DeLong CI; every run; failed runs with the end of their log
-  forest_external_auc.png  external AUC and CI per run, grouped by model, with the seed-averaged estimate
+                           (a forwarded --cv_folds: out-of-fold AUC and per-fold AUC mean / SD in place of validation)
+  leaderboard.md           per model: mean ± SD across seeds (ddof=1), the figure to quote; apart from it, the AUC
+                           of the seeds' averaged predictions (an ensemble no run saved) with its DeLong CI; every
+                           run; failed runs with the end of their log
+  forest_external_auc.png  external AUC and CI per run, grouped by model, with the mean across seeds (± 1 SD)
   runs/<model>/seed<k>/    each run's train_vit.py outputs, train_vit.log and sweep_run.json
   sweep.json               the settings every run shares (a re-run with other settings is refused)
 
-A run is finished when train_vit.py exited 0 and left metrics_<split>.json and predictions.csv: sweep.py then
-writes its sweep_run.json with "status": "finished". Running the same command again skips finished runs and retries
-the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
+A run is finished when train_vit.py exited 0 and left metrics_<split>.json (metrics_oof.json in place of validation's
+for --cv_folds) and predictions.csv: sweep.py then writes its sweep_run.json with "status": "finished". Running the
+same command again skips finished runs and retries the others (resume). A run that fails is recorded (exit status, end of its log) and the others go on; the sweep
 then exits with status 1 (train_vit.py refusing the options stops it at once). --output_dir and --dataset_* are
 sweep.py's own; the options it sets per run (--model_name_or_path, --model_config_json, --seed, --hub_model_id) are
 refused among the forwarded ones, and so are abbreviations of its own; every other forwarded option must be one of
@@ -57,33 +59,39 @@ import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
-from datetime import datetime
 from pathlib import Path
 
 from lymphus_ml.cli import DEBUG_FLAG, argument_parser, run
 from lymphus_ml.hub import (
     HubJobArguments,
-    check_hub_job_request,
-    job_script_args,
-    launch_job,
     boolean_flag,
+    is_option,
+    job_script_args,
     option_name,
     option_names,
     refuse_token_values,
     resolve_hub_token,
     without_boolean_flag,
 )
-from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files, write_leaderboard, write_text_atomic
+from lymphus_ml.leaderboard import row_from_metrics_files, write_leaderboard, write_text_atomic
 from lymphus_ml.runs import (
-    RUN_SPLITS,
     TRAIN_VIT_SCRIPT,
     folder_lock,
     log_tail,
+    missing_run_files,
     read_run_metrics,
     read_run_predictions,
     run_script,
     script_option_names,
     stop_scripts_on_signals,
+)
+from lymphus_ml.sweep_jobs import (
+    JOBS_FILE,
+    check_launch_request,
+    hub_run_row,
+    launch_runs,
+    read_config_file,
+    read_jobs,
 )
 
 
@@ -92,12 +100,7 @@ logger = logging.getLogger(__name__)
 RUN_MARKER = "sweep_run.json"
 LOCK_FILE = ".sweep.lock"  # one sweep per --output_dir at a time (runs.folder_lock)
 RUN_LOG = "train_vit.log"
-RESULT_FILES = tuple(f"metrics_{split}.json" for split in RUN_SPLITS) + ("predictions.csv",)
-JOB_FAILED_STAGES = ("ERROR", "CANCELED", "DELETED")
-JOB_ACTIVE_STAGES = ("RUNNING", "SCHEDULING")
 HUB_REPO_NAME_LIMIT = 96
-# Forwarded options whose value train_vit.py reads as a file or folder (or a Hub id): a Hub Job cannot read a local one.
-READ_PATH_OPTION = re.compile(r"(name_or_path|_path|_name|_json|_config|resume_from_checkpoint|deepspeed)$")
 
 # Options sweep.py sets for each run: refused among the options forwarded to train_vit.py.
 MANAGED_OPTIONS = {
@@ -130,6 +133,13 @@ class SweepArguments:
         },
     )
     seeds: str | None = field(default=None, metadata={"help": "Comma-separated seeds (default 0,1,2; demo 0,1)."})
+    finetuning: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated train_vit.py --finetuning schemes (full, linear_probe, lora) as a leaderboard "
+            "axis: each (model, scheme) is one entry, <model>-<scheme>, over the seeds. Default: train_vit.py's."
+        },
+    )
     output_dir: str | None = field(
         default=None, metadata={"help": "Where runs/<model>/seed<k>/ and the leaderboard go (required)."}
     )
@@ -182,6 +192,7 @@ class SweepRun:
     seed: int
     option: str | None = None
     value: str | None = None
+    finetuning: str | None = None  # train_vit.py --finetuning, when sweep.py --finetuning gives the schemes
 
     @property
     def key(self) -> str:
@@ -241,11 +252,6 @@ def check_forwarded_options(forwarded, own_options):
             )
 
 
-def is_option(argument) -> bool:
-    """`--name`, `--name=value`, `-x`; not a value such as -1 or -0.5."""
-    return re.match(r"-[^\d.]", argument) is not None
-
-
 def check_train_vit_options(forwarded, own_options):
     """Every forwarded option must be one of train_vit.py's (read from its --help): a misspelt one, a token option
     above all, never reaches a run's command, a Job or a file. Names the option, never its value."""
@@ -281,8 +287,21 @@ def model_slug(model: str) -> str:
     return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"
 
 
-def plan_runs(models_text, seeds_text, prefix=None) -> list[SweepRun]:
-    """Every (model, seed) pair, model by model; each model checked (a .json file, a folder, or a Hub id)."""
+def parse_schemes(text) -> list[str | None]:
+    """--finetuning full,lora -> ["full", "lora"]; not given -> [None] (train_vit.py's default, no axis)."""
+    if text is None:
+        return [None]
+    from lymphus_ml.finetuning import FINETUNING_SCHEMES
+
+    schemes = [scheme.strip() for scheme in text.split(",")]
+    unknown = [scheme for scheme in schemes if scheme not in FINETUNING_SCHEMES]
+    if unknown or len(set(schemes)) != len(schemes):
+        raise ValueError(f"--finetuning {text}: give distinct schemes among {', '.join(FINETUNING_SCHEMES)}.")
+    return schemes
+
+
+def plan_runs(models_text, seeds_text, prefix=None, schemes_text=None) -> list[SweepRun]:
+    """Every (model, scheme, seed), model by model; each model checked (a .json file, a folder, or a Hub id)."""
     models = [model.strip() for model in models_text.split(",")]
     if not all(models):
         raise ValueError(f"--models {models_text} has an empty entry; separate models with single commas.")
@@ -302,7 +321,12 @@ def plan_runs(models_text, seeds_text, prefix=None) -> list[SweepRun]:
                 f"--models: {slugs[slug]!r} and {model!r} both get the name {slug!r}; rename one (folder or file)."
             )
         slugs[slug] = model
-        runs += [SweepRun(model, slug, seed, option, model) for seed in parse_seeds(seeds_text)]
+        runs += [
+            SweepRun(model, f"{slug}-{scheme}" if scheme else slug, seed, option, model, scheme)
+            for scheme in parse_schemes(schemes_text) for seed in parse_seeds(seeds_text)
+        ]
+    if len({sweep_run.key for sweep_run in runs}) != len(runs):
+        raise ValueError(f"--models {models_text} with --finetuning {schemes_text}: two runs get the same name; rename one.")
     if prefix:
         longest = max((sweep_run.repo_id(prefix) for sweep_run in runs), key=len)
         if len(longest.split("/")[-1]) > HUB_REPO_NAME_LIMIT:
@@ -356,7 +380,7 @@ def sweep_settings(sweep_args, forwarded) -> dict:
 def has_started_runs(output_dir) -> bool:
     markers = output_dir.glob(f"runs/*/*/{RUN_MARKER}")
     finished = any(read_run_marker(path.parent).get("status") == "finished" for path in markers)
-    return finished or (output_dir / "jobs.json").is_file()
+    return finished or (output_dir / JOBS_FILE).is_file()
 
 
 def prepare_output_dir(output_dir, settings, compare=True) -> dict:
@@ -395,9 +419,18 @@ def train_vit_arguments(sweep_run, sweep_args, forwarded, run_output_dir, inline
     arguments = ["--dataset_name", sweep_args.dataset_name, "--dataset_config", sweep_args.dataset_config,
                  "--external_config", sweep_args.external_config, sweep_run.option, value,
                  "--seed", str(sweep_run.seed), "--output_dir", str(run_output_dir)]
+    if sweep_run.finetuning:
+        arguments += ["--finetuning", sweep_run.finetuning]
     if sweep_args.hub_model_id_prefix:
         arguments += ["--hub_model_id", sweep_run.repo_id(sweep_args.hub_model_id_prefix)]
     return arguments + list(forwarded)
+
+
+def job_commands(runs, sweep_args, forwarded) -> dict[str, list[str]]:
+    """Each run's train_vit.py command line in its Hub Job: it pushes to the run's repo, a config file sent inline."""
+    return {sweep_run.key: train_vit_arguments(sweep_run, sweep_args, ["--push_to_hub", *forwarded],
+                                               f"{sweep_run.slug}-seed{sweep_run.seed}", inline_config=True)
+            for sweep_run in runs}
 
 
 def read_run_marker(folder) -> dict:
@@ -419,7 +452,7 @@ def run_train_vit(sweep_run, arguments, folder, env) -> dict:
     logger.info(f"{sweep_run.slug} seed {sweep_run.seed}: train_vit.py started, log in {folder / RUN_LOG}")
     start = time.monotonic()
     returncode = run_script(TRAIN_VIT_SCRIPT, arguments, folder / RUN_LOG, env=env, check=False)
-    missing = [name for name in RESULT_FILES if not (folder / name).is_file()]
+    missing = missing_run_files(folder)
     record = {"status": "finished" if returncode == 0 and not missing else "failed",
               "returncode": returncode, "seconds": round(time.monotonic() - start, 1),
               "model": sweep_run.model, "seed": sweep_run.seed, "train_vit_arguments": arguments}
@@ -439,7 +472,8 @@ def is_argument_error(record) -> bool:
 
 
 def base_row(sweep_run, output_dir=None, prefix=None) -> dict:
-    return {"model": sweep_run.model, "model_slug": sweep_run.slug, "seed": sweep_run.seed, "status": "pending",
+    return {"model": sweep_run.model, "model_slug": sweep_run.slug, "finetuning": sweep_run.finetuning or "full",
+            "seed": sweep_run.seed, "status": "pending",
             "run_dir": str(sweep_run.folder(output_dir).relative_to(output_dir)) if output_dir else None,
             "hub_repo": sweep_run.repo_id(prefix)}
 
@@ -520,152 +554,23 @@ def check_run_request(sweep_args, job_args, forwarded):
     if sweep_args.hub_model_id_prefix and not (pushing or job_args.launch_on_hub):
         raise ValueError("--hub_model_id_prefix names the repos runs push to: add --push_to_hub or --launch_on_hub "
                          "(or --collect to read them).")
+    check_cv_with_finetuning(sweep_args, forwarded)
 
 
-def check_launch_request(sweep_args, runs, forwarded, token):
-    """A Hub Job reads nothing local: a Hub dataset, Hub (or config) models, a repo per run, a token."""
-    if sweep_args.dataset_name is None:
-        raise ValueError("--launch_on_hub needs --dataset_name: the dataset's Hub id (`python lymphus.py push`).")
-    check_hub_job_request(sweep_args.dataset_name, True, token)
-    if not sweep_args.hub_model_id_prefix or "/" not in sweep_args.hub_model_id_prefix:
+def check_cv_with_finetuning(sweep_args, forwarded):
+    """A forwarded --cv_folds K (K > 0) trains every run in full: a --finetuning axis with another scheme is refused
+    here, before any run starts, rather than by each of its train_vit.py runs."""
+    from lymphus_ml.hub import option_values
+
+    folds = option_values(forwarded, "--cv_folds")
+    if not folds or not folds[-1].lstrip("-").isdigit() or int(folds[-1]) <= 0 or not sweep_args.finetuning:
+        return
+    others = [scheme for scheme in parse_schemes(sweep_args.finetuning) if scheme not in (None, "full")]
+    if others:
         raise ValueError(
-            "--launch_on_hub needs --hub_model_id_prefix USER/NAME: each run pushes to USER/NAME-<model>-seed<k>."
+            f"--cv_folds {folds[-1]} with --finetuning {sweep_args.finetuning}: cross-validated runs are fully "
+            f"fine-tuned, so {', '.join(others)} cannot be swept with --cv_folds. Use --finetuning full, or drop --cv_folds."
         )
-    local = [item.model for item in runs if item.option == "--model_name_or_path" and Path(item.model).exists()]
-    if local:
-        raise ValueError(
-            f"--models {local[0]} is a local folder, which a Hub Job cannot read: push it and give its Hub id."
-        )
-    for config in dict.fromkeys(item.model for item in runs if item.option == "--model_config_json"):
-        read_config_file(config)  # sent inline: every one must read before the first Job is submitted
-    for name, value in option_values(forwarded):
-        if READ_PATH_OPTION.search(name) and Path(value).expanduser().exists():
-            raise ValueError(
-                f"{name} {value} is a local path, which a Hub Job cannot read: push it to the Hub and give its id."
-            )
-
-
-def option_values(forwarded) -> list[tuple[str, str]]:
-    """(option, value) of every `--name value` and `--name=value` among forwarded arguments."""
-    pairs = []
-    for index, argument in enumerate(forwarded):
-        if not is_option(argument):
-            continue
-        if "=" in argument:
-            pairs.append((option_name(argument), argument.split("=", 1)[1]))
-        elif index + 1 < len(forwarded) and not is_option(forwarded[index + 1]):
-            pairs.append((option_name(argument), forwarded[index + 1]))
-    return pairs
-
-
-def read_config_file(path) -> dict:
-    """A --models .json config: a JSON object with "model_type" (train_vit.py builds the model from it)."""
-    try:
-        config = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--models {path} is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise ValueError(f'--models {path} is not a model config: a JSON object with "model_type" is needed.')
-    return config
-
-
-def read_jobs(output_dir) -> dict:
-    path = output_dir / "jobs.json"
-    return json.loads(path.read_text()).get("runs", {}) if path.is_file() else {}
-
-
-def job_stage(api, job) -> tuple[str, str | None, datetime | None]:
-    """(stage, message, created_at) of a recorded job: COMPLETED, ERROR, RUNNING, ... or UNKNOWN when the Hub cannot
-    say (then the creation time recorded at launch)."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    recorded = datetime.fromisoformat(job["created_at"]) if job.get("created_at") else None
-    try:
-        info = api.inspect_job(job_id=job["job_id"], namespace=job.get("namespace"))
-    except HfHubHTTPError as error:
-        return "UNKNOWN", str(error).splitlines()[0], recorded
-    status = info.status
-    stage = getattr(status.stage, "value", status.stage) if status is not None else "UNKNOWN"
-    return str(stage), getattr(status, "message", None), info.created_at or recorded
-
-
-def launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token) -> dict:
-    """One Hub Job per run not already submitted (or whose job failed); jobs.json is rewritten after each submission."""
-    from huggingface_hub import HfApi
-
-    api, jobs = HfApi(token=token), read_jobs(output_dir)
-    for sweep_run in runs:
-        recorded = jobs.get(sweep_run.key)
-        if recorded is not None:
-            stage, _, _ = job_stage(api, recorded)
-            if stage not in JOB_FAILED_STAGES:
-                logger.info(f"{sweep_run.key}: job {recorded['job_id']} already submitted ({stage}); not resubmitted.")
-                continue
-            logger.info(f"{sweep_run.key}: job {recorded['job_id']} ended {stage}; submitting it again.")
-        job_output_dir = f"{sweep_run.slug}-seed{sweep_run.seed}"
-        arguments = train_vit_arguments(
-            sweep_run, sweep_args, ["--push_to_hub", *forwarded], job_output_dir, inline_config=True
-        )
-        job = launch_job(TRAIN_VIT_SCRIPT, arguments, job_args.launch_on_hub, token,
-                         timeout=job_args.job_timeout, namespace=job_args.job_namespace)
-        owner = getattr(job, "owner", None)
-        jobs[sweep_run.key] = {
-            "model": sweep_run.model, "model_slug": sweep_run.slug, "seed": sweep_run.seed,
-            "repo_id": sweep_run.repo_id(sweep_args.hub_model_id_prefix), "job_id": job.id, "job_url": job.url,
-            "namespace": getattr(owner, "name", None) or job_args.job_namespace, "flavor": job_args.launch_on_hub,
-            "created_at": job.created_at.isoformat() if getattr(job, "created_at", None) else None,
-        }
-        write_text_atomic(output_dir / "jobs.json", json.dumps({"runs": jobs}, indent=2) + "\n")
-    logger.info(f"{len(jobs)} jobs recorded in {output_dir / 'jobs.json'}; when they are done: "
-                f"python sweep.py --collect --output_dir {output_dir}")
-    return jobs
-
-
-def hub_run_results(repo_id, token, revision=None):
-    """(leaderboard fields, predictions) of a run's Hub repo at `revision`, or None while it has no predictions.csv.
-
-    The metrics files are preferred; without them the model card's model-index gives the AUCs (and CIs if it has them).
-    """
-    from huggingface_hub import ModelCard, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
-
-    def download(filename):
-        return hf_hub_download(repo_id, filename, revision=revision, token=token)
-
-    try:
-        predictions = read_run_predictions(download("predictions.csv"))
-    except (RepositoryNotFoundError, EntryNotFoundError):
-        return None
-    metrics = {}
-    try:
-        for split in RUN_SPLITS:
-            metrics[split] = json.loads(Path(download(f"metrics_{split}.json")).read_text())
-    except EntryNotFoundError:
-        metrics = None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{repo_id}: metrics_{split}.json is not valid JSON: {error}") from None
-    if metrics is not None:
-        return row_from_metrics_files(metrics, source=f"{repo_id}: "), predictions
-    try:
-        card = ModelCard.load(download("README.md"))
-    except EntryNotFoundError:
-        return {}, predictions
-    return row_from_eval_results(card.data.eval_results), predictions
-
-
-def latest_commit(api, repo_id):
-    """(sha, date) of the repo's latest commit, or None when the repo does not exist (yet)."""
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        info = api.model_info(repo_id)
-    except RepositoryNotFoundError:
-        return None
-    return info.sha, info.last_modified
-
-
-def is_complete(results) -> bool:
-    return results is not None and all(results[0].get(f"{split}_auc") is not None for split in RUN_SPLITS)
 
 
 def collect_runs(sweep_args, output_dir) -> list[SweepRun]:
@@ -675,66 +580,30 @@ def collect_runs(sweep_args, output_dir) -> list[SweepRun]:
             raise ValueError(
                 "--collect with --models needs --hub_model_id_prefix (the repos are <prefix>-<model>-seed<k>)."
             )
-        return plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2")
+        return plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2", schemes_text=sweep_args.finetuning)
     jobs = read_jobs(output_dir)
     if not jobs:
         raise FileNotFoundError(
-            f"{output_dir / 'jobs.json'} not found: give --models, --seeds and --hub_model_id_prefix to say which "
+            f"{output_dir / JOBS_FILE} not found: give --models, --seeds and --hub_model_id_prefix to say which "
             "repos to collect."
         )
-    return [SweepRun(job["model"], job["model_slug"], int(job["seed"])) for job in jobs.values()]
+    return [SweepRun(job["model"], job["model_slug"], int(job["seed"]), finetuning=job.get("finetuning"))
+            for job in jobs.values()]
 
 
 def collect_from_hub(runs, sweep_args, output_dir, token) -> tuple[list, dict]:
-    """(rows, predictions) from each run's repo.
-
-    A run of jobs.json is finished only when its Job COMPLETED and the repo's latest commit is newer than the Job:
-    results committed before it (an earlier sweep's, under the same names) are never shown as this sweep's. Runs
-    named by --models without a recorded Job are read as their repos stand (the commit is in `hub_commit`).
-    """
+    """(rows, predictions) from each run's repo; a run of jobs.json only from what its own Job pushed (hub_run_row)."""
     from huggingface_hub import HfApi
 
     api, jobs, rows, predictions = HfApi(token=token), read_jobs(output_dir), [], {}
     for sweep_run in runs:
-        job = jobs.get(sweep_run.key)
-        prefix = sweep_args.hub_model_id_prefix
+        job, prefix = jobs.get(sweep_run.key), sweep_args.hub_model_id_prefix
         repo_id = sweep_run.repo_id(prefix) if prefix else job["repo_id"]
-        row = {**base_row(sweep_run), "hub_repo": repo_id, "job_id": job["job_id"] if job else None}
-        commit = latest_commit(api, repo_id)
-        if commit is not None:
-            row["hub_commit"] = commit[0]
-        if job is None:
-            results = hub_run_results(repo_id, token, commit[0]) if commit else None
-            if is_complete(results):
-                row.update(results[0], status="finished")
-                predictions[sweep_run.key] = results[1]
-            else:
-                row.update(status="not found", error=f"{repo_id} has no results yet (still running or failed)")
-            rows.append(row)
-            continue
-        stage, message, created_at = job_stage(api, job)
-        detail = f"job {job['job_id']} {stage}" + (f": {message}" if message else "")
-        where = f" ({job['job_url']})" if job.get("job_url") else ""
-        fresh = commit is not None and created_at is not None and commit[1] is not None and commit[1] > created_at
-        stale = "" if commit is None or fresh else (
-            f"; {repo_id} holds only what was committed before this job was created (commit {commit[0][:8]}"
-            + (f" of {commit[1]:%Y-%m-%d %H:%M} UTC" if commit[1] else "") + "): not this sweep's results, not shown"
-        )
-        if stage == "COMPLETED" and fresh:
-            results = hub_run_results(repo_id, token, commit[0])
-            if is_complete(results):
-                row.update(results[0], status="finished")
-                predictions[sweep_run.key] = results[1]
-            else:
-                row.update(status="failed", error=f"{detail}, but {repo_id} has no complete results{where}")
-        elif stage in JOB_ACTIVE_STAGES:
-            row.update(status="running", error=f"{detail}{stale}{where}")
-        elif stage == "UNKNOWN":
-            row.update(status="unknown", error=f"{detail}{stale}{where}")
-        else:  # ERROR, CANCELED, DELETED, or COMPLETED without pushing anything new
-            pushed = "" if stage != "COMPLETED" else f"; it pushed no results to {repo_id}"
-            row.update(status="failed", error=f"{detail}{pushed}{stale}{where}")
-        rows.append(row)
+        hub_fields, run_predictions = hub_run_row(api, repo_id, job, token)
+        rows.append({**base_row(sweep_run), "hub_repo": repo_id, "job_id": job["job_id"] if job else None,
+                     **hub_fields})
+        if run_predictions is not None:
+            predictions[sweep_run.key] = run_predictions
     return rows, predictions
 
 
@@ -768,29 +637,32 @@ def main(args=None):
         report(rows, output_dir)
         return rows
 
-    # The runs: every (model, seed) pair (the demo's configs are written, once, inside the sweep folder)
+    # The runs: every (model, scheme, seed) (the demo's configs are written, once, inside the sweep folder)
     if sweep_args.offline_demo:
         forwarded = apply_offline_demo(sweep_args, forwarded, output_dir)
     check_run_request(sweep_args, job_args, forwarded)
     runs = None if sweep_args.offline_demo else plan_runs(
-        sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix
+        sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix, sweep_args.finetuning
     )
 
     # Hub Jobs: one per run, in parallel on Hugging Face hardware, then stop (everything checked before any is sent)
     if job_args.launch_on_hub:
         forwarded = without_boolean_flag(forwarded, "--push_to_hub")  # every Job pushes: the same settings either way
         token = resolve_hub_token(sweep_args.hub_token)
-        check_launch_request(sweep_args, runs, forwarded, token)
+        check_launch_request(sweep_args.dataset_name, sweep_args.hub_model_id_prefix, runs, forwarded, token)
         with folder_lock(output_dir, LOCK_FILE, "sweep.py"):
             prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
-            return launch_runs(runs, sweep_args, job_args, forwarded, output_dir, token)
+            commands = job_commands(runs, sweep_args, forwarded)
+            return launch_runs(runs, commands, job_args, output_dir, token, sweep_args.hub_model_id_prefix)
 
     # Local runs, skipping those already finished; one sweep per folder at a time
     with folder_lock(output_dir, LOCK_FILE, "sweep.py"):
         settings = prepare_output_dir(output_dir, sweep_settings(sweep_args, forwarded))
         if sweep_args.offline_demo:
             write_offline_demo_inputs(sweep_args, output_dir)
-            runs = plan_runs(sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix)
+            runs = plan_runs(
+                sweep_args.models, sweep_args.seeds or "0,1,2", sweep_args.hub_model_id_prefix, sweep_args.finetuning
+            )
         rows = run_sweep(runs, sweep_args, forwarded, output_dir, settings)
     report(rows, output_dir)
     failed = [row for row in rows if row["status"] != "finished"]

@@ -9,13 +9,18 @@
 #     "datasets>=5,<6",
 #     "huggingface_hub>=2,<3",
 #     "evaluate>=0.4.6",
+#     "numpy",
 #     "scipy",
 #     "scikit-learn",
 #     "matplotlib",
 #     "pillow",
-#     "safetensors",
-#     "jinja2",
+#     "pyarrow",
 #     "openpyxl",
+#     "pyyaml",
+#     "httpx",
+#     "tqdm",
+#     "safetensors",  # not imported: transformers saves the model with it
+#     "jinja2",  # not imported: huggingface_hub's ModelCard.from_template renders the cards with it
 # ]
 # ///
 """Fine-tune a semantic-segmentation transformer to draw the lymph node on LymphUs ultrasound (background vs node).
@@ -61,7 +66,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, SegformerImageProcessor
 
-from lymphus_ml.cards import base_model_license, card_license, segmenter_card
+from lymphus_ml.cards import base_model_license, benchmark_eval_results, card_license, segmenter_card
 from lymphus_ml.cli import run
 from lymphus_ml.data import dataset_is_synthetic, dataset_revision, load_evaluation_sets
 from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG
@@ -273,8 +278,10 @@ def evaluate_and_report(model, image_processor, evaluation_sets, metric, data_ar
         grid = plot_overlay_grid(rows, output_dir / f"overlays_{split}.png", title=f"{split}: best, median, worst by Dice")
         grids[split] = grid.name
         logger.info(
-            f"{split}: Dice {format_metric(summary, 'dice')}, IoU {format_metric(summary, 'iou')}, "
-            f"HD95 {format_metric(summary, 'hd95')} px (n={summary['n_images']})"
+            f"{split}: detected {summary.get('n_detected')}/{summary.get('n_with_node')} nodes "
+            f"({format_metric(summary, 'detection_rate')}); detected nodes: Dice {format_metric(summary, 'dice_detected')}, "
+            f"HD95 {format_metric(summary, 'hd95_detected')} px; worst-case means: Dice {format_metric(summary, 'dice')}, "
+            f"IoU {format_metric(summary, 'iou')}, HD95 {format_metric(summary, 'hd95')} px (n={summary['n_images']})"
         )
     write_cases_csv(output_dir / "segmentation_cases.csv", case_rows)
     return split_metrics, grids
@@ -377,7 +384,9 @@ def main(args=None):
     # Push: one commit of the files this run wrote
     if push_to_hub:
         url = push_run_to_hub(
-            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs node segmenter"
+            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs node segmenter",
+            extra_files=benchmark_eval_results(
+                "segmentation", split_metrics, data_args, dataset_revision(data_args.dataset_name), repo_id),
         )
         logger.info(f"Pushed to {url}")
     logger.info(f"Results in {output_dir.resolve()}: README.md, metrics_*.json, segmentation_cases.csv, overlays_*.png")

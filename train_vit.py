@@ -9,13 +9,20 @@
 #     "datasets>=5,<6",
 #     "huggingface_hub>=2,<3",
 #     "evaluate>=0.4.6",
+#     "numpy",
 #     "scipy",
 #     "scikit-learn",
 #     "matplotlib",
 #     "pillow",
-#     "safetensors",
-#     "jinja2",
+#     "pyarrow",
 #     "openpyxl",
+#     "pyyaml",
+#     "httpx",
+#     "tqdm",
+#     "captum>=0.9",  # lymphus_ml/saliency.py: --saliency integrated_gradients
+#     "peft>=0.21",
+#     "safetensors",  # not imported: transformers saves the model with it
+#     "jinja2",  # not imported: huggingface_hub's ModelCard.from_template renders the cards with it
 # ]
 # ///
 """Fine-tune an image-classification transformer on LymphUs (benign vs malignant lymph node ultrasound).
@@ -55,6 +62,7 @@ uploads only what this run wrote.
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +71,8 @@ import numpy as np
 from datasets import ClassLabel
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
-from lymphus_ml.cards import base_model_license, card_license, classifier_card
+from lymphus_ml import crossval
+from lymphus_ml.cards import base_model_license, benchmark_eval_results, card_license, classifier_card
 from lymphus_ml.cli import run
 from lymphus_ml.data import (
     dataset_is_synthetic,
@@ -73,6 +82,16 @@ from lymphus_ml.data import (
     split_sizes,
 )
 from lymphus_ml.demo_configs import TINY_VIT_CONFIG
+from lymphus_ml.finetuning import (
+    BASE_MODEL_FOLDER,
+    FinetuningArguments,
+    TrainingCostCallback,
+    apply_finetuning,
+    finetuning_record,
+    merge_for_saving,
+    save_classifier_config,
+    write_finetuning_record,
+)
 from lymphus_ml.evaluation import (
     CLINICAL_METRIC_PATH,
     RocAucComputeMetrics,
@@ -83,6 +102,7 @@ from lymphus_ml.evaluation import (
     load_metric,
     positive_probabilities,
     youden_threshold,
+    youden_threshold_stability,
 )
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_run_to_hub, submit_script_job
 from lymphus_ml.images import (
@@ -97,12 +117,12 @@ from lymphus_ml.images import (
 from lymphus_ml.plots import plot_confusion_matrix, plot_roc
 from lymphus_ml.runs import PREDICTION_COLUMNS, write_run_predictions
 from lymphus_ml.saliency import (
+    CONTROLS,
     SALIENCY_METHODS,
     model_inputs_with_masks,
     plot_saliency_cases,
-    saliency_maps,
-    saliency_scores,
-    saliency_summary,
+    saliency_with_controls,
+    stratified_sample,
 )
 from lymphus_ml.training import (
     CheckpointArguments,
@@ -176,10 +196,35 @@ class DataTrainingArguments(LymphUsDataArguments):
         default="occlusion",
         metadata={
             "help": "Where the model looks, scored against the expert masks on every evaluated set: occlusion "
-            "(any model), integrated_gradients, or none. Saliency of the positive class's log-odds; the share in "
-            "the node and the pointing game, with CIs, go to metrics_<split>.json and the card.",
+            "(any model), integrated_gradients, or none. The share of saliency in the node and the pointing game, "
+            "beside the same scores of two randomised controls (classifier head re-initialised; all weights "
+            "re-initialised, seeded by --seed) and the model's paired excess over each, with CIs, go to "
+            "metrics_<split>.json and the card.",
             "choices": ["none", *SALIENCY_METHODS],
         },
+    )
+    saliency_target: str = field(
+        default="predicted",
+        metadata={
+            "help": "The class whose log-odds the saliency explains: predicted (the model's top class, per case) or "
+            "positive (--positive_label on every case). The controls explain the same class per case.",
+            "choices": ["predicted", "positive"],
+        },
+    )
+    saliency_max_cases: int = field(
+        default=24,
+        metadata={
+            "help": "Saliency on a sample of at most this many cases per evaluated set, stratified by label and "
+            "seeded by --seed; 0: every case."
+        },
+    )
+    saliency_window: float = field(
+        default=0.25, metadata={"help": "Occlusion window, as a fraction of the model input's height and width."}
+    )
+    saliency_stride: float = field(
+        default=0.25,
+        metadata={"help": "Occlusion stride, as a fraction of the input (0.25 with --saliency_window 0.25: a 4 x 4 "
+                          "grid of windows, 17 forward passes per map)."},
     )
 
     def __post_init__(self):
@@ -191,6 +236,11 @@ class DataTrainingArguments(LymphUsDataArguments):
             )
         if not 0.0 <= self.roi_margin <= 2.0:
             raise ValueError(f"--roi_margin {self.roi_margin} is outside [0, 2] (it is a fraction of the box size).")
+        if self.saliency_max_cases < 0:
+            raise ValueError(f"--saliency_max_cases {self.saliency_max_cases} is negative (0: every case).")
+        for name in ("saliency_window", "saliency_stride"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name} {getattr(self, name)} is outside (0, 1] (a fraction of the model input).")
 
 
 @dataclass
@@ -378,12 +428,15 @@ def predict_splits(trainer, evaluation_sets, data_args, image_processor, positiv
     return predictions
 
 
-def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency=None):
+def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency=None,
+                  threshold_set=None):
     """Metrics (at 0.5 and at the validation Youden threshold) with CIs, plots and rows of predictions.csv.
 
     Writes metrics_<split>.json, roc_<split>.png and confusion_matrix_<split>.png; returns (split_metrics, plots,
-    prediction rows).
+    prediction rows). threshold_set: the (references, probabilities) the threshold was chosen on (validation's unless
+    given: --cv_folds gives the out-of-fold predictions).
     """
+    threshold_set = threshold_set or predictions["validation"][:2]
     local_dataset = Path(data_args.dataset_name).exists()
     dataset_label = Path(data_args.dataset_name).name if local_dataset else data_args.dataset_name
     split_metrics, plots, prediction_rows = {}, {}, []
@@ -397,6 +450,11 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
             confidence_level=data_args.confidence_level,
             seed=training_args.seed,
         )
+        # How much of the operating point is the luck of choosing the threshold on a small validation split.
+        results["at_youden"].update(youden_threshold_stability(
+            threshold_set, references, probabilities, n_bootstrap=data_args.n_bootstrap,
+            confidence_level=data_args.confidence_level, seed=training_args.seed, metric_path=data_args.metric_path,
+        ))
         split_metrics[split] = results
         record = {
             "split": split,
@@ -441,32 +499,90 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
     return split_metrics, plots, prediction_rows
 
 
-def where_the_model_looks(model, evaluation_sets, data_args, image_processor, positive_index, output_dir) -> dict:
-    """{split: saliency summary + figure}: saliency maps of the evaluated sets scored against the expert masks.
+def where_the_model_looks(model, evaluation_sets, data_args, image_processor, class_names, positive_index, seed,
+                          output_dir) -> dict:
+    """{split: saliency summary + figure}: saliency maps of the evaluated sets scored against the expert masks,
+    beside two randomised controls (`saliency_with_controls`).
 
-    Each split's best, median and worst case (by share of saliency in the node) go to saliency_<split>.png. The sets
-    cropped with a segmenter's masks are left out: the expert mask is the reference.
+    Each set is sampled (at most --saliency_max_cases cases, stratified by label, seeded); the best, median and worst
+    case (by share of saliency in the node) go to saliency_<split>.png with the controls' maps. The sets cropped
+    with a segmenter's masks are left out: the expert mask is the reference.
     """
+    started, started_cpu = time.perf_counter(), time.process_time()
     transform = evaluation_transform(model, image_processor, data_args.roi, data_args.roi_margin)
-    summaries = {}
+    explained = "predicted" if data_args.saliency_target == "predicted" else data_args.positive_label
+    options = (
+        {"window_fraction": data_args.saliency_window, "stride_fraction": data_args.saliency_stride}
+        if data_args.saliency == "occlusion" else {}
+    )
+    summaries, cases = {}, 0
     for split, split_dataset in evaluation_sets.items():
         if split.endswith("_predicted_roi"):
             continue
+        sample = stratified_sample(split_dataset[data_args.label_column_name], data_args.saliency_max_cases, seed)
         pixel_values, masks, images = model_inputs_with_masks(
-            split_dataset, transform, transform.size, data_args.image_column_name, data_args.mask_column_name
+            split_dataset.select(sample), transform, transform.size, data_args.image_column_name,
+            data_args.mask_column_name,
         )
-        maps = saliency_maps(model, pixel_values, positive_index, method=data_args.saliency)
-        summary = saliency_summary(maps, masks, data_args.confidence_level)
+        targets = predicted_classes(model, pixel_values) if explained == "predicted" else positive_index
+        result = saliency_with_controls(
+            model, pixel_values, masks, targets, data_args.saliency, seed=seed,
+            confidence_level=data_args.confidence_level, **options,
+        )
+        summary, scores = result["summary"], result["scores"]
+        of_set = f"{len(sample)} of {len(split_dataset)} cases" if len(sample) < len(split_dataset) else f"all {len(sample)} cases"
         figure = plot_saliency_cases(
-            images, masks, maps, saliency_scores(maps, masks)["energy_in_node"], output_dir / f"saliency_{split}.png",
-            title=f"{split}: where the model looks ({data_args.saliency}); best, median and worst by share in the node",
+            images, masks, result["maps"]["trained"], scores["trained"]["energy_in_node"],
+            output_dir / f"saliency_{split}.png",
+            title=f"{split}: where the model looks ({data_args.saliency}, {of_set}, explaining the "
+            f"{explained} class); best, median and worst by share in the node; randomised controls right",
+            controls={name: result["maps"][name] for name in CONTROLS},
+            control_scores={name: scores[name]["energy_in_node"] for name in CONTROLS},
         )
-        summaries[split] = json_safe({"method": data_args.saliency, **summary, "figure": figure.name})
+        explained_counts = np.bincount(np.broadcast_to(np.asarray(targets), len(sample)), minlength=len(class_names))
+        summaries[split] = json_safe({
+            "method": data_args.saliency,
+            "explained_class": explained,
+            "explained_class_counts": dict(zip(class_names, explained_counts.tolist())),
+            "n_cases_in_set": len(split_dataset),
+            "case_sample": "every case" if len(sample) == len(split_dataset) else "stratified by label",
+            "max_cases": data_args.saliency_max_cases,
+            "sample_seed": seed,
+            **({"occlusion_window_fraction": data_args.saliency_window,
+                "occlusion_stride_fraction": data_args.saliency_stride} if options else {}),
+            **summary,
+            "excess_interval": "paired over cases: mean difference, Student t interval",
+            "figure": figure.name,
+        })
+        cases += len(sample)
         logger.info(
             f"{split}: {summary['energy_in_node_mean']:.2f} of the saliency in the node (chance "
-            f"{summary['node_area_fraction_mean']:.2f}); peak in the node for {summary['pointing_game_hit_rate']:.2f}"
+            f"{summary['node_area_fraction_mean']:.2f}; head re-initialised "
+            f"{summary['controls']['head_reinitialised']['energy_in_node_mean']:.2f}, all re-initialised "
+            f"{summary['controls']['all_reinitialised']['energy_in_node_mean']:.2f}); peak in the node for "
+            f"{summary['pointing_game_hit_rate']:.2f}; {of_set}"
         )
+    logger.info(
+        f"Saliency: {cases} cases x 3 models in {time.perf_counter() - started:.1f} s "
+        f"(CPU {time.process_time() - started_cpu:.1f} s)"
+    )
     return summaries
+
+
+def predicted_classes(model, pixel_values, batch_size: int = 256) -> np.ndarray:
+    """The model's top class per image (argmax of the logits)."""
+    import torch
+
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = [model(pixel_values=batch.to(parameter.device, parameter.dtype)).logits.float().cpu()
+                      for batch in torch.as_tensor(pixel_values).split(batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(logits).argmax(dim=1).numpy()
 
 
 def save_inference_settings(trainer, youden, data_args, output_dir):
@@ -524,6 +640,69 @@ def card_fields(data_args, model_args, training_args, dataset, evaluation_sets, 
     )
 
 
+def cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets, class_names,
+                             positive_index, image_processor, run_folder):
+    """--cv_folds K: K fold models on train + validation (the dataset's folds) predict their held-out fold after every
+    epoch; the out-of-fold predictions choose the epochs, threshold, calibration and conformal sets (lymphus_ml.crossval).
+    Returns (the refit model's trainer, cv). The validation split leaves `evaluation_sets`: it is development data."""
+    import tempfile
+    from dataclasses import replace
+
+    from datasets import DatasetDict
+    from transformers import set_seed
+
+    if not training_args.do_train:
+        raise ValueError("--cv_folds trains K fold models and a refit: it cannot run with --do_train False.")
+    development, folds = crossval.development_set(dataset, cv_args, data_args.label_column_name, data_args.dataset_name)
+    evaluation_sets.pop("validation", None)
+    fold_records, test_views = [], None
+    with tempfile.TemporaryDirectory() as scratch:
+        fold_args = replace(training_args, output_dir=scratch, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+        for k in range(cv_args.cv_folds):
+            parts = DatasetDict(train=development.select(np.flatnonzero(folds != k)), validation=development.select(np.flatnonzero(folds == k)))
+            set_seed(training_args.seed)
+            model = load_model(model_args, data_args, class_names, True)[0]
+            trainer = build_trainer(model, image_processor, parts, data_args, fold_args, class_names, positive_index)
+            channels = model_num_channels(model.config)
+            test_views = test_views or {split: model_view(s, data_args, image_processor, channels) for split, s in evaluation_sets.items()}
+            callback = crossval.EpochPredictions({"held_out": trainer.eval_dataset, **test_views})
+            callback.trainer = trainer
+            trainer.add_callback(callback)
+            logger.info(f"Fold {k}: training on {len(parts['train'])} development cases, predicting the {len(parts['validation'])} held out")
+            trainer.train()
+            fold_records.append(callback.records)
+    labels = np.asarray(development[data_args.label_column_name])
+    cv = crossval.fit_on_oof(fold_records, folds, labels, positive_index, class_names, cv_args, data_args.metric_path)
+    cv.update(folds=folds, case_ids=list(development[data_args.case_id_column_name]), fold_records=fold_records, development=development)
+    logger.info(f"Out-of-fold: {cv['epochs']:g} epochs chosen (OOF ROC-AUC by epoch {cv['oof_roc_auc_by_epoch']}), "
+                f"threshold {cv['threshold']:.4f}, calibration {cv['calibrator'].as_dict()}")
+    trainer, cv["raw"] = refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets,
+                                              class_names, positive_index, image_processor, run_folder)
+    return trainer, cv
+
+
+def refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets, class_names,
+                         positive_index, image_processor, run_folder):
+    """One model trained on all development cases for the OOF-chosen epochs; its test-set probabilities before
+    calibration are taken, then the OOF calibration is folded into its head and the conformal thresholds put in its
+    config (CalibratedClassifierCV's ensemble=False design). Returns (trainer, {split: raw predictions})."""
+    from dataclasses import replace
+
+    from datasets import DatasetDict
+    from transformers import set_seed
+
+    refit_args = replace(training_args, eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                         num_train_epochs=cv["epochs"], max_steps=-1)
+    set_seed(training_args.seed)
+    model = load_model(model_args, data_args, class_names, True)[0]
+    parts = DatasetDict(train=development, validation=development.select(range(1)))  # no evaluation during the refit
+    trainer = build_trainer(model, image_processor, parts, data_args, refit_args, class_names, positive_index)
+    train_and_save(trainer, None, run_folder)
+    raw = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
+    crossval.carry_settings(trainer.model, cv)
+    return trainer, raw
+
+
 def job_paths(model_args, data_args, training_args) -> dict:
     """{option: value} of the options that name a file or folder, which a Hub Job cannot read when local."""
     return {
@@ -538,10 +717,12 @@ def job_paths(model_args, data_args, training_args) -> dict:
 
 def main(args=None):
     # Arguments
-    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments)
-    (model_args, data_args, training_args, job_args), push_to_hub, hub_token, argv = parse_training_arguments(
-        dataclass_types, args
+    dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments,
+                       crossval.CrossValidationArguments, FinetuningArguments)
+    (model_args, data_args, training_args, job_args, cv_args, finetuning_args), push_to_hub, hub_token, argv = (
+        parse_training_arguments(dataclass_types, args)
     )
+    crossval.check_finetuning_scheme(cv_args, finetuning_args.finetuning)
 
     # Hub Job: submit this same command, with the project modules it imports, and stop
     if job_args.launch_on_hub:
@@ -562,29 +743,46 @@ def main(args=None):
         model_args, data_args, class_names, training_args.do_train
     )
     image_processor.do_convert_rgb = True
+    model = apply_finetuning(model, finetuning_args, image_processor, output_dir / BASE_MODEL_FOLDER)
 
     # Train
     metric = load_metric(data_args.metric_path)
-    trainer = build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
-    if training_args.do_train:
+    trainer, cv = None, None
+    if cv_args.cv_folds:  # fold models choose the settings on out-of-fold predictions; a refit on all carries them
+        trainer, cv = cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets,
+                                               class_names, positive_index, image_processor, run_folder)
+    trainer = trainer or build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
+    training_cost = TrainingCostCallback()
+    trainer.add_callback(training_cost)
+    if training_args.do_train and not cv:
         train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
 
     # Evaluate: validation picks the threshold, test and external use it unchanged
     if data_args.roi_source == "predicted":
         add_predicted_roi_sets(evaluation_sets, data_args, training_args.device)
     predictions = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
-    youden = youden_threshold(*predictions["validation"][:2], data_args.metric_path)
-    logger.info(f"Youden threshold on validation: {youden:.4f}")
+    youden = cv["threshold"] if cv else youden_threshold(*predictions["validation"][:2], data_args.metric_path)
+    logger.info(f"Youden threshold on {'the out-of-fold predictions' if cv else 'validation'}: {youden:.4f}")
     if not trainer.is_world_process_zero():
         return None  # under torchrun every process holds all predictions; the first writes the reports and pushes
     saliency = {}
     if data_args.saliency != "none":
-        saliency = where_the_model_looks(trainer.model, evaluation_sets, data_args, image_processor, positive_index, output_dir)
+        saliency = where_the_model_looks(
+            trainer.model, evaluation_sets, data_args, image_processor, class_names, positive_index,
+            training_args.seed, output_dir,
+        )
     split_metrics, plots, prediction_rows = report_splits(
-        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency
+        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency,
+        (cv["references"], cv["oof_probabilities"]) if cv else None,
     )
+    if cv:
+        prediction_rows = crossval.report_cross_validation(cv, predictions, metric, data_args, training_args.seed, output_dir) + prediction_rows
     write_run_predictions(output_dir / "predictions.csv", prediction_rows)
+    merge_for_saving(trainer, finetuning_args, output_dir)
     save_inference_settings(trainer, youden, data_args, output_dir)
+    save_classifier_config(trainer.model, output_dir)
+    finetuning = finetuning_record(trainer.model, finetuning_args, output_dir, training_cost)
+    write_finetuning_record(finetuning, output_dir, split_metrics)
 
     # Model card
     fields = card_fields(
@@ -592,6 +790,9 @@ def main(args=None):
         model_description, split_metrics, plots, youden, output_dir,
     )
     fields["saliency"] = saliency
+    if cv:
+        crossval.update_card_fields(fields, cv, split_sizes(cv["development"], data_args.label_column_name, class_names))
+    fields["finetuning"] = finetuning
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
     run_folder.complete()
@@ -599,7 +800,8 @@ def main(args=None):
     # Push: one commit of the files this run wrote, with the final card
     if push_to_hub:
         url = push_run_to_hub(
-            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier"
+            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier",
+            extra_files=benchmark_eval_results("classification", split_metrics, data_args, fields["dataset_revision"], repo_id),
         )
         logger.info(f"Pushed to {url}")
     logger.info(

@@ -2,7 +2,8 @@
 
 `predict_image(image, models)` is the whole prediction, a plain function on a PIL image: the segmenter's node
 (when there is one), the classifier's ROI from it exactly as predict.py makes it, the malignancy probability,
-the label at the classifier's validation threshold, the node outline and an occlusion saliency heatmap over the
+the label at the classifier's validation threshold, the conformal prediction set (a model trained with
+--cv_folds: {benign}, {malignant} or both = "uncertain: refer"), the node outline and an occlusion saliency heatmap over the
 classifier's view. The Gradio page only wires it.
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lymphus_ml.conformal import prediction_sets, set_label
 from lymphus_ml.images import check_image_size, evaluation_transform, to_8bit_grayscale
 from lymphus_ml.inference import (
     check_segmenter_given,
@@ -113,7 +115,9 @@ def predict_image(image, models: AppModels) -> dict:
     positive_label, roi (the classifier's view: full, crop, masked, or full when the predicted mask is empty),
     note (what was done to the image, in words), node_pixels (None without a segmenter), outline (RGB: the image
     with the predicted node's contour, or the plain image without a segmenter), heatmap (RGB: occlusion saliency
-    of the given label over the classifier's view).
+    of the given label over the classifier's view), and for a classifier whose config carries conformal thresholds
+    (train_vit.py --cv_folds) its referral set: prediction_set (the class names in the set, in the model's order),
+    prediction_set_label ("benign", "malignant" or "uncertain: refer") and conformal_level; all three None otherwise.
     """
     settings = models.settings
     check_image_size(image.size)  # as predict.py and the app's upload: no label for a 1x1 image
@@ -134,6 +138,7 @@ def predict_image(image, models: AppModels) -> dict:
     return {
         "probability": probability,
         "label": label,
+        **conformal_set(probability, settings.get("conformal")),
         "threshold": settings["threshold"],
         "positive_label": settings["positive_label"],
         "roi": roi,
@@ -141,4 +146,18 @@ def predict_image(image, models: AppModels) -> dict:
         "node_pixels": None if mask is None else int(np.asarray(mask).sum()),
         "outline": outline,
         "heatmap": saliency_overlay(view, saliency),
+    }
+
+
+def conformal_set(probability: float, conformal: dict | None) -> dict:
+    """{"prediction_set", "prediction_set_label", "conformal_level"} of one positive-class probability under a model
+    config's `conformal` thresholds (lymphus_ml.conformal); all None for a model without them."""
+    if not conformal:
+        return {"prediction_set": None, "prediction_set_label": None, "conformal_level": None}
+    members = prediction_sets([probability], conformal)[0]
+    names = conformal["class_names"]
+    return {
+        "prediction_set": [name for name, member in zip(names, members) if member],
+        "prediction_set_label": set_label(members, names),
+        "conformal_level": float(conformal["level"]),
     }

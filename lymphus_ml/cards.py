@@ -3,9 +3,17 @@
 Python builds the `model-index` results (`EvalResult`s) and the table rows; the templates hold the prose.
 """
 
+import logging
 from pathlib import Path
 
-from lymphus_ml.evaluation import METRIC_DISPLAY_NAMES, THRESHOLD_METRICS, format_metric
+from lymphus import LYMPHUS_LICENSE
+from lymphus_ml.evaluation import (
+    DEGENERATE_INTERVAL,
+    METRIC_DISPLAY_NAMES,
+    THRESHOLD_METRICS,
+    degenerate_interval,
+    format_metric,
+)
 from lymphus_ml.segmentation import METRIC_DISPLAY_NAMES as SEGMENTATION_DISPLAY_NAMES
 from lymphus_ml.segmentation import SEGMENTATION_METRICS
 
@@ -13,48 +21,71 @@ from lymphus_ml.segmentation import SEGMENTATION_METRICS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLASSIFIER_CARD_TEMPLATE = PROJECT_ROOT / "model_card.md"
 SEGMENTER_CARD_TEMPLATE = PROJECT_ROOT / "segmentation_card.md"
+logger = logging.getLogger(__name__)
 SHIPPED_FILES = ("model_card.md", "segmentation_card.md")
 CARD_TAGS = ["medical-imaging", "ultrasound", "lymph-node", "lymphus"]
 # The metric ids of the Hub's model-index where one exists (sensitivity is recall, PPV is precision).
 HUB_METRIC_TYPES = {"roc_auc": "roc_auc", "accuracy": "accuracy", "sensitivity": "recall", "ppv": "precision", "f1": "f1"}
 # Held-out sets first; validation (which chose the epoch and the threshold) last.
 REPORTING_ORDER = ("external", "external_predicted_roi", "test", "test_predicted_roi", "validation")
-# The terms of the data the weights were trained on, when neither the base model's nor the user's licence is known.
-LYMPHUS_DATA_LICENSE = {
-    "license": "other",
-    "license_name": "lymphus-data-terms",
-    "license_link": "https://qamebi.com/cervical-lymph-node/",
-}
+# The terms of the data the weights were trained on, when neither the base model's nor the user's licence is known:
+# the dataset card's own fields and name for them (lymphus.LYMPHUS_LICENSE), so both say the same thing.
+LYMPHUS_DATA_LICENSE = dict(LYMPHUS_LICENSE)
+LICENSE_FIELDS = ("license", "license_name", "license_link")
 
 
-def card_license(license_id: str | None, base_model_license: str | None) -> dict:
-    """ModelCardData licence fields: the user's --license, else the base model's, else `other` naming the LymphUs
-    data terms the weights were trained under."""
+def card_license(license_id: str | None, base_model_license: dict | str | None) -> dict:
+    """ModelCardData licence fields: the user's --license, else the base model's (`base_model_license`: its
+    license / license_name / license_link), else `other` naming the LymphUs data terms the weights were trained
+    under. A bare `other` (the user's, or a base card naming no terms) gets the LymphUs terms' name and link."""
     if license_id:
-        return {"license": license_id}
-    if base_model_license:
-        return {"license": base_model_license}
-    return dict(LYMPHUS_DATA_LICENSE)
+        fields = {"license": license_id}
+    elif isinstance(base_model_license, str):
+        fields = {"license": base_model_license}
+    elif base_model_license and base_model_license.get("license"):
+        fields = {key: base_model_license[key] for key in LICENSE_FIELDS if base_model_license.get(key)}
+    else:
+        return dict(LYMPHUS_DATA_LICENSE)
+    if fields["license"] == "other" and license_id:
+        fields.update({key: LYMPHUS_DATA_LICENSE[key] for key in ("license_name", "license_link")})
+    return fields
 
 
-def base_model_license(base_model: str | None, revision: str | None = None) -> str | None:
-    """The `license` of a Hub base model's card, or None (no base model, no card, no licence, not reachable)."""
-    if not base_model:
+def base_model_license(base_model: str | None, revision: str | None = None) -> dict | None:
+    """{license, license_name, license_link} of a Hub base model's card at `revision` (`HfApi.model_info`'s
+    card_data), the keys it has; None with no base model, no card or no licence, or where the Hub cannot be read
+    (offline, gated, unknown: logged)."""
+    if not base_model or Path(base_model).exists():
         return None
-    from huggingface_hub import ModelCard
+    import httpx
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return ModelCard.load(base_model, revision=revision).data.get("license")
-    except Exception:  # offline, gated, no README: the card then says `other` under the data terms
+        card_data = HfApi().model_info(base_model, revision=revision).card_data
+    except (HfHubHTTPError, httpx.HTTPError, OSError, ValueError) as error:
+        logger.warning(f"The licence of the base model {base_model} could not be read ({error}); the card names the "
+                       "LymphUs data terms instead.")
         return None
+    fields = {key: card_data.get(key) for key in LICENSE_FIELDS if card_data is not None and card_data.get(key)}
+    return fields if fields.get("license") else None
 
 
 def license_text(fields: dict) -> str:
-    if fields.get("license") != "other":
-        return f"`{fields['license']}`"
+    """The card's licence line: the id; for `other`, whose terms (name and link) and where they come from."""
+    license_id, name, link = (fields.get(key) for key in LICENSE_FIELDS)
+    if license_id != "other":
+        return f"`{license_id}`"
+    if name == LYMPHUS_DATA_LICENSE["license_name"]:
+        return (
+            f"`other` ({name}): the weights were trained on LymphUs, whose terms ({link}) apply to them; no other "
+            "licence was given."
+        )
+    named = ", ".join(part for part in (name and f"`{name}`", link) if part)
     return (
-        f"`other` ({fields.get('license_name')}): the weights were trained on LymphUs, whose terms "
-        f"({fields.get('license_link')}) apply to them; no other licence was given."
+        "`other`" + (f" ({named})" if named else "") + ": the base model's licence"
+        + ("" if named else ", which its card does not name (read the base model's card)")
+        + f"; the weights were also trained on LymphUs, whose terms ({LYMPHUS_DATA_LICENSE['license_link']}) apply."
     )
 
 
@@ -63,15 +94,35 @@ def reporting_order(splits) -> list[str]:
     return sorted(splits, key=lambda split: REPORTING_ORDER.index(split) if split in REPORTING_ORDER else len(REPORTING_ORDER))
 
 
+def perfect_separation_bound(values, level: int) -> str:
+    """The one-sided bound Newcombe's interval leaves a perfectly separated AUC (of 1: a lower bound; of 0: upper)."""
+    if values.get("roc_auc_ci_low") is None:
+        return "no interval"
+    if values["roc_auc"] >= 1.0:
+        return f"{level}% CI lower bound {values['roc_auc_ci_low']:.3f} (Newcombe)"
+    return f"{level}% CI upper bound {values['roc_auc_ci_high']:.3f} (Newcombe)"
+
+
 def auc_text(values, level: int) -> str:
-    """ROC-AUC with its bootstrap and DeLong intervals, or why there is none."""
+    """ROC-AUC with its Newcombe interval (the headline) and DeLong's and the bootstrap's beside it, or, for perfectly
+    separated classes, Newcombe's one-sided bound."""
     if values.get("roc_auc") is None:
         return "n/a (one class only)"
     if values.get("perfect_separation"):
-        return f"{values['roc_auc']:.3f}: the classes are perfectly separated in this set, so no interval can be estimated"
-    text = format_metric(values, "roc_auc")
-    if values.get("roc_auc_delong_ci_low") is not None:
-        text += f"; DeLong {level}% CI {values['roc_auc_delong_ci_low']:.3f}-{values['roc_auc_delong_ci_high']:.3f}"
+        return (f"{values['roc_auc']:.3f}: the classes are perfectly separated in this set; "
+                f"{perfect_separation_bound(values, level)}")
+    low, high = values.get("roc_auc_ci_low"), values.get("roc_auc_ci_high")
+    if low is None or high is None:
+        text = format_metric(values, "roc_auc")
+    else:
+        text = f"{values['roc_auc']:.3f} ({level}% CI {low:.3f}-{high:.3f}, Newcombe)"
+    others = [(method, values.get(f"roc_auc_{key}_ci_low"), values.get(f"roc_auc_{key}_ci_high"))
+              for method, key in (("DeLong", "delong"), ("stratified bootstrap", "bootstrap"))]
+    others = [f"{method} {low:.3f}-{high:.3f}" for method, low, high in others if low is not None and high is not None]
+    if others:
+        text += f"; for comparison {', '.join(others)}"
+        if values.get("small_sample"):
+            text += " (too narrow below 30 cases a class: see the README's coverage table)"
     return text
 
 
@@ -129,7 +180,10 @@ def classification_eval_results(
             if config_name is not None:
                 label += f" @ {'Youden ' if config_name == 'youden' else ''}threshold {values['threshold']:.3f}"
             if name == "roc_auc" and values.get("perfect_separation"):
-                label += " (perfectly separated: no interval)"
+                # Not in the "(95% CI low-high" form: the leaderboard reads that as a two-sided interval.
+                label += f" (perfectly separated; {perfect_separation_bound(values, level)})"
+            elif degenerate_interval(values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")):
+                label += f" ({DEGENERATE_INTERVAL})"
             elif values.get(f"{name}_ci_low") is not None:
                 method = values.get(f"{name}_ci_method", "").replace("-", " ")
                 label += f" ({level}% CI {values[f'{name}_ci_low']:.3f}-{values[f'{name}_ci_high']:.3f}{', ' + method if method else ''})"
@@ -144,6 +198,42 @@ def classification_eval_results(
                 )
             )
     return eval_results
+
+
+EVAL_RESULTS_FILE = ".eval_results/lymphus.yaml"
+
+
+def benchmark_eval_results(kind, split_metrics, data_args, dataset_revision=None, repo_id=None) -> dict:
+    """{EVAL_RESULTS_FILE: YAML} for a pushed model: its results in the Hub's Evaluation Results format, one entry per
+    LymphUs benchmark task it measured (the export's eval.yaml): the test split of `dataset_config` and, for a
+    model trained on one centre, the external centre as the `<source>_to_<target>` subset's test split. `kind`:
+    "classification" (ROC-AUC) or "segmentation" (mean Dice); `data_args`: the run's dataset_name, dataset_config and
+    external_config. {} for a local export (no Hub dataset id to cite)."""
+    import yaml
+    from huggingface_hub import constants
+
+    from lymphus import CENTRES, benchmark_task_id
+
+    dataset_name, external_config = data_args.dataset_name, data_args.external_config
+    if not dataset_name or not dataset_reference(dataset_name)[0]:
+        return {}
+    config = data_args.dataset_config or "all"
+    measured = {config: split_metrics.get("test")}
+    if config in CENTRES and external_config in CENTRES and external_config != config:
+        measured[f"{config}_to_{external_config}"] = split_metrics.get("external")
+    entries = []
+    for task_config, metrics in measured.items():
+        value = (metrics or {}).get("at_0.5", {}).get("roc_auc") if kind == "classification" else (metrics or {}).get("dice")
+        if value is None:
+            continue
+        dataset = {"id": dataset_name, "task_id": benchmark_task_id(kind, task_config)}
+        if dataset_revision:
+            dataset["revision"] = dataset_revision
+        entry = {"dataset": dataset, "value": round(float(value), 6)}
+        if repo_id:
+            entry["source"] = {"url": f"{constants.ENDPOINT}/{repo_id}", "name": "Model card (the run's own evaluation)"}
+        entries.append(entry)
+    return {EVAL_RESULTS_FILE: yaml.safe_dump(entries, sort_keys=False)} if entries else {}
 
 
 def roi_description(roi_mode, roi_margin) -> str:
@@ -167,6 +257,37 @@ def split_note(split, values) -> str:
     return " ".join(notes)
 
 
+def prevalence_text(values) -> str:
+    """The evaluated set's prevalence of malignancy, at which its PPV and NPV hold."""
+    if not values.get("n"):
+        return "n/a"
+    return f"{values.get('n_positive', 0) / values['n']:.0%} malignant ({values.get('n_positive')}/{values['n']})"
+
+
+def threshold_stability_text(values, level: int) -> str:
+    """How far the Youden threshold's choice on the validation split moves this set's sensitivity and specificity
+    (`youden_threshold_stability`'s keys in the at-Youden metrics); empty when not computed."""
+    keys = [f"{name}_range_{end}" for name in ("threshold", "sensitivity_threshold", "specificity_threshold")
+            for end in ("low", "high")]
+    if any(values.get(key) is None for key in keys):
+        return ""
+    if values["threshold_range_low"] == values["threshold_range_high"]:
+        return (
+            f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of "
+            f"{values.get('threshold_range_source', 'the validation split')} gave {values['threshold_range_low']:.3f} in the central {level}% of them: the "
+            "operating point on this set does not hinge on the luck of the threshold (small validation sets can "
+            "still hide a larger spread)."
+        )
+    return (
+        f"Re-choosing the Youden threshold on {values.get('threshold_range_n_bootstrap')} bootstrap resamples of "
+        f"{values.get('threshold_range_source', 'the validation split')} moves it over {values['threshold_range_low']:.3f}-{values['threshold_range_high']:.3f} "
+        f"(central {level}%), which gives sensitivity {values['sensitivity_threshold_range_low']:.3f}-"
+        f"{values['sensitivity_threshold_range_high']:.3f} and specificity {values['specificity_threshold_range_low']:.3f}-"
+        f"{values['specificity_threshold_range_high']:.3f} on this set: the part of the operating point that is the "
+        "luck of the threshold."
+    )
+
+
 def classification_results(split_metrics, sources, plots, level=95) -> list[dict]:
     """One entry per evaluated split, held-out first, for the card's Results section."""
     results = []
@@ -181,6 +302,8 @@ def classification_results(split_metrics, sources, plots, level=95) -> list[dict
                 "n": at_half.get("n"),
                 "roc_auc": auc_text(at_half, level),
                 "youden_threshold": at_youden["threshold"],
+                "prevalence": prevalence_text(at_half),
+                "threshold_stability": threshold_stability_text(at_youden, level),
                 "rows": [
                     (METRIC_DISPLAY_NAMES[name], format_metric(at_youden, name), format_metric(at_half, name))
                     for name in THRESHOLD_METRICS
@@ -196,9 +319,14 @@ def classification_results(split_metrics, sources, plots, level=95) -> list[dict
     return results
 
 
+SALIENCY_CONTROL_NAMES = {"head_reinitialised": "control: head re-initialised",
+                          "all_reinitialised": "control: all weights re-initialised"}
+
+
 def saliency_rows(saliency: dict, level: int) -> list[dict]:
-    """The card's "Where the model looks" table: per split, held-out first, share of saliency in the node (with
-    the chance level), pointing game, figure."""
+    """The card's "Where the model looks" table: per split, held-out first, the trained model then each randomised
+    control: share of saliency in the node (with the chance level), pointing game, and the trained model's paired
+    excess over the control; the number of cases it rests on, the explained class and the figure."""
 
     def interval(summary, name):
         value, low, high = summary.get(f"{name}_mean", summary.get(name)), summary.get(f"{name}_ci_low"), summary.get(f"{name}_ci_high")
@@ -206,18 +334,49 @@ def saliency_rows(saliency: dict, level: int) -> list[dict]:
             return "n/a"
         return f"{value:.2f}" + (f" ({low:.2f}-{high:.2f})" if low is not None and high is not None else "")
 
+    def excess(summary, name):
+        value, low, high = (summary.get(f"excess_{name}_{part}") for part in ("mean", "ci_low", "ci_high"))
+        if value is None:
+            return "n/a"
+        if low is None or high is None:
+            return f"{value:+.2f} (the same in every case: no interval)"
+        return f"{value:+.2f} ({low:+.2f} to {high:+.2f})"
+
+    def scores(summary):
+        return {
+            "energy": interval(summary, "energy_in_node"),
+            "pointing": interval(
+                {"pointing_game": summary.get("pointing_game_hit_rate"),
+                 "pointing_game_ci_low": summary.get("pointing_game_ci_low"),
+                 "pointing_game_ci_high": summary.get("pointing_game_ci_high")},
+                "pointing_game",
+            ),
+        }
+
     rows = []
     for split in reporting_order(saliency):
         summary = saliency[split]
-        rate = {"pointing_game": summary.get("pointing_game_hit_rate"), "pointing_game_ci_low": summary.get("pointing_game_ci_low"),
-                "pointing_game_ci_high": summary.get("pointing_game_ci_high")}
+        n, of = summary.get("n_images"), summary.get("n_cases_in_set", summary.get("n_images"))
+        models = [{"model": "trained", **scores(summary), "excess_energy": "", "excess_pointing": ""}] + [
+            {"model": SALIENCY_CONTROL_NAMES.get(name, name), **scores(control),
+             "excess_energy": excess(control, "energy_in_node"), "excess_pointing": excess(control, "pointing_game")}
+            for name, control in summary.get("controls", {}).items()
+        ]
+        completeness = None
+        if summary.get("completeness_error_median") is not None:
+            completeness = (f"{summary['completeness_error_median']:.1%} median, "
+                            f"{summary['completeness_error_p90']:.1%} 90th percentile, at up to "
+                            f"{summary.get('integrated_gradients_steps_max')} steps")
         rows.append(
             {
                 "split": split,
-                "n": summary.get("n_images"),
-                "energy": interval(summary, "energy_in_node"),
+                "n": n,
+                "cases": f"{n} of {of}" if n != of else f"all {n}",
+                "sampled": n != of,
                 "chance": "n/a" if summary.get("node_area_fraction_mean") is None else f"{summary['node_area_fraction_mean']:.2f}",
-                "pointing": interval(rate, "pointing_game"),
+                "models": models,
+                "explained": summary.get("explained_class"),
+                "completeness": completeness,
                 "figure": summary.get("figure"),
             }
         )
@@ -267,6 +426,8 @@ def classifier_card(
     license_fields: dict | None = None,
     dataset_revision: str | None = None,
     saliency: dict | None = None,
+    cross_validation: dict | None = None,
+    finetuning: dict | None = None,
 ):
     """The `ModelCard` of a LymphUs classifier (model_card.md), with `model-index` results.
 
@@ -275,8 +436,11 @@ def classifier_card(
 
     split_sizes: {split: {"n": int, "<class name>": int, ...}}; split_metrics: {split: {"at_0.5": {...},
     "at_youden": {...}}} as in metrics_<split>.json; plots: {split: {"roc": "roc_test.png", "confusion_matrix": ...}}.
+    finetuning: lymphus_ml.finetuning.finetuning_record (an adapter's card says `library_name: peft`).
     """
     from huggingface_hub import ModelCard, ModelCardData
+
+    adapter = bool(finetuning) and finetuning.get("shared") == "adapter"
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
     sources = split_sources(dataset_config, external_config)
@@ -288,9 +452,10 @@ def classifier_card(
         model_name=model_name,
         base_model=base_model,
         datasets=[dataset_name] if is_hub_dataset else None,
-        library_name="transformers",
+        library_name="peft" if adapter else "transformers",
         pipeline_tag="image-classification",
-        tags=["image-classification"] + CARD_TAGS + (["synthetic-data"] if synthetic else []),
+        tags=["image-classification"] + CARD_TAGS + (["synthetic-data"] if synthetic else [])
+        + (["lora"] if finetuning and finetuning.get("scheme") == "lora" else []),
         metrics=["roc_auc", "recall", "specificity"],
         eval_results=eval_results or None,
         **license_fields,
@@ -316,13 +481,21 @@ def classifier_card(
         results=classification_results(split_metrics, sources, plots or {}, int(round(confidence_level * 100))),
         saliency_rows=saliency_rows(saliency or {}, int(round(confidence_level * 100))),
         saliency_method=next((summary["method"] for summary in (saliency or {}).values()), None),
+        saliency_explained=next((summary.get("explained_class") for summary in (saliency or {}).values()), None),
+        saliency_sample=next(
+            ({"max_cases": summary.get("max_cases"), "seed": summary.get("sample_seed")}
+             for summary in (saliency or {}).values()), None,
+        ),
+        cross_validation=cross_validation,  # lymphus_ml.crossval.card_context, with --cv_folds
+        finetuning=finetuning,
     )
 
 
 def segmentation_eval_results(
     split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95, dataset_revision=None
 ):
-    """`EvalResult`s for model-index: mean Dice, IoU and HD95 over images, per evaluated split, held-out first."""
+    """`EvalResult`s for model-index, per evaluated split, held-out first: the detection rate (exact CI), Dice and HD95
+    of the detected nodes, then the worst-case means of Dice, IoU and HD95 over all images (misses at the worst)."""
     from huggingface_hub import EvalResult
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
@@ -331,14 +504,17 @@ def segmentation_eval_results(
     for split in reporting_order(split_metrics):
         metrics = split_metrics[split]
         config = external_config if split == "external" else dataset_config
-        for name in SEGMENTATION_METRICS:
+        for name in SEGMENTATION_REPORTED:
             if metrics.get(name) is None:
                 continue
-            label = f"{SEGMENTATION_DISPLAY_NAMES[name]}, mean over images"
+            label = SEGMENTATION_LABELS[name]
             if split == "validation":
                 label += " [model-selection set, optimistic]"
-            if metrics.get(f"{name}_ci_low") is not None:
-                label += f" ({level}% CI {metrics[f'{name}_ci_low']:.3f}-{metrics[f'{name}_ci_high']:.3f})"
+            method = ", clopper pearson" if name == "detection_rate" else ", bootstrap"
+            if degenerate_interval(metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")):
+                label += f" ({DEGENERATE_INTERVAL})"
+            elif metrics.get(f"{name}_ci_low") is not None:
+                label += f" ({level}% CI {metrics[f'{name}_ci_low']:.3f}-{metrics[f'{name}_ci_high']:.3f}{method})"
             eval_results.append(
                 EvalResult(
                     task_type="image-segmentation",
@@ -355,21 +531,41 @@ def segmentation_eval_results(
     return eval_results
 
 
+# The segmentation card's figures in its order: (1) detection, (2) the detected nodes, (3) worst-case means.
+SEGMENTATION_REPORTED = ("detection_rate", "dice_detected", "hd95_detected") + SEGMENTATION_METRICS
+SEGMENTATION_LABELS = {
+    "detection_rate": "Detection rate (predicted mask overlaps the expert's node)",
+    "dice_detected": "Dice of the detected nodes, mean",
+    "hd95_detected": "HD95 (pixels) of the detected nodes, mean",
+    **{name: f"{SEGMENTATION_DISPLAY_NAMES[name]}, worst-case mean over images (misses at the worst)"
+       for name in SEGMENTATION_METRICS},
+}
+
+
+def detection_text(metrics) -> str:
+    """The detection rate as "k/n = rate (CI)" (n/a when no expert mask has a node)."""
+    if metrics.get("detection_rate") is None:
+        return "n/a"
+    return f"{metrics.get('n_detected')}/{metrics.get('n_with_node')} = {format_metric(metrics, 'detection_rate')}"
+
+
+def segmentation_row(title, metrics) -> list[str]:
+    """One row of the card's results table: n, detection, detected Dice and HD95, worst-case Dice, IoU, HD95, misses."""
+    worst = [format_metric(metrics, name) for name in SEGMENTATION_METRICS]
+    worst[-1] += f" (n={metrics.get('n_hd95_defined')})"
+    return ([title, str(metrics.get("n_images")), detection_text(metrics), format_metric(metrics, "dice_detected"),
+             format_metric(metrics, "hd95_detected")] + worst + [missed_text(metrics)])
+
+
 def segmentation_result_rows(split_metrics, sources) -> list[list[str]]:
     """Rows of the card's results table: per split, then per centre when the split mixes centres."""
     rows = []
     for split in reporting_order(split_metrics):
         metrics = split_metrics[split]
-        values = [format_metric(metrics, name) for name in SEGMENTATION_METRICS]
-        values[-1] += f" (n={metrics.get('n_hd95_defined')})"
         title = "validation (model selection, optimistic)" if split == "validation" else split
-        rows.append([f"{title} ({sources.get(split, split)})", str(metrics.get("n_images"))] + values + [missed_text(metrics)])
+        rows.append(segmentation_row(f"{title} ({sources.get(split, split)})", metrics))
         for centre, by_centre in (metrics.get("by_centre") or {}).items():
-            rows.append(
-                [f"{split}, {centre} only", str(by_centre.get("n_images"))]
-                + [format_metric(by_centre, name) for name in SEGMENTATION_METRICS]
-                + [missed_text(by_centre)]
-            )
+            rows.append(segmentation_row(f"{split}, {centre} only", by_centre))
     return rows
 
 

@@ -94,6 +94,15 @@ def clinical_metrics_at_thresholds(
     }
 
 
+def youden_threshold_stability(validation, references, probabilities, n_bootstrap=1000, confidence_level=0.95, seed=0,
+                               metric_path=CLINICAL_METRIC_PATH) -> dict:
+    """The metric module's `youden_threshold_stability`: the range of sensitivity and specificity on an evaluated set
+    when the Youden threshold is re-chosen on bootstrap resamples of `validation` = (references, probabilities)."""
+    stability = metric_functions(metric_path).youden_threshold_stability
+    return json_safe(stability(*validation, references, probabilities, n_bootstrap=n_bootstrap,
+                               confidence_level=confidence_level, seed=seed))
+
+
 def json_safe(value):
     """NaN/inf -> None and numpy scalars -> Python, so JSON is strict and comparable."""
     if isinstance(value, dict):
@@ -132,15 +141,26 @@ class RocAucComputeMetrics:
 
 # How an estimate and its interval are written: model cards and logs, the sweep leaderboard, the study report.
 INTERVAL_STYLES = {"card": "{} ({}-{})", "leaderboard": "{} ({}–{})", "report": "{} [{}, {}]"}
+# What a zero-width interval is written as: the resamples (or the variance) did not vary, which is no certainty.
+DEGENERATE_INTERVAL = "no variation: interval undefined"
+
+
+def degenerate_interval(low, high) -> bool:
+    """Whether [low, high] has zero width: a bootstrap whose replicates all agree, a variance of 0. Such an
+    interval measures nothing (a finite sample cannot give certainty) and is never printed as one."""
+    return low is not None and high is not None and low == high
 
 
 def format_estimate(value, low=None, high=None, style="card", missing="n/a", digits=3) -> str:
     """`value` to `digits` decimals with its interval [low, high] in one of INTERVAL_STYLES (the value alone when
-    the interval is missing; `missing` when the value is)."""
+    the interval is missing; `missing` when the value is; "(no variation: interval undefined)" after the value
+    when the interval has zero width, see `degenerate_interval`)."""
     if value is None:
         return missing
     if low is None or high is None:
         return f"{value:.{digits}f}"
+    if degenerate_interval(low, high):
+        return f"{value:.{digits}f} ({DEGENERATE_INTERVAL})"
     return INTERVAL_STYLES[style].format(*(f"{number:.{digits}f}" for number in (value, low, high)))
 
 

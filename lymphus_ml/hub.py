@@ -2,14 +2,19 @@
 
 One Job mechanism for every script: `launch_job` uploads the script, every project module it can import
 (imports inside functions included, found by reading the code) and the data files those modules declare in
-`SHIPPED_FILES`, keeping their relative paths, to the Jobs artifacts bucket; the Job mounts that folder and runs
-`uv run` on the script there, so its PEP 723 block gives the dependencies and its imports resolve beside it. The
-token travels only as the `HF_TOKEN` secret: never in the command, the environment or a shipped file.
+`SHIPPED_FILES`, keeping their relative paths, to the Jobs artifacts bucket (huggingface_hub's public
+`HfApi.sync_job_volume`, which keeps that bucket private and warns when it is public); the Job (`HfApi.run_job`)
+mounts that folder and runs `uv run` on the script there, so its PEP 723 block gives the dependencies and its imports
+resolve beside it. A Job whose shipped files import a module the block does not declare is refused before anything is
+uploaded. The token travels only as the `HF_TOKEN` secret: never in the command, the environment or a shipped file.
 """
 
 import ast
 import json
 import re
+import shutil
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +23,8 @@ from secrets import token_hex
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JOB_MOUNT_PATH = "/data"
+# The image `HfApi.run_uv_job` documents as its default (uv on Python 3.12); run_job needs it named.
+JOB_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 # Options that only make sense where the run is launched; the token travels as a secret.
 LOCAL_ONLY_OPTIONS = ("--launch_on_hub", "--job_timeout", "--job_namespace", "--hub_token")
 LOCAL_ONLY_FLAGS = ("--debug",)
@@ -93,7 +100,7 @@ def require_hub_token(hub_token: str | None, what: str) -> str:
 # predictions and plots. Not checkpoints, the offline demo's synthetic data, TensorBoard logs, pickles
 # (training_args.bin) or dotfiles (an .env holding a token, say).
 UPLOAD_IGNORE_PATTERNS = [
-    "checkpoint-*", "checkpoint-*/**", "synthetic-lymphus/**", "runs/**", "_*", "*.bin", "*.pkl", ".*", "**/.*",
+    "checkpoint-*", "checkpoint-*/**", "synthetic-lymphus/**", "runs/**", "base_model/**", "_*", "*.bin", "*.pkl", ".*", "**/.*",
 ]
 
 
@@ -138,10 +145,12 @@ def push_run_to_hub(
     *,
     private: bool | None = None,
     commit_message: str = "Upload LymphUs results",
+    extra_files: dict | None = None,
 ) -> str:
     """Create `repo_id` if needed and upload, as ONE commit, exactly the files the run that just finished in
     `output_dir` wrote (its run marker, lymphus_ml.run_folder), less UPLOAD_IGNORE_PATTERNS: never a file that was
-    there before, put beside them, or changed since. Returns the commit URL."""
+    there before, put beside them, or changed since; plus `extra_files` ({path in repo: text}, made for the push:
+    the model's .eval_results). Returns the commit URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.utils import filter_repo_objects
 
@@ -157,6 +166,8 @@ def push_run_to_hub(
             "uploaded. Make it private in its settings on the Hub, or push without --hub_private_repo."
         )
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(output_dir / name)) for name in names]
+    operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=text.encode())
+                   for name, text in (extra_files or {}).items()]
     commit = api.create_commit(repo_id, operations, commit_message=commit_message)
     return commit.commit_url
 
@@ -164,6 +175,11 @@ def push_run_to_hub(
 def option_name(argument: str) -> str:
     """`--hub-token=x` -> `--hub_token`: HfArgumentParser accepts dashes for underscores, so compare both alike."""
     return "--" + argument.split("=", 1)[0].lstrip("-").replace("-", "_")
+
+
+def is_option(argument) -> bool:
+    """`--name`, `--name=value`, `-x`; not a value such as -1 or -0.5."""
+    return re.match(r"-[^\d.]", argument) is not None
 
 
 BOOLEAN_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
@@ -306,25 +322,93 @@ def job_files(script, root=PROJECT_ROOT) -> list[str]:
     return [script] + sorted(files - {script})
 
 
+# The PEP 723 block, as the PEP's reference implementation finds it.
+PEP723_BLOCK = re.compile(r"(?m)^# /// (?P<type>[a-zA-Z0-9-]+)$\s(?P<content>(^#(| .*)$\s)+)^# ///$")
+
+
+def distribution_key(name: str) -> str:
+    """A distribution name as PEP 503 compares them (`scikit_learn` == `Scikit-Learn`)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pep723_dependencies(script) -> list[str]:
+    """The `dependencies` of `script`'s PEP 723 block (what `uv run` installs in a Job), [] without a block."""
+    import tomllib  # Python >= 3.11; a Job imports this module on 3.10 too (nothing there reads a block)
+
+    for match in PEP723_BLOCK.finditer(Path(script).read_text()):
+        if match.group("type") == "script":
+            content = "".join(line[2:] if line.startswith("# ") else line[1:]
+                              for line in match.group("content").splitlines(keepends=True))
+            return list(tomllib.loads(content).get("dependencies", []))
+    return []
+
+
+def third_party_imports(files, root=PROJECT_ROOT) -> dict[str, list[str]]:
+    """{top-level module: [the .py files importing it]} for every module `files` import (in functions too) that is
+    neither the standard library nor a project module: what must be installed where they run."""
+    root, found = Path(root), {}
+    for file in (f for f in files if f.endswith(".py")):
+        for name in imported_module_names((root / file).read_text()):
+            top = name.split(".")[0]
+            if top in sys.stdlib_module_names or project_module_files(top, root) or top == "__future__":
+                continue
+            found.setdefault(top, [])
+            if file not in found[top]:
+                found[top].append(file)
+    return found
+
+
+def undeclared_imports(script, root=PROJECT_ROOT) -> dict[str, list[str]]:
+    """{module: [files]} of the third-party modules that a Job of `script` would import but its PEP 723 block does not
+    install (module -> distribution by `importlib.metadata.packages_distributions`, else the module's own name)."""
+    from importlib.metadata import packages_distributions
+
+    root = Path(root)
+    declared = {distribution_key(re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0])
+                for requirement in pep723_dependencies(root / Path(script).resolve().relative_to(root.resolve()))}
+    distributions = packages_distributions()
+    return {
+        module: files
+        for module, files in sorted(third_party_imports(job_files(script, root), root).items())
+        if not {distribution_key(d) for d in distributions.get(module, [module])} & declared
+    }
+
+
+def check_job_dependencies(script, root=PROJECT_ROOT) -> None:
+    """Refuse a Job that would stop at an import: every third-party module its shipped files import must be in the
+    script's PEP 723 block (it would otherwise train on paid hardware and fail at, say, the saliency step)."""
+    missing = undeclared_imports(script, root)
+    if missing:
+        listed = "; ".join(f"{module} (imported by {', '.join(files)})" for module, files in missing.items())
+        raise ValueError(
+            f"A Hub Job of {Path(script).name} would fail: its PEP 723 block does not install {listed}. Add the "
+            "distribution(s) to the block's dependencies; nothing was submitted."
+        )
+
+
 def launch_job(script, script_args: list[str], flavor: str, token: str, *, timeout: str = "8h", namespace=None):
     """Run `script` (a project file, PEP 723 dependencies) with `script_args` as a Hugging Face Job; returns JobInfo.
 
-    Ships `job_files(script)` to a fresh folder of the `<namespace>/jobs-artifacts` bucket (relative paths kept)
-    and mounts it at /data, as `HfApi.run_uv_job` does for a single local script. The token is the HF_TOKEN secret.
+    Refuses a script whose shipped files import an undeclared module (`check_job_dependencies`). Ships
+    `job_files(script)` (relative paths kept) to a fresh folder of the private `<namespace>/jobs-artifacts` bucket
+    with `HfApi.sync_job_volume` and mounts it at /data, as `HfApi.run_uv_job` does for a single local script. The
+    token is the HF_TOKEN secret.
     """
-    from huggingface_hub import HfApi, Volume, constants
-    from huggingface_hub._jobs_api import DEFAULT_UV_IMAGE
+    from huggingface_hub import HfApi
 
+    check_job_dependencies(script)
     api = HfApi(token=token)
     namespace = namespace or api.whoami()["name"]
     files = job_files(script)
-    bucket_id = f"{namespace}/{constants.HF_JOBS_ARTIFACTS_BUCKET_NAME}"
     folder = f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S')}-{token_hex(3)}"
-    api.create_bucket(bucket_id, private=True, exist_ok=True)
-    api.batch_bucket_files(bucket_id, add=[(PROJECT_ROOT / file, f"{folder}/{file}") for file in files])
-    volume = Volume(type="bucket", source=bucket_id, mount_path=JOB_MOUNT_PATH, path=folder, read_only=False)
+    with tempfile.TemporaryDirectory(prefix="lymphus-job-") as staging:
+        for file in files:
+            (Path(staging) / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PROJECT_ROOT / file, Path(staging) / file)
+        # Writable, as run_uv_job mounts a local script's folder: the Job may write beside the script.
+        volume = api.sync_job_volume(staging, JOB_MOUNT_PATH, remote_name=folder, read_only=False, namespace=namespace)
     job = api.run_job(
-        image=DEFAULT_UV_IMAGE,
+        image=JOB_IMAGE,
         command=["uv", "run", f"{JOB_MOUNT_PATH}/{files[0]}", *script_args],
         secrets={"HF_TOKEN": token},
         flavor=flavor,
@@ -342,6 +426,11 @@ def check_job_paths(paths: dict) -> None:
     for option, value in paths.items():
         if not value or not isinstance(value, str):
             continue
+        if option == "--metric_path":
+            raise ValueError(
+                f"--metric_path {value}: a Hub Job evaluates with the metric modules it ships beside the script "
+                "(metrics/), and cannot read another; leave --metric_path out, or run locally."
+            )
         if option == "--model_config_json":
             if not value.strip().endswith(".json"):
                 continue  # the JSON itself travels in the command
@@ -358,12 +447,51 @@ def check_job_paths(paths: dict) -> None:
             )
 
 
+# --report_to integrations (transformers) -> the distribution each needs installed in the Job.
+REPORT_TO_DISTRIBUTIONS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
+                           "comet_ml": "comet-ml", "clearml": "clearml", "neptune": "neptune", "dvclive": "dvclive",
+                           "codecarbon": "codecarbon", "swanlab": "swanlab", "azure_ml": "azureml-core"}
+
+
+def option_values(forwarded, name) -> list[str]:
+    """The values given to option `name` (`--name a b`, `--name=a,b`) in a list of command-line arguments."""
+    values = []
+    for index, argument in enumerate(forwarded):
+        if argument.startswith("--") and option_name(argument) == name:
+            if "=" in argument:
+                values.append(argument.split("=", 1)[1])
+                continue
+            for following in forwarded[index + 1:]:
+                if following.startswith("--"):
+                    break
+                values.append(following)
+    return [value for joined in values for value in joined.split(",") if value]
+
+
+def check_job_options(script, forwarded) -> None:
+    """Refuse an option that needs a module the Job does not install: --report_to X where the script's PEP 723 block
+    lacks X's distribution (the run would train, then fail or log nowhere)."""
+    declared = {distribution_key(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) for r in pep723_dependencies(script)}
+    for integration in option_values(forwarded, "--report_to"):
+        if integration in ("none", "all"):
+            continue
+        distribution = REPORT_TO_DISTRIBUTIONS.get(integration, integration)
+        if distribution_key(distribution) not in declared:
+            raise ValueError(
+                f"--report_to {integration} needs {distribution}, which a Hub Job of {Path(script).name} does not "
+                "install (its PEP 723 block lacks it): use --report_to none, or add it to the block."
+            )
+
+
 def submit_script_job(script, argv, job_args, dataset_name, push_to_hub: bool, token, paths: dict | None = None):
     """A trainer's --launch_on_hub: check the request (`paths`: {option: value} of the options naming a model, a
-    config or a folder, none of which may be local), then the same command (less local-only options) as a Job."""
+    config or a folder, none of which may be local; options needing a module the Job lacks), then the same command
+    (less local-only options) as a Job."""
     check_hub_job_request(dataset_name, push_to_hub, token)
     check_job_paths(paths or {})
+    forwarded = job_script_args(argv)
+    check_job_options(script, forwarded)
     return launch_job(
-        script, job_script_args(argv), job_args.launch_on_hub, token, timeout=job_args.job_timeout,
+        script, forwarded, job_args.launch_on_hub, token, timeout=job_args.job_timeout,
         namespace=job_args.job_namespace,
     )

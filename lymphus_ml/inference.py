@@ -32,8 +32,13 @@ def load_segmenter(name_or_path, device=None, revision="main", cache_dir=None):
 
 
 def load_classifier(name_or_path, device=None, revision="main", cache_dir=None):
-    """(model, image processor) of a classifier written by train_vit.py, in eval mode on `device`."""
-    model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
+    """(model, image processor) of a classifier written by train_vit.py, in eval mode on `device`; a LoRA
+    adapter (--finetuning lora) is loaded on its base and merged (lymphus_ml.finetuning.load_adapter_classifier)."""
+    from lymphus_ml.finetuning import load_adapter_classifier
+
+    model = load_adapter_classifier(name_or_path, revision=revision, cache_dir=cache_dir)
+    if model is None:
+        model = AutoModelForImageClassification.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
     processor = AutoImageProcessor.from_pretrained(name_or_path, revision=revision, cache_dir=cache_dir)
     return model.to(device_for(device)).eval(), processor
 
@@ -63,6 +68,7 @@ def classifier_settings(config) -> dict:
         "positive_label": positive_label,
         "positive_index": next(index for index, name in names.items() if name == positive_label),
         "negative_label": others[0] if len(others) == 1 else f"not {positive_label}",
+        "conformal": getattr(config, "conformal", None),  # train_vit.py --cv_folds: the referral sets' thresholds
     }
 
 

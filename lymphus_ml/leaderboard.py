@@ -1,5 +1,10 @@
 """Leaderboards over several train_vit.py runs (models x seeds): one row per run, per model the mean ± SD across
-seeds and the AUC of the seeds' averaged predictions, and a forest plot of external AUC.
+seeds (the figure to quote), apart from it the AUC of the seeds' averaged predictions (an ensemble no run saved), and
+a forest plot of external AUC whose diamond is the mean across seeds.
+
+A cross-validated run (train_vit.py --cv_folds) has metrics_oof.json in place of metrics_validation.json: its
+development figures are the out-of-fold AUC (pooled over the folds, with its CI) and the per-fold AUC, which the
+per-model summary pools across folds and seeds (mean ± SD).
 
 A run's numbers come from its `metrics_<split>.json` files (a local run folder, or files downloaded from its Hub
 repo) or, when those are absent, from the `model-index` of its model card; its predictions from `predictions.csv`.
@@ -14,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, format_estimate, json_safe, metric_functions
-from lymphus_ml.runs import RUN_SPLITS
+from lymphus_ml.runs import CV_DEVELOPMENT_SPLIT, RUN_SPLITS
 
 
 LEADERBOARD_TEMPLATE = Path(__file__).resolve().parent.parent / "sweep_leaderboard.md"
@@ -37,9 +42,15 @@ SUMMARY_LABELS = {
     "test_specificity": "test specificity",
     "external_sensitivity": "external sensitivity",
     "external_specificity": "external specificity",
+    "oof_auc": "OOF AUC",
+    "oof_fold_auc": "per-fold OOF AUC",
 }
+# Cross-validated runs' development figures: the pooled out-of-fold AUC (mean ± SD across seeds) and the per-fold
+# AUC (mean ± SD across folds and seeds).
+CV_SUMMARY_METRICS = ("oof_auc", "oof_fold_auc")
+CV_COLUMNS = ("oof_auc", "oof_auc_ci_low", "oof_auc_ci_high", "oof_n_folds", "oof_per_fold_auc_mean", "oof_per_fold_auc_sd")
 # A model card's `model-index` names the external set's split "all" (every split of the other centre).
-CARD_SPLITS = {"validation": "validation", "test": "test", "all": "external", "external": "external"}
+CARD_SPLITS = {"validation": "validation", "test": "test", "all": "external", "external": "external", "oof": "oof"}
 
 
 def metric_columns() -> list[str]:
@@ -53,8 +64,8 @@ def metric_columns() -> list[str]:
 
 
 CSV_COLUMNS = (
-    "model", "model_slug", "seed", "status", "roi", "youden_threshold", "confidence_level", *metric_columns(),
-    "run_dir", "hub_repo", "hub_commit", "job_id", "returncode", "error",
+    "model", "model_slug", "finetuning", "seed", "status", "roi", "youden_threshold", "confidence_level",
+    *metric_columns(), *CV_COLUMNS, "run_dir", "hub_repo", "hub_commit", "job_id", "returncode", "error",
 )
 
 
@@ -77,26 +88,51 @@ def number(value):
 
 def row_from_metrics_files(metrics: dict, source="") -> dict:
     """Leaderboard fields from train_vit.py's metrics_<split>.json contents ({split: dict}): ROC-AUC with its CI,
-    sensitivity and specificity at the validation (Youden) threshold on test and external, ROI, threshold."""
+    sensitivity and specificity at the validation (Youden) threshold on test and external, ROI, threshold.
+
+    A --cv_folds run gives "oof" (metrics_oof.json) in place of "validation": its pooled out-of-fold AUC goes to
+    oof_auc (validation_auc stays empty), with the number of folds and the per-fold AUCs (oof_fold_aucs; their mean
+    and SD in oof_per_fold_auc_mean / _sd); the threshold is then the out-of-fold one.
+    """
     row = {}
-    for split in RUN_SPLITS:
+    development = CV_DEVELOPMENT_SPLIT if CV_DEVELOPMENT_SPLIT in metrics and "validation" not in metrics else "validation"
+    for split in (development, *RUN_SPLITS[1:]):
         if split not in metrics:
-            raise ValueError(f"{source}metrics_{split}.json is missing.")
+            also = " (nor metrics_oof.json of a --cv_folds run)" if split == "validation" else ""
+            raise ValueError(f"{source}metrics_{split}.json is missing{also}.")
         for key in ("at_0.5", "at_youden"):
             if not isinstance(metrics[split].get(key), dict):
                 raise ValueError(f"{source}metrics_{split}.json has no {key!r} results.")
         at_half = metrics[split]["at_0.5"]
         for suffix in ("", "_ci_low", "_ci_high"):
             row[f"{split}_auc{suffix}"] = number(at_half.get(f"roc_auc{suffix}"))
+        if at_half.get("perfect_separation"):  # Newcombe's one-sided bound is not a two-sided interval to tabulate
+            row[f"{split}_auc_ci_low"] = row[f"{split}_auc_ci_high"] = None
+    if development == CV_DEVELOPMENT_SPLIT:
+        row.update(cv_fields(metrics[development], source))
     for split in THRESHOLD_SPLITS:
         at_youden = metrics[split]["at_youden"]
         for name in LEADERBOARD_THRESHOLD_METRICS:
             for suffix in ("", "_ci_low", "_ci_high"):
                 row[f"{split}_{name}{suffix}"] = number(at_youden.get(f"{name}{suffix}"))
     row["roi"] = metrics["external"].get("roi")
-    row["youden_threshold"] = number(metrics["validation"].get("youden_threshold"))
-    row["confidence_level"] = number(metrics["validation"]["at_0.5"].get("confidence_level"))
+    row["youden_threshold"] = number(metrics[development].get("youden_threshold"))
+    row["confidence_level"] = number(metrics[development]["at_0.5"].get("confidence_level"))
     return row
+
+
+def cv_fields(oof: dict, source="") -> dict:
+    """oof_n_folds, oof_fold_aucs (one AUC per fold: None for a fold where it is undefined) and their mean and SD,
+    from metrics_oof.json's content."""
+    folds = oof.get("per_fold_roc_auc")
+    if not isinstance(folds, list) or not folds:
+        raise ValueError(f"{source}metrics_oof.json has no per-fold ROC-AUC (per_fold_roc_auc).")
+    return {
+        "oof_n_folds": int(oof.get("n_folds") or len(folds)),
+        "oof_fold_aucs": [number(value) for value in folds],
+        "oof_per_fold_auc_mean": number(oof.get("per_fold_roc_auc_mean")),
+        "oof_per_fold_auc_sd": number(oof.get("per_fold_roc_auc_sd")),
+    }
 
 
 # train_vit.py's cards use the Hub's metric ids where one exists (sensitivity is `recall`).
@@ -179,7 +215,8 @@ def averaged_auc(labels, probabilities, confidence_level=0.95, metric_path=CLINI
 def seed_summary(rows) -> dict:
     """{model_slug: {"model", "n_runs", "n_finished", metric: {"mean", "sd", "n"}}} over each model's finished runs.
 
-    SD is the sample standard deviation (ddof=1), None with fewer than two values.
+    SD is the sample standard deviation (ddof=1), None with fewer than two values. Cross-validated runs add oof_auc
+    (across seeds) and oof_fold_auc: every fold's AUC of every run pooled (its "n" counts folds, "n_runs" the runs).
     """
     summary = {}
     for row in rows:
@@ -190,14 +227,20 @@ def seed_summary(rows) -> dict:
             entry["rows"].append(row)
     for entry in summary.values():
         finished = entry.pop("rows")
-        for metric in SUMMARY_METRICS:
-            values = [row[metric] for row in finished if row.get(metric) is not None]
-            entry[metric] = {
-                "mean": float(np.mean(values)) if values else None,
-                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                "n": len(values),
-            }
+        for metric in (*SUMMARY_METRICS, "oof_auc"):
+            entry[metric] = spread([row[metric] for row in finished if row.get(metric) is not None])
+        with_folds = [row for row in finished if row.get("oof_fold_aucs")]
+        entry["oof_fold_auc"] = spread([value for row in with_folds for value in row["oof_fold_aucs"] if value is not None])
+        entry["oof_fold_auc"]["n_runs"] = len(with_folds)
     return summary
+
+
+def spread(values) -> dict:
+    return {
+        "mean": float(np.mean(values)) if values else None,
+        "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        "n": len(values),
+    }
 
 
 def seed_averaged_aucs(rows, predictions, metric_path=CLINICAL_METRIC_PATH) -> dict:
@@ -255,30 +298,77 @@ def format_spread(entry, n_finished) -> str:
     return f"{text} (n=1)" if entry["n"] == 1 else text
 
 
-def summary_table(summary, averaged) -> list[str]:
-    header = ["model", "finished runs", *[SUMMARY_LABELS[m] for m in SUMMARY_METRICS]]
-    header += [f"seed-averaged {split} AUC (CI)" for split in AVERAGED_SPLITS]
+def summary_metrics(summary) -> list[str]:
+    """The per-model table's metrics: SUMMARY_METRICS; when some run is cross-validated, its out-of-fold AUC and
+    per-fold AUC come right after validation AUC, which is left out when no run has one (every run cross-validated)."""
+    if not any(entry["oof_auc"]["n"] for entry in summary.values()):
+        return list(SUMMARY_METRICS)
+    validation = ["validation_auc"] if any(entry["validation_auc"]["n"] for entry in summary.values()) else []
+    return [*validation, *CV_SUMMARY_METRICS, *SUMMARY_METRICS[1:]]
+
+
+def format_fold_spread(entry) -> str:
+    """mean ± SD over the folds of every cross-validated run, with how many folds of how many runs."""
+    if entry["mean"] is None:
+        return "–"
+    text = f"{entry['mean']:.3f}" if entry["sd"] is None else f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+    return f"{text} ({entry['n']} folds of {entry['n_runs']} run{'s' if entry['n_runs'] != 1 else ''})"
+
+
+def summary_table(summary) -> list[str]:
+    """Per model: the mean ± SD across its finished runs, the figure to quote for a single run of that model (for
+    the per-fold OOF AUC: across the folds of its runs)."""
+    metrics = summary_metrics(summary)
+    header = ["model", "finished runs", *[SUMMARY_LABELS[m] for m in metrics]]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for slug, entry in summary.items():
         cells = [f"`{slug}`", f"{entry['n_finished']}/{entry['n_runs']}"]
-        cells += [format_spread(entry[metric], entry["n_finished"]) for metric in SUMMARY_METRICS]
+        cells += [format_fold_spread(entry[metric]) if metric == "oof_fold_auc" else format_spread(entry[metric], entry["n_finished"])
+                  for metric in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def ensemble_table(averaged) -> list[str]:
+    """Per model: the AUC of the seeds' averaged predictions with its DeLong CI. An ensemble no run saved, so no one
+    can download it; it usually reads above a single run's AUC, so it is kept apart from the per-model means."""
+    header = ["model", "seeds", *[f"ensemble {split} AUC (CI)" for split in AVERAGED_SPLITS]]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for slug, results in averaged.items():
+        present = [result for result in results.values() if result is not None]
+        if not present:
+            continue
+        cells = [f"`{slug}`", str(present[0]["n_seeds"])]
         for split in AVERAGED_SPLITS:
-            result = averaged.get(slug, {}).get(split)
+            result = results.get(split)
             cells.append(
                 "–" if result is None
                 else format_value(result["roc_auc"], result.get("roc_auc_ci_low"), result.get("roc_auc_ci_high"))
             )
         lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return lines if len(lines) > 2 else []
+
+
+def development_cell(row) -> str:
+    """Validation AUC (CI); for a cross-validated run the out-of-fold AUC (CI) and its per-fold mean ± SD."""
+    if row.get("oof_auc") is None:
+        return format_value(row.get("validation_auc"), row.get("validation_auc_ci_low"), row.get("validation_auc_ci_high"))
+    text = "OOF " + format_value(row["oof_auc"], row.get("oof_auc_ci_low"), row.get("oof_auc_ci_high"))
+    if row.get("oof_per_fold_auc_mean") is not None:
+        sd = row.get("oof_per_fold_auc_sd")
+        text += f"; {row.get('oof_n_folds')} folds {row['oof_per_fold_auc_mean']:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+    return text
 
 
 def runs_table(rows) -> list[str]:
-    header = ["model", "seed", "status", "ROI", "validation AUC (CI)", "test AUC (CI)", "external AUC (CI)",
+    cross_validated = any(row.get("oof_auc") is not None for row in rows)
+    development = "validation / OOF AUC (CI)" if cross_validated else "validation AUC (CI)"
+    header = ["model", "seed", "status", "ROI", development, "test AUC (CI)", "external AUC (CI)",
               "external sensitivity (CI)", "external specificity (CI)", "where"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
-        cells = [f"`{row['model_slug']}`", str(row["seed"]), row["status"], row.get("roi") or "–"]
-        for name in ("validation_auc", "test_auc", "external_auc", "external_sensitivity", "external_specificity"):
+        cells = [f"`{row['model_slug']}`", str(row["seed"]), row["status"], row.get("roi") or "–", development_cell(row)]
+        for name in ("test_auc", "external_auc", "external_sensitivity", "external_specificity"):
             cells.append(format_value(row.get(name), row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")))
         cells.append(f"`{row.get('hub_repo') or row.get('run_dir') or '–'}`")
         lines.append("| " + " | ".join(cells) + " |")
@@ -324,43 +414,53 @@ def leaderboard_markdown(rows, summary, averaged, settings: dict, forest_plot: s
         n_runs=len(rows),
         status_counts=", ".join(f"{n} {status}" for status, n in counts.items()),
         level=f"{levels.pop():.0%}" if len(levels) == 1 else "95%",
-        summary_table=summary_table(summary, averaged),
+        cross_validated=any(row.get("oof_auc") is not None for row in rows),
+        summary_table=summary_table(summary),
+        ensemble_table=ensemble_table(averaged),
         forest_plot=forest_plot,
         runs_table=runs_table(rows),
         problems=problem_runs(rows),
     )
 
 
-def plot_forest(rows, averaged, path, split="external") -> Path:
-    """Forest plot of `split` AUC: per model, one line per run (point and CI) then the seed-averaged estimate."""
+def forest_entries(rows, summary, split="external") -> list[tuple]:
+    """(label, auc, low, high, is_model_mean, status) per line of the forest plot: each run with its CI, then the
+    model's mean across its finished runs with a bar of ± 1 SD (the spread a new run of that model can expect)."""
+    name = f"{split}_auc"
+    entries = []
+    for slug in dict.fromkeys(row["model_slug"] for row in rows):
+        for row in [row for row in rows if row["model_slug"] == slug]:
+            entries.append((f"{slug} · seed {row['seed']}", row.get(name), row.get(f"{name}_ci_low"),
+                            row.get(f"{name}_ci_high"), False, row["status"]))
+        spread = summary.get(slug, {}).get(name) or {}
+        if spread.get("mean") is not None:
+            sd = spread["sd"] or 0.0
+            entries.append((f"{slug} · mean of {spread['n']} run(s)", spread["mean"], max(0.0, spread["mean"] - sd),
+                            min(1.0, spread["mean"] + sd), True, "finished"))
+    return entries
+
+
+def plot_forest(rows, summary, path, split="external") -> Path:
+    """Forest plot of `split` AUC: per model, one line per run (point and CI), then the mean across runs (diamond)."""
     from lymphus_ml.plots import agg_pyplot
 
     plt = agg_pyplot()
-    entries = []  # (label, auc, low, high, averaged?)
-    for slug in dict.fromkeys(row["model_slug"] for row in rows):
-        for row in [row for row in rows if row["model_slug"] == slug]:
-            name = f"{split}_auc"
-            entries.append((f"{slug} · seed {row['seed']}", row.get(name), row.get(f"{name}_ci_low"),
-                            row.get(f"{name}_ci_high"), False, row["status"]))
-        result = averaged.get(slug, {}).get(split)
-        if result is not None:
-            entries.append((f"{slug} · seeds averaged", result["roc_auc"], result.get("roc_auc_ci_low"),
-                            result.get("roc_auc_ci_high"), True, "finished"))
+    entries = forest_entries(rows, summary, split)
     figure, axes = plt.subplots(figsize=(7, 1.2 + 0.35 * len(entries)), dpi=100)
     lows = [value for entry in entries for value in entry[1:3] if value is not None]
     left = max(0.0, min(lows + [0.5]) - 0.05)
-    for position, (label, auc, low, high, is_average, status) in enumerate(entries):
+    for position, (label, auc, low, high, is_mean, status) in enumerate(entries):
         y = len(entries) - 1 - position
         if auc is None:
             axes.text(left + 0.01, y, status, va="center", fontsize=8, color="grey")
             continue
-        color = "black" if is_average else "tab:blue"
+        color = "black" if is_mean else "tab:blue"
         if low is not None and high is not None:
-            axes.plot([low, high], [y, y], color=color, lw=2 if is_average else 1.2)
-        axes.plot([auc], [y], "D" if is_average else "o", color=color, markersize=7 if is_average else 5)
+            axes.plot([low, high], [y, y], color=color, lw=2 if is_mean else 1.2)
+        axes.plot([auc], [y], "D" if is_mean else "o", color=color, markersize=7 if is_mean else 5)
     axes.axvline(0.5, ls="--", color="grey", lw=1)
     axes.set_yticks(range(len(entries)), [entry[0] for entry in reversed(entries)], fontsize=8)
-    xlabel = f"{split} ROC-AUC (runs: bootstrap CI; seeds averaged: DeLong CI)"
+    xlabel = f"{split} ROC-AUC (runs: their 95% CI as train_vit.py reports it; diamond: mean across runs ± 1 SD)"
     axes.set(xlim=(left, 1.0), ylim=(-0.7, len(entries) - 0.3), xlabel=xlabel,
              title=f"{split.capitalize()} ROC-AUC per run and model")
     figure.tight_layout()
@@ -377,7 +477,7 @@ def write_leaderboard(output_dir, rows, predictions, settings, metric_path=CLINI
     write_leaderboard_csv(output_dir / "leaderboard.csv", rows)
     forest_plot = "forest_external_auc.png"
     partial = output_dir / f".partial-{forest_plot}"
-    plot_forest(rows, averaged, partial)
+    plot_forest(rows, summary, partial)
     os.replace(partial, output_dir / forest_plot)
     markdown = leaderboard_markdown(rows, summary, averaged, settings, forest_plot)
     write_text_atomic(output_dir / "leaderboard.md", markdown)

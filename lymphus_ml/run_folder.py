@@ -32,12 +32,13 @@ DRIVER_FILES = ("train_vit.log", "sweep_run.json")
 # scripts' reports, plots and card; the offline demo's export; TensorBoard logs. A file that appears during a run is
 # listed as the run's only if it is one of these, so a file put beside them (a `patients.csv`) is never listed,
 # pushed or touched, and the next run into the folder is refused, naming it.
-RUN_OUTPUT_FOLDERS = ("checkpoint-*", "synthetic-lymphus", "runs")
+RUN_OUTPUT_FOLDERS = ("checkpoint-*", "synthetic-lymphus", "runs", "base_model")
 RUN_OUTPUT_FILES = (
     "README.md", "config.json", "preprocessor_config.json", "processor_config.json", "model*.safetensors",
     "model.safetensors.index.json", "training_args.bin", "trainer_state.json", "*_results.json", "metrics_*.json",
     "threshold.json", "predictions.csv", "segmentation_cases.csv", "roc_*.png", "confusion_matrix_*.png",
-    "saliency_*.png", "overlays_*.png",
+    "saliency_*.png", "overlays_*.png", "reliability_*.png",
+    "adapter_config.json", "adapter_model.safetensors", "classifier_config.json", "finetuning.json",  # finetuning.py
 )
 
 

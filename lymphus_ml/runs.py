@@ -31,6 +31,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TRAIN_VIT_SCRIPT = PROJECT_ROOT / "train_vit.py"
 # The evaluation splits of a train_vit.py run: metrics_<split>.json and the `split` column of predictions.csv.
 RUN_SPLITS = ("validation", "test", "external")
+# A --cv_folds run has metrics_oof.json (its out-of-fold development results) in place of metrics_validation.json.
+CV_DEVELOPMENT_SPLIT = "oof"
 PREDICTION_COLUMNS = ("case_id", "split", "label", "probability", "prediction_at_youden")
 LOG_TAIL_LINES = 25
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -347,13 +349,36 @@ def read_run_predictions(path) -> dict:
     return predictions
 
 
+def development_split(split: str, present) -> str:
+    """The split whose metrics file a run has for `split`: "oof" in place of "validation" for a --cv_folds run (one
+    whose files `present` include metrics_oof.json but not metrics_validation.json), else `split` itself."""
+    if split == "validation" and "metrics_validation.json" not in present and f"metrics_{CV_DEVELOPMENT_SPLIT}.json" in present:
+        return CV_DEVELOPMENT_SPLIT
+    return split
+
+
+def missing_run_files(folder) -> list[str]:
+    """train_vit.py's result files (metrics_<split>.json of RUN_SPLITS, predictions.csv) a run folder lacks; a
+    --cv_folds run's metrics_oof.json stands for metrics_validation.json."""
+    folder = Path(folder)
+    present = {path.name for path in folder.glob("*") if path.is_file()} if folder.is_dir() else set()
+    names = [f"metrics_{development_split(split, present)}.json" for split in RUN_SPLITS] + ["predictions.csv"]
+    missing = [name for name in names if name not in present]
+    return [f"{name} (or metrics_oof.json of a --cv_folds run)" if name == "metrics_validation.json" else name
+            for name in missing]
+
+
 def read_run_metrics(folder) -> dict:
-    """{split: metrics_<split>.json} of a train_vit.py run folder, for every split of RUN_SPLITS."""
+    """{split: metrics_<split>.json} of a train_vit.py run folder, for every split of RUN_SPLITS; a --cv_folds run
+    gives "oof" (metrics_oof.json, its out-of-fold results) in place of "validation"."""
     folder, metrics = Path(folder), {}
+    present = {path.name for path in folder.glob("metrics_*.json")} if folder.is_dir() else set()
     for split in RUN_SPLITS:
+        split = development_split(split, present)
         path = folder / f"metrics_{split}.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing.")
+            also = " (nor metrics_oof.json of a --cv_folds run)" if split == "validation" else ""
+            raise FileNotFoundError(f"{path} is missing{also}.")
         try:
             metrics[split] = json.loads(path.read_text())
         except json.JSONDecodeError as error:

@@ -11,7 +11,18 @@ node can be measured:
 Occlusion is batched here (checked against captum's `Occlusion` in the tests); integrated gradients is captum's.
 Maps are at the model's input size, so the masks must be in the same geometry: after the ROI transform (full
 image or crop of the mask's box) and the resize to the model's input (`resize_mask`).
+
+A score means little alone: a network with a random head, or random weights throughout, already puts much of its
+saliency on a node that fills the view (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).
+`saliency_with_controls` scores the trained model beside two randomised controls, the two ends of their cascading
+randomisation (the classifier head re-initialised; every weight re-initialised, a fresh model from the same config
+and a fixed seed), with the paired per-case excess of the trained model over each:
+
+    result = saliency_with_controls(model, pixel_values, masks, targets, seed=42)
+    result["summary"]["controls"]["head_reinitialised"]["excess_energy_in_node_ci_low"]  # > 0: beats the control
 """
+
+import copy
 
 from pathlib import Path
 
@@ -33,15 +44,22 @@ def resize_mask(mask, size) -> np.ndarray:
     return (np.asarray(mask.resize((width, height), Image.Resampling.NEAREST)) > 0).astype(np.uint8)
 
 
-def occlusion_window(height: int, width: int, fraction: float = 1 / 8) -> tuple[tuple[int, int], tuple[int, int]]:
-    """((window_h, window_w), (stride_h, stride_w)): a window `fraction` of the input, stride half the window.
+def occlusion_window(
+    height: int, width: int, fraction: float = 1 / 8, stride_fraction: float | None = None
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((window_h, window_w), (stride_h, stride_w)): a window `fraction` of the input, the stride `stride_fraction`
+    of it (default: half the window).
 
-    Relative to the input, so a 64x64 and a 224x224 model are probed on the same 15 x 15 grid of positions.
+    Relative to the input, so a 64x64 and a 224x224 model are probed on the same grid of positions: 15 x 15 at the
+    default, 4 x 4 with fraction = stride_fraction = 1/4 (train_vit.py's default, non-overlapping windows).
     """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"The occlusion window fraction {fraction} is not in (0, 1].")
+    for name, value in (("window", fraction), ("stride", stride_fraction)):
+        if value is not None and not 0 < value <= 1:
+            raise ValueError(f"The occlusion {name} fraction {value} is not in (0, 1].")
     window = (max(1, round(height * fraction)), max(1, round(width * fraction)))
-    return window, (max(1, window[0] // 2), max(1, window[1] // 2))
+    if stride_fraction is None:
+        return window, (max(1, window[0] // 2), max(1, window[1] // 2))
+    return window, (max(1, round(height * stride_fraction)), max(1, round(width * stride_fraction)))
 
 
 def occlusion_masks(height: int, width: int, window, stride) -> torch.Tensor:
@@ -95,6 +113,45 @@ def occlusion_saliency(score, pixel_values, targets, window, stride, batch_size:
     return torch.einsum("np,phw->nhw", drops.view(count, positions), masks.float()) / coverage.float()
 
 
+def integrated_gradients(score, pixel_values, targets, steps: int, batch_size: int, tolerance: float | None,
+                         max_steps: int):
+    """(maps (N, H, W), completeness errors (N,), steps used (N,)): captum `IntegratedGradients` from the all-zero
+    (mean) image, summed over channels.
+
+    Completeness error: |sum of attributions - (F(x) - F(baseline))| / |F(x) - F(baseline)|, F the explained score
+    (NaN where F(x) = F(baseline), nothing to attribute). Starting at `steps` Gauss-Legendre steps, the images whose
+    error exceeds `tolerance` are attributed again with twice the steps, up to `max_steps` (tolerance None: no
+    refinement).
+    """
+    from captum.attr import IntegratedGradients
+
+    explainer = IntegratedGradients(score)
+    count = len(pixel_values)
+    with torch.no_grad():
+        baseline = torch.zeros_like(pixel_values[:1])
+        change = torch.cat([score(batch) for batch in pixel_values.split(batch_size)]).gather(1, targets[:, None])[:, 0]
+        change = change - score(baseline)[0][targets]
+    maps = torch.zeros(count, *pixel_values.shape[2:])
+    errors = np.full(count, np.nan)
+    used = np.zeros(count, dtype=int)
+    pending = torch.arange(count)
+    while len(pending):
+        images_per_call = max(1, batch_size // steps)
+        for chunk in pending.split(images_per_call):
+            attributions = explainer.attribute(
+                pixel_values[chunk], baselines=0.0, target=targets[chunk], n_steps=steps
+            ).detach()
+            maps[chunk] = attributions.sum(dim=1).float().cpu()
+            total = attributions.flatten(1).sum(dim=1).float()
+            errors[chunk.numpy()] = ((total - change[chunk]).abs() / change[chunk].abs()).cpu().numpy()
+            used[chunk.numpy()] = steps
+        if tolerance is None or steps * 2 > max_steps:
+            break
+        pending = pending[torch.as_tensor(errors[pending.numpy()] > tolerance)]  # NaN: nothing to refine
+        steps *= 2
+    return maps, errors, used
+
+
 def saliency_maps(
     model,
     pixel_values,
@@ -102,23 +159,31 @@ def saliency_maps(
     method: str = "occlusion",
     *,
     window_fraction: float = 1 / 8,
-    integrated_gradients_steps: int = 16,
+    stride_fraction: float | None = None,
+    integrated_gradients_steps: int = 64,
+    completeness_tolerance: float | None = 0.05,
+    max_integrated_gradients_steps: int = 1024,
     batch_size: int = 256,
-) -> np.ndarray:
+    details: bool = False,
+):
     """One saliency map per image, (N, H, W) float32 at the input size. Positive = supports the target.
 
     pixel_values: (N, C, H, W) already preprocessed (normalised) as the model is fed. target_index: the class
     explained, an int for all images or one per image (e.g. the predicted class, or the positive class). The score
     explained is the target's log-odds against the other classes (`target_log_odds`).
 
-    occlusion (default): a window `window_fraction` of the input, all channels, slides with a stride of half the
-    window and is set to 0, the normalised mean; a pixel's value is the mean drop of the score over the windows
-    covering it. Costs (2 / window_fraction - 1)^2 + 1 = 226 forward passes per image at the default, batched
-    `batch_size` images per model call. Evidence spread over a region larger than the window (a whole node read
-    by its brightness) survives any one window and scores low: a larger `window_fraction` or integrated gradients
-    then show it better.
-    integrated_gradients: captum `IntegratedGradients` from the all-zero (mean) image, `integrated_gradients_steps`
-    Gauss-Legendre steps (a forward and a backward pass each), summed over channels.
+    occlusion (default): a window `window_fraction` of the input, all channels, slides with a stride of
+    `stride_fraction` of the input (default half the window) and is set to 0, the normalised mean; a pixel's value
+    is the mean drop of the score over the windows covering it. Costs (2 / window_fraction - 1)^2 + 1 = 226 forward
+    passes per image at the default (17 with window = stride = 1/4), batched `batch_size` images per model call.
+    Evidence spread over a region larger than the window (a whole node read by its brightness) survives any one
+    window and scores low: a larger `window_fraction` or integrated gradients then show it better.
+    integrated_gradients: captum `IntegratedGradients` from the all-zero (mean) image, from
+    `integrated_gradients_steps` Gauss-Legendre steps (a forward and a backward pass each), doubled per image
+    until its completeness error is under `completeness_tolerance` or `max_integrated_gradients_steps` is
+    reached (`integrated_gradients`), summed over channels.
+
+    details: also return {"completeness_error": (N,) or None, "steps": (N,) or None} (integrated gradients only).
     """
     if method not in SALIENCY_METHODS:
         raise ValueError(f"Saliency method {method!r} is not one of {SALIENCY_METHODS}.")
@@ -129,8 +194,10 @@ def saliency_maps(
         raise ValueError(f"pixel_values must be (N, C, H, W); got shape {tuple(pixel_values.shape)}.")
     count, _, height, width = pixel_values.shape
     targets = torch.as_tensor(target_index, dtype=torch.long).expand(count).to(device)
+    info = {"completeness_error": None, "steps": None}
     if count == 0:
-        return np.zeros((0, height, width), dtype=np.float32)
+        maps = np.zeros((0, height, width), dtype=np.float32)
+        return (maps, info) if details else maps
 
     def score(inputs):
         return target_log_odds(model(pixel_values=inputs).logits.float())
@@ -139,27 +206,18 @@ def saliency_maps(
     model.eval()  # dropout off: the same image gets the same map
     try:
         if method == "occlusion":
-            window, stride = occlusion_window(height, width, window_fraction)
+            window, stride = occlusion_window(height, width, window_fraction, stride_fraction)
             maps = occlusion_saliency(score, pixel_values, targets, window, stride, batch_size)
         else:
-            from captum.attr import IntegratedGradients
-
-            explainer = IntegratedGradients(score)
-            images_per_call = max(1, batch_size // integrated_gradients_steps)
-            maps = torch.cat(
-                [
-                    explainer.attribute(
-                        pixel_values[start : start + images_per_call],
-                        baselines=0.0,
-                        target=targets[start : start + images_per_call],
-                        n_steps=integrated_gradients_steps,
-                    ).detach().sum(dim=1)
-                    for start in range(0, count, images_per_call)
-                ]
+            maps, errors, steps = integrated_gradients(
+                score, pixel_values, targets, integrated_gradients_steps, batch_size, completeness_tolerance,
+                max_integrated_gradients_steps,
             )
+            info = {"completeness_error": errors, "steps": steps}
     finally:
         model.train(was_training)
-    return maps.float().cpu().numpy()
+    maps = maps.float().cpu().numpy()
+    return (maps, info) if details else maps
 
 
 def energy_pointing_game(saliency, mask) -> float:
@@ -254,6 +312,116 @@ def saliency_summary(saliency_maps, masks, confidence_level: float = 0.95) -> di
     }
 
 
+def stratified_sample(labels, max_cases: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of at most `max_cases` cases, drawn without replacement within each label in proportion to
+    its count (largest remainders, at least one case per label when max_cases allows), seeded. None or 0, or a set
+    no larger: every case."""
+    labels = np.asarray(labels)
+    if not max_cases or max_cases >= len(labels):
+        return np.arange(len(labels))
+    values, counts = np.unique(labels, return_counts=True)
+    quotas = counts * max_cases / len(labels)
+    taken = np.floor(quotas).astype(int)
+    if max_cases >= len(values):
+        taken = np.maximum(taken, 1)
+    for index in np.argsort(-(quotas - np.floor(quotas)), kind="stable"):
+        if taken.sum() >= max_cases:
+            break
+        taken[index] += 1
+    while taken.sum() > max_cases:  # the at-least-one rule overshot: take back from the largest
+        taken[np.argmax(taken)] -= 1
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(labels == value), size=min(k, n), replace=False)
+              for value, k, n in zip(values, taken, counts)]
+    return np.sort(np.concatenate(chosen))
+
+
+CONTROLS = {
+    "head_reinitialised": "classifier head re-initialised",
+    "all_reinitialised": "all weights re-initialised",
+}
+
+
+def classifier_head_name(model) -> str:
+    """Name of the top-level module holding the last Linear layer with num_labels outputs (`classifier` in the
+    transformers image classifiers: ViT, ResNet, ConvNeXt, Swin, ...)."""
+    num_labels = model.config.num_labels
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module.out_features == num_labels]
+    if not names:
+        raise ValueError(f"No Linear layer with {num_labels} outputs in {type(model).__name__}: no classifier head to re-initialise.")
+    return names[-1].split(".")[0]
+
+
+def randomised_controls(model, seed: int) -> dict:
+    """{"head_reinitialised": the model with its classifier head re-initialised, "all_reinitialised": a fresh
+    model from the same config}, both initialised as transformers does, from `seed` (the global torch RNG is left
+    as it was). The two ends of Adebayo et al.'s cascading randomisation (2018)."""
+    from transformers import AutoModelForImageClassification
+
+    parameter = next(model.parameters())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = AutoModelForImageClassification.from_config(model.config)
+    fresh = fresh.to(device=parameter.device, dtype=parameter.dtype).eval()
+    head = classifier_head_name(model)
+    head_control = copy.deepcopy(model).eval()
+    head_control.get_submodule(head).load_state_dict(fresh.get_submodule(head).state_dict())
+    return {"head_reinitialised": head_control, "all_reinitialised": fresh}
+
+
+def paired_excess(trained: dict, control: dict, confidence_level: float = 0.95) -> dict:
+    """Per-case excess of the trained model over a control (`saliency_scores` of each, same cases): energy in node
+    (cases where both maps have positive saliency) and pointing game (hit 1 / miss 0), mean difference with a
+    paired Student t interval over cases. Bounds NaN when the differences do not vary (no interval to give)."""
+    result = {}
+    energy = trained["energy_in_node"] - control["energy_in_node"]
+    hits = trained["pointing_game_hit"].astype(float) - control["pointing_game_hit"].astype(float)
+    for name, differences in (("energy_in_node", energy[~np.isnan(energy)]), ("pointing_game", hits)):
+        mean, low, high = mean_t_interval(differences, confidence_level)
+        if len(differences) and np.ptp(differences) == 0:
+            low = high = float("nan")
+        result |= {f"excess_{name}_n_pairs": int(len(differences)), f"excess_{name}_mean": mean,
+                   f"excess_{name}_ci_low": low, f"excess_{name}_ci_high": high}
+    return result
+
+
+def completeness_summary(errors) -> dict:
+    """Median and 90th percentile of integrated gradients' completeness errors (NaN ones left out), and how many."""
+    errors = np.asarray(errors, dtype=np.float64)
+    defined = errors[~np.isnan(errors)]
+    if not len(defined):
+        return {"completeness_error_median": float("nan"), "completeness_error_p90": float("nan"),
+                "completeness_error_n": 0}
+    return {"completeness_error_median": float(np.median(defined)),
+            "completeness_error_p90": float(np.percentile(defined, 90)), "completeness_error_n": int(len(defined))}
+
+
+def saliency_with_controls(model, pixel_values, masks, targets, method: str = "occlusion", *, seed: int = 0,
+                           confidence_level: float = 0.95, **options) -> dict:
+    """The trained model's saliency scores beside its randomised controls' (`randomised_controls`), on the same
+    images and explaining the same class per image (`targets`), with the paired excess over each control.
+
+    Returns {"summary": `saliency_summary` of the model + (integrated gradients) its completeness errors +
+    "controls": {name: its summary + `paired_excess` of the model over it}, "maps": {"trained": (N, H, W), name:
+    ...}, "scores": {"trained": `saliency_scores`, name: ...}}. options: `saliency_maps` keyword arguments.
+    """
+    models = {"trained": model, **randomised_controls(model, seed)}
+    summary, all_maps, all_scores = {}, {}, {}
+    for name, explained in models.items():
+        maps, info = saliency_maps(explained, pixel_values, targets, method, details=True, **options)
+        all_maps[name], all_scores[name] = maps, saliency_scores(maps, masks)
+        part = saliency_summary(maps, masks, confidence_level)
+        if info["completeness_error"] is not None:
+            part |= completeness_summary(info["completeness_error"])
+            part["integrated_gradients_steps_max"] = int(info["steps"].max()) if len(info["steps"]) else 0
+        if name == "trained":
+            summary = part | {"controls": {}}
+        else:
+            summary["controls"][name] = part | paired_excess(all_scores["trained"], all_scores[name], confidence_level)
+    return {"summary": summary, "maps": all_maps, "scores": all_scores}
+
+
 def representative_cases(scores) -> list[tuple[str, int]]:
     """[("best", i), ("median", j), ("worst", k)]: indices of the highest, median and lowest score (NaN skipped)."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -264,34 +432,46 @@ def representative_cases(scores) -> list[tuple[str, int]]:
     return [("best", int(ranked[0])), ("median", int(ranked[len(ranked) // 2])), ("worst", int(ranked[-1]))]
 
 
-def plot_saliency_cases(images, masks, maps, scores, path, title: str = "") -> Path:
+def plot_saliency_cases(images, masks, maps, scores, path, title: str = "", controls: dict | None = None,
+                        control_scores: dict | None = None) -> Path:
     """PNG of the best, median and worst case by `scores` (energy in node): rows; columns image, image with the
-    node outlined, positive saliency over the image (scaled to its peak). images: (N, H, W) uint8 grayscale at
-    the model input size; masks and maps in the same geometry.
+    node outlined, positive saliency over the image (scaled to its peak), then one column per control map of the
+    same case (`controls`: {name: (N, H, W)}, `control_scores`: {name: energy in node per image}). images: (N, H,
+    W) uint8 grayscale at the model input size; masks and maps in the same geometry.
     """
     from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas on savefig
 
+    controls, control_scores = controls or {}, control_scores or {}
     cases = representative_cases(scores)
-    figure = Figure(figsize=(7.5, 2.5 * max(1, len(cases))), dpi=100, layout="constrained")
+    columns = 3 + len(controls)
+    figure = Figure(figsize=(2.5 * columns, 2.5 * max(1, len(cases))), dpi=100, layout="constrained")
     if not cases:
         figure.text(0.5, 0.5, "no image with positive saliency", ha="center", va="center")
+    headings = ["image", "expert node", "saliency (positive)"] + [
+        f"control: {CONTROLS.get(name, name)}".replace(" re-init", "\nre-init") for name in controls
+    ]
     for row, (name, index) in enumerate(cases):
         image, mask = np.asarray(images[index]), np.asarray(masks[index]) > 0
-        positive = np.clip(np.asarray(maps[index], dtype=np.float64), 0, None)
-        peak = positive.max()
-        axes = [figure.add_subplot(len(cases), 3, 3 * row + column + 1) for column in range(3)]
+        axes = [figure.add_subplot(len(cases), columns, columns * row + column + 1) for column in range(columns)]
         for ax in axes:
             ax.imshow(image, cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
         if mask.any():
             axes[1].contour(mask, levels=[0.5], colors="lime", linewidths=1)
-        relative = positive / peak if peak > 0 else positive
-        # Below a tenth of the peak left clear, so the image shows through where the model does not look.
-        overlay = axes[2].imshow(np.ma.masked_less(relative, 0.1), cmap="jet", alpha=0.6, vmin=0, vmax=1)
+        for column, (saliency, label) in enumerate(
+            [(maps, None)] + [(controls[c], control_scores.get(c)) for c in controls], start=2
+        ):
+            positive = np.clip(np.asarray(saliency[index], dtype=np.float64), 0, None)
+            peak = positive.max()
+            relative = positive / peak if peak > 0 else positive
+            # Below a tenth of the peak left clear, so the image shows through where the model does not look.
+            overlay = axes[column].imshow(np.ma.masked_less(relative, 0.1), cmap="jet", alpha=0.6, vmin=0, vmax=1)
+            if label is not None:
+                axes[column].set_xlabel(f"energy in node {label[index]:.2f}", fontsize=8)
         axes[0].set_ylabel(f"{name} (#{index})\nenergy in node {scores[index]:.2f}", fontsize=8)
         if row == 0:
-            for ax, heading in zip(axes, ("image", "expert node", "saliency (positive)")):
+            for ax, heading in zip(axes, headings):
                 ax.set_title(heading, fontsize=9)
     if cases:
         figure.colorbar(overlay, ax=figure.axes, shrink=0.6, label="saliency / image max")

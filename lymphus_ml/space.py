@@ -19,24 +19,56 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SPACE_CARD_TEMPLATE = PROJECT_ROOT / "space_card.md"
 SHIPPED_FILES = ("space_card.md",)
 SPACE_CONFIG_FILE = "space_config.json"  # beside app.py in a Space: the Hub ids it serves
-# Not installed in a Space: the test tools, and gradio itself, which the Space's SDK provides at `sdk_version`.
-SPACE_EXCLUDED_REQUIREMENTS = ("pytest", "playwright", "gradio", "gradio-client")
+# Not installed from requirements.txt in a Space: gradio, which the Space's SDK provides at `sdk_version`.
+SPACE_EXCLUDED_REQUIREMENTS = ("gradio",)
+# A CPU Space installs torch and torchvision as PyTorch's CPU builds (`2.14.1+cpu`, from PyTorch's CPU wheel index,
+# as public CPU Spaces pin them): PyPI's torch is the CUDA build, 5 GB of GPU libraries a CPU Space never uses.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CPU_BUILDS = ("torch", "torchvision")
 
 
-def space_requirements(requirements_path=PROJECT_ROOT / "requirements.txt") -> str:
-    """The Space's requirements.txt: the project's, less SPACE_EXCLUDED_REQUIREMENTS (comments dropped)."""
-    kept = []
+def requirement_key(requirement: str) -> str:
+    """A requirement's distribution name as PEP 503 compares them (`huggingface_hub` == `huggingface-hub`)."""
+    return re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0]).lower()
+
+
+def space_requirements(requirements_path=PROJECT_ROOT / "requirements.txt", app_path=PROJECT_ROOT / "app.py") -> str:
+    """The Space's requirements.txt: exactly the distributions of the third-party modules that the files shipped with
+    app.py import (less gradio: the SDK's), each as requirements.txt pins it, torch and torchvision as CPU builds
+    from TORCH_CPU_INDEX. ValueError for an import requirements.txt does not list, or an unpinned torch."""
+    from importlib.metadata import packages_distributions
+
+    from lymphus_ml.hub import job_files, third_party_imports
+
+    pinned = {}
     for line in Path(requirements_path).read_text().splitlines():
         requirement = line.split("#", 1)[0].strip()
-        name = re.split(r"[<>=!~\[ ;]", requirement)[0].lower().replace("_", "-")
-        if requirement and name not in SPACE_EXCLUDED_REQUIREMENTS:
-            kept.append(requirement)
-    return "\n".join(kept) + "\n"
+        if requirement:
+            pinned[requirement_key(requirement)] = requirement
+    distributions, needed = packages_distributions(), set()
+    for module, files in third_party_imports(job_files(app_path, PROJECT_ROOT), PROJECT_ROOT).items():
+        names = {requirement_key(name) for name in distributions.get(module, [module])}
+        if not names & set(pinned):
+            raise ValueError(f"{', '.join(files)} import {module}, which {requirements_path} does not list.")
+        needed |= names & set(pinned)
+    lines = []
+    for name in sorted(needed - set(SPACE_EXCLUDED_REQUIREMENTS)):
+        requirement = pinned[name]
+        if name in CPU_BUILDS:
+            version = re.fullmatch(rf"{re.escape(name)}==([0-9.]+)", requirement.replace(" ", ""), flags=re.I)
+            if version is None:
+                raise ValueError(f"{requirements_path} must pin {name} exactly (==X.Y.Z) for the Space's CPU build.")
+            requirement = f"{name}=={version.group(1)}+cpu"
+        lines.append(requirement)
+    return "\n".join([f"--extra-index-url {TORCH_CPU_INDEX}", *lines]) + "\n"
 
 
 def space_card(space_id, classifier, segmenter=None, gradio_version=None):
-    """The Space's README.md (`SpaceCard` from space_card.md): `sdk: gradio`, `app_file: app.py`, the models."""
+    """The Space's README.md (`SpaceCard` from space_card.md): `sdk: gradio`, `app_file: app.py`, the models, and
+    the LymphUs terms as its licence (what it serves was trained on LymphUs; the dataset card's name for them)."""
     from huggingface_hub import SpaceCard, SpaceCardData
+
+    from lymphus import LYMPHUS_LICENSE
 
     if gradio_version is None:
         import gradio
@@ -55,9 +87,11 @@ def space_card(space_id, classifier, segmenter=None, gradio_version=None):
         colorTo="blue",
         pinned=False,
         short_description="Lymph node ultrasound malignancy, research only",  # the Hub allows 60 characters
+        **LYMPHUS_LICENSE,
     )
     return SpaceCard.from_template(
-        card_data, template_path=str(SPACE_CARD_TEMPLATE), space_id=space_id, classifier=classifier, segmenter=segmenter
+        card_data, template_path=str(SPACE_CARD_TEMPLATE), space_id=space_id, classifier=classifier, segmenter=segmenter,
+        license=LYMPHUS_LICENSE,
     )
 
 
@@ -78,7 +112,12 @@ def check_space_models(api, classifier, segmenter) -> None:
             api.model_info(repo_id)
         except HfHubHTTPError as error:
             raise ValueError(f"{option} {repo_id} is not a model this token can read on the Hub ({error}).") from None
-    config = json.loads(Path(api.hf_hub_download(classifier, "config.json")).read_text())
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        config = json.loads(Path(api.hf_hub_download(classifier, "config.json")).read_text())
+    except EntryNotFoundError:  # a LoRA adapter (train_vit.py --finetuning lora): its classifier config
+        config = json.loads(Path(api.hf_hub_download(classifier, "classifier_config.json")).read_text())
     check_segmenter_given(classifier, config.get("roi_mode", "full"), segmenter)
 
 

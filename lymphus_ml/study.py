@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lymphus_ml.evaluation import format_metric, youden_threshold
+from lymphus_ml.evaluation import format_metric, metric_functions, youden_threshold
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -151,10 +151,41 @@ def validation_threshold(validation: CasePredictions, metric_path, where) -> flo
 
 
 def report_estimate(values, name, digits=3) -> str:
-    """`values[name]` with its interval as the report writes it (an AUC of perfectly separated classes has none)."""
+    """`values[name]` with its interval as the report writes it: an AUC of perfectly separated classes with Newcombe's
+    one-sided bound, a zero-width interval as "no variation" (`format_metric`)."""
     if name == "roc_auc" and values.get(name) is not None and values.get("perfect_separation"):
-        return f"{values[name]:.{digits}f} (perfectly separated: no CI)"
+        low, high = values.get("roc_auc_ci_low"), values.get("roc_auc_ci_high")
+        if low is None or high is None:
+            return f"{values[name]:.{digits}f} (perfectly separated: no CI)"
+        bound = f"≥ {low:.{digits}f}" if values[name] >= 1.0 else f"≤ {high:.{digits}f}"
+        return f"{values[name]:.{digits}f} (perfectly separated; {bound})"
     return format_metric(values, name, style="report", digits=digits)
+
+
+# Power: the paired AUCs' correlations at which the report states the detectable difference.
+POWER_CORRELATIONS = (0.0, 0.5)
+
+
+def detectable_difference(n_positive, n_negative, reference_auc, power=0.8, alpha=0.05) -> dict:
+    """The smallest ΔAUC over the reference model's AUC that a test set of this size detects with `power` by a
+    two-sided test at `alpha`, by Hanley & McNeil's variance, at each correlation of POWER_CORRELATIONS between the
+    two models' AUCs (the metric module's `minimum_detectable_auc_difference`); None where no gain up to AUC 1 is."""
+    minimum = metric_functions().minimum_detectable_auc_difference
+    values = {}
+    for correlation in POWER_CORRELATIONS:
+        value = minimum(reference_auc, n_positive, n_negative, power, alpha, correlation) if reference_auc is not None else float("nan")
+        values[f"r={correlation:g}"] = None if not math.isfinite(value) else value
+    return values
+
+
+def detectable_difference_text(info, reference_auc) -> str:
+    """One line of the report's power paragraph."""
+    if reference_auc is None or not 0.0 < reference_auc < 1.0:
+        return f"{info['display_name']}: n/a (the reference model's AUC is {reference_auc if reference_auc is not None else 'undefined'})"
+    values = detectable_difference(info["n_positive"], info["n_negative"], reference_auc)
+    cells = [f"{value:+.3f} at r = {key.split('=')[1]}" if value is not None else f"not even AUC 1 at r = {key.split('=')[1]}"
+             for key, value in values.items()]
+    return f"{info['display_name']} ({info['n_positive']} malignant / {info['n_negative']} benign, reference AUC {reference_auc:.3f}): {', '.join(cells)}"
 
 
 def report_p_value(p) -> str:
@@ -181,11 +212,21 @@ def report_cells(row, test_set_info) -> list[str]:
         difference = report_estimate({"d": delong["auc_difference"], "d_ci_low": delong.get("auc_difference_ci_low"),
                                     "d_ci_high": delong.get("auc_difference_ci_high")}, "d")
         difference = difference if difference.startswith("-") else "+" + difference
+        if any(auc is not None and auc in (0.0, 1.0) for auc in (delong.get("auc"), delong.get("auc_reference"))):
+            difference += " †"
         p_raw, p_holm = report_p_value(delong.get("p_value")), report_p_value(delong.get("p_value_holm"))
     cells = [test_set, f"`{row['model']}`", f"{row['threshold']:.3f}"]
     cells += [report_estimate(metrics, name) for name in ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "accuracy")]
     cells += [report_estimate(calibration_values, "brier_score"), difference, p_raw, p_holm]
     return cells
+
+
+def reference_auc(rows, test_set):
+    """The reference model's AUC on a test set (None when it was not evaluated there)."""
+    for row in rows:
+        if row["model"] == REFERENCE_MODEL and row["test_set"] == test_set:
+            return row["metrics"].get("roc_auc")
+    return None
 
 
 def build_report(results: dict) -> str:
@@ -212,6 +253,8 @@ def build_report(results: dict) -> str:
         result_rows=[report_cells(row, test_sets[row["test_set"]]) for row in results["rows"]],
         figures=[{"name": test_sets[test_set]["display_name"], **figures} for test_set, figures in results["figures"].items()],
         train_vit_runs=any(info["kind"] == "image (train_vit.py)" for info in results["models"].values()),
+        detectable=[detectable_difference_text(info, reference_auc(results["rows"], name))
+                    for name, info in test_sets.items()],
     )
 
 

@@ -77,6 +77,7 @@ if "torch" in sys.modules:  # imported before this file (a plugin): set it there
 # The shared session fixtures (synthetic exports, tiny trained models) live in tests/fixtures.py, loaded here after
 # the environment above is set.
 from fixtures import (  # noqa: E402, F401  (pytest registers the fixtures found in this module)
+    bucket_recorder,
     crop_classifier,
     full_classifier,
     official_archives,

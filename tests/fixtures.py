@@ -13,6 +13,8 @@ may import huggingface_hub / datasets / transformers at module level. Test files
   occlusion saliency (the saliency tests read it).
 - `segmenter`: a tiny SegFormer trained by train_segformer.py on `small_export`, 3 epochs.
 - `run_cli` (per test): a script's command line run in this process through `lymphus_ml.cli.run`.
+- `bucket_recorder` (per test): the local hub has no buckets (xet); records what `HfApi.sync_job_volume` (launch_job)
+  would upload to the Jobs artifacts bucket: "bucket", "add" [(bytes, remote path)]; "public" makes it a public one.
 """
 
 import json
@@ -126,3 +128,23 @@ def segmenter(small_export, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("segmenter") / "out"
     train_segformer.main(segformer_args(small_export, output_dir))
     return output_dir
+
+
+@pytest.fixture
+def bucket_recorder(monkeypatch):
+    """What a Job launch uploads to the Jobs artifacts bucket, through the public calls HfApi.sync_job_volume makes."""
+    from types import SimpleNamespace
+
+    from huggingface_hub import HfApi
+
+    uploads = {"public": False}
+
+    def sync_bucket(self, source, destination, **kwargs):
+        folder = destination.split("/", 5)[5]  # hf://buckets/<namespace>/<name>/<folder>
+        files = sorted(p for p in Path(source).rglob("*") if p.is_file())
+        uploads["add"] = [(p.read_bytes(), f"{folder}/{p.relative_to(source).as_posix()}") for p in files]
+
+    monkeypatch.setattr(HfApi, "create_bucket", lambda self, bucket_id, **kwargs: uploads.setdefault("bucket", bucket_id))
+    monkeypatch.setattr(HfApi, "bucket_info", lambda self, bucket_id, **kwargs: SimpleNamespace(private=not uploads["public"]))
+    monkeypatch.setattr(HfApi, "sync_bucket", sync_bucket)
+    return uploads

@@ -8,7 +8,7 @@ Routes, and the client calls that need them (shapes read from huggingface_hub 2.
   GET  /api/agent-harnesses                             build_hf_headers (user-agent agent detection)
   POST /api/repos/create, DELETE /api/repos/delete      create_repo (409 + "url" when it exists), delete_repo
   POST /api/validate-yaml                               upload_folder / create_commit when README.md is added
-  GET  /api/{models|datasets}/{id}[/revision/{rev}]     repo_info / model_info / dataset_info, HfFileSystem
+  GET  /api/{models|datasets}/{id}[/revision/{rev}]     repo_info / model_info (cardData from README.md) / dataset_info, HfFileSystem
   GET  /api/{t}s/{id}/tree/{rev}[/{path}]               list_repo_tree / list_repo_files, HfFileSystem.ls/glob
   POST /api/{t}s/{id}/paths-info/{rev}                  get_paths_info, HfFileSystem.info
   GET  /api/{t}s/{id}/commits/{rev}                     list_repo_commits
@@ -350,7 +350,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"id": repo_id, "author": repo_id.split("/")[0], "sha": commit["id"],
                          "private": repo["private"], "gated": False, "disabled": False, "downloads": 0, "likes": 0,
                          "tags": [], "createdAt": repo["created"], "lastModified": commit["date"],
-                         "siblings": siblings, "usedStorage": sum(e["size"] for e in commit["files"].values())})
+                         "siblings": siblings, "usedStorage": sum(e["size"] for e in commit["files"].values()),
+                         **({"cardData": card_data} if (card_data := _card_data(hub, commit)) is not None else {})})
 
     def tree(self, hub, t, repo_id, rev, path=None):
         repo = hub._repo(t, repo_id, self._user())
@@ -519,3 +520,15 @@ ROUTES = [
     ("GET", r"/api/jobs/(?P<namespace>[^/]+)", _Handler.list_jobs),
     ("GET|POST", r"/api/jobs/(?P<namespace>[^/]+)/(?P<job_id>[^/]+)(?:/(?P<action>cancel))?", _Handler.job),
 ]
+
+
+def _card_data(hub, commit):
+    """The YAML front matter of the commit's README.md, as the Hub's `cardData` (None without one)."""
+    import yaml
+
+    entry = commit["files"].get("README.md")
+    if entry is None:
+        return None
+    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", (hub.root / "objects" / entry["sha256"]).read_text(), re.DOTALL)
+    data = yaml.safe_load(match.group(1)) if match else None
+    return data if isinstance(data, dict) else None

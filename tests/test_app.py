@@ -329,13 +329,14 @@ def test_push_to_space_uploads_the_app_and_what_it_imports(hub_with_spaces, hub_
     card = SpaceCard.load(space_id, repo_type="space")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and len(card.data.short_description) <= 60
     assert card.data.sdk_version == gradio_version() and "Not for clinical use" in card.text
+    assert (card.data.license, card.data.license_name) == ("other", "lymphus-research-use")  # the dataset's terms
     assert card.data.models == [hub_models["classifier"], hub_models["segmenter"]]
     config = json.loads(hub.read_file(space_id, "space_config.json", "space"))
     assert {key: config[key] for key in ("classifier", "segmenter")} == {
         "classifier": hub_models["classifier"], "segmenter": hub_models["segmenter"]}
     requirements = hub.read_file(space_id, "requirements.txt", "space").decode().split()
     names = {re.split(r"[<>=]", requirement)[0] for requirement in requirements}
-    assert "torch==2.14.1" in requirements and {"transformers", "huggingface_hub", "datasets"} <= names
+    assert "torch==2.14.1+cpu" in requirements and {"transformers", "huggingface_hub", "datasets"} <= names  # CPU build
     assert not names & {"gradio", "gradio_client", "playwright", "pytest"}
     for path in space_file_names(hub, space_id):
         assert hub.token.encode() not in hub.read_file(space_id, path, "space")
@@ -420,8 +421,19 @@ def test_the_space_serves_its_hub_models_to_gradio_client(space_app, hub_models,
 
     client = Client(space_app, verbose=False, download_files=str(tmp_path))
     expected = app_prediction.predict_image(read(examples[1]), models)  # the same weights, loaded from the demo folder
-    probability, label, details, outline, heatmap = client.predict(handle_file(str(examples[1])), api_name="/predict")
+    (endpoint,) = [info for name, info in client.view_api(print_info=False, return_format="dict")["named_endpoints"].items()
+                   if name == "/predict"]
+    assert [parameter["parameter_name"] for parameter in endpoint["parameters"]] == ["image"]
+    probability, label, details, outline, heatmap, result = client.predict(
+        image=handle_file(str(examples[1])), api_name="/predict"
+    )
     assert probability == pytest.approx(expected["probability"], abs=1e-4) and label == expected["label"]
+    # The JSON beside the page's view: the probability unrounded, the label, the threshold and ROI that gave it
+    assert result["probability"] == pytest.approx(expected["probability"], rel=1e-6)
+    assert result["probability"] != round(result["probability"], 4)  # not the page's 4 decimals
+    assert (result["label"], result["threshold"], result["roi"]) == (expected["label"], expected["threshold"], expected["roi"])
+    assert result["classifier"] == hub_models["classifier"] and result["segmenter"] == hub_models["segmenter"]
+    assert result["roi_mode"] == models.settings["roi_mode"] and result["node_pixels"] == expected["node_pixels"]
     assert "validation threshold 0.4200" in details
     assert read(outline).size == read(examples[1]).size and max(read(heatmap).size) == app_prediction.HEATMAP_SIZE
     notes = tmp_path / "notes.txt"
@@ -485,3 +497,38 @@ def test_a_browser_uploads_an_image_and_reads_the_result(space_app, hub_models, 
     assert "notes.txt is not an image file the app can read" in read_off["error"]
     with Image.open(screenshot) as shot:
         assert shot.format == "PNG" and shot.size[0] == 1280 and shot.size[1] >= 600
+
+
+def test_a_cv_classifier_shows_its_conformal_set_on_the_page_and_in_the_json(tmp_path, examples):
+    """A classifier whose config carries conformal thresholds (as crossval.carry_settings writes them): the set is
+    every class whose probability reaches its threshold; a model without them gives prediction_set null."""
+    import dataclasses
+
+    folder = save_tiny_classifier(tmp_path / "cv-classifier", "full", 0.3)
+    plain = app.classify_upload(str(examples[0]), app_prediction.load_models(folder, device="cpu"))
+    assert plain[5]["prediction_set"] is None and "Conformal" not in plain[2]
+    p = plain[5]["probability"]
+    # Thresholds around this image's probability: benign (1 - p) always in, malignant (p) just in.
+    config = json.loads((folder / "config.json").read_text())
+    config["conformal"] = {"level": 0.9, "class_names": ["benign", "malignant"],
+                           "min_probability": {"benign": (1 - p) / 2, "malignant": p - 0.01}, "n": {"benign": 70, "malignant": 74}}
+    (folder / "config.json").write_text(json.dumps(config))
+    models = app_prediction.load_models(folder, device="cpu")
+    assert "conformal prediction sets at 90 %" in app.page_header(models)
+    cases = {  # min_probability -> the expected set, read off p(c) >= threshold_c
+        "both": ({"benign": (1 - p) / 2, "malignant": p - 0.01}, ["benign", "malignant"], "uncertain: refer"),
+        "malignant": ({"benign": min(1.0, 1 - p + 0.01), "malignant": p - 0.01}, ["malignant"], "malignant"),
+        "benign": ({"benign": (1 - p) / 2, "malignant": min(1.0, p + 0.01)}, ["benign"], "benign"),
+        "none": ({"benign": min(1.0, 1 - p + 0.01), "malignant": min(1.0, p + 0.01)}, [], "uncertain: refer"),
+    }
+    for name, (minimum, members, words) in cases.items():
+        settings = {**models.settings, "conformal": {**models.settings["conformal"], "min_probability": minimum}}
+        result = app_prediction.predict_image(read(examples[0]), dataclasses.replace(models, settings=settings))
+        assert result["probability"] == pytest.approx(p, abs=1e-6)
+        assert result["prediction_set"] == members and result["prediction_set_label"] == words, name
+        assert result["conformal_level"] == 0.9
+    # The saved config's thresholds (the "both" case) reach the page and the JSON API output
+    _, label, details, _, _, output = app.classify_upload(str(examples[0]), models)
+    assert output["prediction_set"] == ["benign", "malignant"] and output["prediction_set_label"] == "uncertain: refer"
+    assert "Conformal prediction set at 90 %: **{benign, malignant}**" in details and "uncertain: refer" in details
+    assert label == output["label"] and json.loads(json.dumps(output)) == output

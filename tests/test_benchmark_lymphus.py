@@ -245,6 +245,25 @@ def test_report_lists_every_model_and_test_set_it_was_given():
     assert "0.800 [0.700, 0.900]" in report and "| 0.750 | n/a |" in report and "| 0.200 | +0.010 | 0.500 | n/a |" in report
 
 
+def test_report_states_the_detectable_difference_and_marks_a_perfectly_separated_comparison():
+    from statsmodels.stats.power import NormalIndPower
+
+    results = fake_results([study.REFERENCE_MODEL, "vit-a"], ["center1_test"])
+    results["test_sets"]["center1_test"].update(n=160, n_positive=80, n_negative=80)
+    results["rows"][1]["delong"] = {"auc": 1.0, "auc_reference": 0.8, "auc_difference": 0.2, "p_value": 0.01,
+                                    "auc_difference_ci_low": 0.1, "auc_difference_ci_high": 0.3}
+    report = study.build_report(results)
+    assert "+0.200 [0.100, 0.300] †" in report
+    line = next(line for line in report.splitlines() if line.startswith("- Set center1_test (80 malignant / 80 benign"))
+    detectable = float(line.split(": ")[1].split(" at r = 0,")[0])
+    # Independently: power of a z test of that difference with Hanley & McNeil's variances, independent AUCs.
+    def variance(theta):
+        q1, q2 = theta / (2 - theta), 2 * theta**2 / (1 + theta)
+        return (theta * (1 - theta) + 79 * (q1 - theta**2) + 79 * (q2 - theta**2)) / 6400
+    effect = detectable / np.sqrt(variance(0.8) + variance(0.8 + detectable))
+    assert NormalIndPower().power(effect_size=effect, nobs1=1, alpha=0.05, ratio=0) == pytest.approx(0.8, abs=0.01)
+
+
 # End to end
 
 

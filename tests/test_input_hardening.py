@@ -278,8 +278,9 @@ def test_the_app_deletes_uploads_and_results(app_models, tmp_path, monkeypatch):
     try:
         noise(48, 40).save(tmp_path / "upload.png")
         client = Client(page.local_url, verbose=False, download_files=str(tmp_path / "client"))
-        _, label, _, outline, heatmap = client.predict(handle_file(str(tmp_path / "upload.png")),
-                                                       api_name="/predict")
+        _, label, _, outline, heatmap, result = client.predict(handle_file(str(tmp_path / "upload.png")),
+                                                               api_name="/predict")
+        assert result["label"] == label  # the API's JSON output, last
         assert label in ("benign", "malignant") and Path(outline).is_file() and Path(heatmap).is_file()
         kept = [path for path in cache.rglob("*") if path.is_file() and path.stat().st_size > 0]
         assert any(path.name == "upload.png" for path in kept) and len(kept) >= 3  # the upload and two pictures

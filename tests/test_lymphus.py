@@ -170,6 +170,62 @@ def test_assign_splits_ignores_input_order():
     assert lymphus.assign_splits(patients) == lymphus.assign_splits(reordered)
 
 
+def fold_class_counts(folds, patients):
+    return sorted(tuple(sum(1 for p, l in patients if folds[p] == k and l == name) for name in lymphus.LABEL_NAMES) for k in set(folds.values()))
+
+
+@pytest.mark.parametrize("counts", [(99, 81), (76, 82), (10, 10), (7, 23)])
+def test_folds_are_patient_grouped_and_stratified_as_stratified_group_kfold(counts):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    patients = [(f"c-{name}-{i}", name) for name, n in zip(lymphus.LABEL_NAMES, counts) for i in range(1, n + 1)]
+    splits = lymphus.assign_splits(patients)
+    folds = lymphus.assign_folds(patients, splits)
+    assert lymphus.assign_splits(patients) == splits  # split membership is not changed by the folds
+    assert set(folds) == {p for p, _ in patients if splits[p] != "test"}
+    assert set(folds.values()) == set(range(lymphus.N_FOLDS))
+    development = [(p, l) for p, l in patients if splits[p] != "test"]
+    # Each patient's cases in one fold, and the same per-fold class counts as scikit-learn's StratifiedGroupKFold
+    # (deterministic without shuffle) on the same patients, up to the fold numbering.
+    y = np.array([lymphus.LABEL_NAMES.index(l) for _, l in development])
+    reference = StratifiedGroupKFold(lymphus.N_FOLDS).split(np.zeros(len(y)), y, groups=[p for p, _ in development])
+    reference_counts = sorted(tuple(int((y[held_out] == c).sum()) for c in range(2)) for _, held_out in reference)
+    assert fold_class_counts(folds, development) == reference_counts
+    for label in lymphus.LABEL_NAMES:
+        per_fold = [sum(1 for p, l in development if folds[p] == k and l == label) for k in range(lymphus.N_FOLDS)]
+        assert max(per_fold) - min(per_fold) <= 1
+
+
+def test_folds_ignore_input_order_and_group_a_patients_cases():
+    patients = [(f"p{i // 2}", "benign" if (i // 2) % 3 else "malignant") for i in range(100)]  # two cases per patient
+    splits = lymphus.assign_splits(patients)
+    reordered = list(reversed(patients))
+    assert lymphus.assign_folds(patients, splits) == lymphus.assign_folds(reordered, lymphus.assign_splits(reordered))
+
+
+def test_export_folds_are_the_same_in_all_and_centre_configs(small_export):
+    everything = datasets.load_dataset(str(small_export), "all")
+    fold_of = {}
+    for centre in lymphus.CENTRES:
+        dataset = datasets.load_dataset(str(small_export), centre)
+        assert dataset["train"].features["fold"] == datasets.Value("int8")
+        assert set(dataset["test"]["fold"]) == {None}
+        development = datasets.concatenate_datasets([dataset["train"], dataset["validation"]])
+        patients = list(zip(development["patient_id"], dataset["train"].features["label"].int2str(list(development["label"]))))
+        test_patients = [(p, "x") for p in dataset["test"]["patient_id"]]
+        splits = {p: "train" for p, _ in patients} | {p: "test" for p, _ in test_patients}
+        assert dict(zip(development["patient_id"], development["fold"])) == lymphus.assign_folds(patients, splits)
+        fold_of.update(zip(development["case_id"], development["fold"]))
+        # Both classes in every held-out fold of these 10-per-label archives (what --cv_folds needs).
+        for k in range(lymphus.N_FOLDS):
+            assert set(development.filter(lambda f: f == k, input_columns="fold")["label"]) == {0, 1}
+    for split in ("train", "validation"):
+        assert dict(zip(everything[split]["case_id"], everything[split]["fold"])) == {c: fold_of[c] for c in everything[split]["case_id"]}
+    assert set(everything["test"]["fold"]) == {None}
+    card = (Path(small_export) / "README.md").read_text()
+    assert "### Cross-validation folds" in card and 'input_columns="fold"' in card
+
+
 def test_all_is_the_union_of_the_centres(official_export):
     everything = datasets.load_dataset(str(official_export), "all")
     for split in lymphus.SPLITS:
@@ -375,7 +431,8 @@ def test_command_line_synth_and_export(tmp_path):
     lymphus.main(["export", "--data_dir", str(tmp_path / "a"), "--output_dir", str(tmp_path / "out"), "--verification_mode", "basic_checks"])
     assert len(datasets.load_dataset(str(tmp_path / "out"), "center2")["train"]) == 2
     # No build leftovers; the marker that makes it ours; the mask classes for segmentation tools.
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [lymphus.EXPORT_MARKER, "README.md", "data", "id2label.json"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        lymphus.EXPORT_MARKER, "README.md", "data", "eval.yaml", "id2label.json"]
     assert json.loads((tmp_path / "out" / "id2label.json").read_text()) == {"0": "background", "1": "lymph_node"}
 
 
@@ -425,7 +482,7 @@ def test_push_uploads_exactly_the_marker_files_and_says_whether_the_repo_is_publ
     uploaded = set(api.list_repo_files(repo_id, repo_type="dataset"))
     listed = set(json.loads((export / lymphus.EXPORT_MARKER).read_text())["files"])
     on_disk = {path.relative_to(export).as_posix() for path in export.rglob("*") if path.is_file()}
-    assert uploaded - {".gitattributes"} == listed == on_disk - {lymphus.EXPORT_MARKER} and "id2label.json" in listed
+    assert uploaded - {".gitattributes"} == listed == on_disk - {lymphus.EXPORT_MARKER} and {"id2label.json", "eval.yaml"} <= listed
     assert not api.repo_info(repo_id, repo_type="dataset").private
     # Asking for a private repo that exists and is public uploads nothing.
     commits = len(local_hub.commits(repo_id, "dataset"))

@@ -147,6 +147,7 @@ def test_evaluate_module_equals_plain_function(clinical):
     expected_keys = {f"{n}{s}" for n in INTERVAL_METRICS for s in ("", "_ci_low", "_ci_high", "_ci_method")}
     expected_keys |= {"threshold", "tn", "fp", "fn", "tp", "n", "n_positive", "n_negative"}
     expected_keys |= {"roc_auc_delong_ci_low", "roc_auc_delong_ci_high", "perfect_separation", "small_sample"}
+    expected_keys |= {"roc_auc_bootstrap_ci_low", "roc_auc_bootstrap_ci_high"}
     expected_keys |= {"n_bootstrap", "confidence_level"}
     assert expected_keys == set(via_evaluate)
 
@@ -172,7 +173,8 @@ def test_all_ties():
     probabilities = np.full(6, 0.5)
     result = cc.clinical_classification_metrics(labels, probabilities, n_bootstrap=100)
     assert result["roc_auc"] == 0.5 == roc_auc_score(labels, probabilities)
-    assert result["roc_auc_ci_low"] == result["roc_auc_ci_high"] == 0.5
+    assert result["roc_auc_bootstrap_ci_low"] == result["roc_auc_bootstrap_ci_high"] == 0.5
+    assert result["roc_auc_ci_low"] < 0.5 < result["roc_auc_ci_high"]  # Newcombe's never has zero width
     assert result["sensitivity"] == 1.0 and result["specificity"] == 0.0
     assert not result["perfect_separation"]
     # One distinct score: the only cut-off calls every case positive.
@@ -184,9 +186,10 @@ def test_perfect_separation():
     probabilities = np.array([0.05, 0.2, 0.3, 0.6, 0.61, 0.9, 1.0])
     result = cc.clinical_classification_metrics(labels, probabilities, threshold=0.5, n_bootstrap=300)
     assert result["roc_auc"] == 1.0 and result["perfect_separation"] is True
-    # No [1, 1] interval from either method: "perfectly separated: no interval".
-    for key in ("roc_auc_ci_low", "roc_auc_ci_high", "roc_auc_delong_ci_low", "roc_auc_delong_ci_high"):
+    # No [1, 1] interval from the bootstrap or DeLong; Newcombe's gives a lower bound below 1.
+    for key in ("roc_auc_bootstrap_ci_low", "roc_auc_bootstrap_ci_high", "roc_auc_delong_ci_low", "roc_auc_delong_ci_high"):
         assert math.isnan(result[key]), key
+    assert 0.0 < result["roc_auc_ci_low"] < 1.0 == result["roc_auc_ci_high"]
     for name in ("accuracy", "sensitivity", "specificity", "ppv", "npv", "f1"):
         assert result[name] == 1.0
     # Exact intervals of 4/4 and 3/3 correct: lower bound (alpha/2)^(1/n), upper bound 1.
@@ -200,7 +203,8 @@ def test_perfect_separation():
     assert math.isnan(delong["roc_auc_ci_low"]) and math.isnan(delong["roc_auc_ci_high"])
     inverted = cc.clinical_classification_metrics(labels, 1 - probabilities, n_bootstrap=50)
     assert inverted["roc_auc"] == 0.0 and inverted["perfect_separation"] is True
-    assert math.isnan(inverted["roc_auc_ci_low"]) and math.isnan(inverted["roc_auc_delong_ci_high"])
+    assert math.isnan(inverted["roc_auc_bootstrap_ci_low"]) and math.isnan(inverted["roc_auc_delong_ci_high"])
+    assert inverted["roc_auc_ci_low"] == 0.0 and inverted["roc_auc_ci_high"] == pytest.approx(1 - result["roc_auc_ci_low"])
     one_class = cc.clinical_classification_metrics([1, 1, 1], [0.2, 0.4, 0.9], n_bootstrap=10)
     assert one_class["perfect_separation"] is False and math.isnan(one_class["roc_auc"])
 
@@ -248,8 +252,9 @@ def test_proportion_intervals_are_clopper_pearson(seed):
         assert result[f"{name}_ci_low"] == pytest.approx(scipy_interval.low, abs=1e-8), name
         assert result[f"{name}_ci_high"] == pytest.approx(scipy_interval.high, abs=1e-8), name
     # Not proportions: these keep the bootstrap, skipped here, and say so.
-    for name in ("roc_auc", "balanced_accuracy", "f1"):
+    for name in ("balanced_accuracy", "f1"):
         assert result[f"{name}_ci_method"] == "stratified-bootstrap" and math.isnan(result[f"{name}_ci_low"])
+    assert result["roc_auc_ci_method"] == "newcombe" and math.isnan(result["roc_auc_bootstrap_ci_low"])
 
 
 def test_exact_interval_is_never_zero_width():
@@ -337,11 +342,13 @@ def test_bootstrap_is_reproducible_and_confidence_level_matters():
     first = cc.clinical_classification_metrics(labels, probabilities, seed=11)
     assert first == cc.clinical_classification_metrics(labels, probabilities, seed=11)
     other = cc.clinical_classification_metrics(labels, probabilities, seed=12)
-    assert first["roc_auc_ci_low"] != other["roc_auc_ci_low"]
+    assert first["roc_auc_bootstrap_ci_low"] != other["roc_auc_bootstrap_ci_low"]
     narrow = cc.clinical_classification_metrics(labels, probabilities, seed=11, confidence_level=0.5)
-    assert first["roc_auc_ci_low"] < narrow["roc_auc_ci_low"] <= narrow["roc_auc_ci_high"] < first["roc_auc_ci_high"]
+    for key in ("roc_auc_bootstrap_ci", "roc_auc_ci"):
+        assert first[f"{key}_low"] < narrow[f"{key}_low"] <= narrow[f"{key}_high"] < first[f"{key}_high"]
     skipped = cc.clinical_classification_metrics(labels, probabilities, n_bootstrap=0)
-    assert math.isnan(skipped["roc_auc_ci_low"]) and skipped["roc_auc"] == first["roc_auc"]
+    assert math.isnan(skipped["roc_auc_bootstrap_ci_low"]) and skipped["roc_auc"] == first["roc_auc"]
+    assert skipped["roc_auc_ci_low"] == first["roc_auc_ci_low"]  # Newcombe's needs no bootstrap
 
 
 def test_bootstrap_is_stratified_and_its_auc_matches_sklearn_per_replicate():
@@ -486,7 +493,7 @@ def test_delong_interval_in_results_matches_formulas(seed):
     half_width = norm.ppf(0.5 + confidence_level / 2) * math.sqrt(covariance[0][0])
     assert result["roc_auc_delong_ci_low"] == pytest.approx(max(0.0, thetas[0] - half_width), abs=1e-12)
     assert result["roc_auc_delong_ci_high"] == pytest.approx(min(1.0, thetas[0] + half_width), abs=1e-12)
-    assert result["roc_auc_ci_method"] == "stratified-bootstrap" and math.isnan(result["roc_auc_ci_low"])
+    assert result["roc_auc_ci_method"] == "newcombe" and math.isnan(result["roc_auc_bootstrap_ci_low"])
     assert result["perfect_separation"] is False
 
 
@@ -658,6 +665,30 @@ def test_missed_nodes_count_at_the_worst_case(segmentation):
     assert bs.hausdorff_distance_95(far, _square((25, 60), 0, 0, 1)) < np.hypot(25, 60)
 
 
+def test_segmentation_is_reported_in_two_parts(segmentation):
+    # 5 images with a node: 3 found (one exactly, one shifted), 1 missed (empty), 1 predicted elsewhere
+    # (no overlap: not detected either); 1 image without a node, correctly left empty.
+    shape = (40, 40)
+    references = [_square(shape, 5, 5, 10) for _ in range(5)] + [np.zeros(shape, np.uint8)]
+    predictions = [references[0], _square(shape, 5, 8, 10), references[2], np.zeros(shape, np.uint8),
+                   _square(shape, 25, 25, 10), np.zeros(shape, np.uint8)]
+    result = segmentation.compute(predictions=predictions, references=references, n_bootstrap=200)
+    assert (result["n_with_node"], result["n_detected"]) == (5, 3) and result["detection_rate"] == 0.6
+    low, high = proportion_confint(3, 5, alpha=0.05, method="beta")
+    assert result["detection_rate_ci_low"] == pytest.approx(low, abs=1e-10)
+    assert result["detection_rate_ci_high"] == pytest.approx(high, abs=1e-10)
+    assert result["per_image_detected"] == [True, True, True, False, False, None]
+    detected = [0, 1, 2]
+    for name in ("dice", "iou", "hd95"):
+        per_image = np.array(result[f"per_image_{name}"])[detected]
+        assert result[f"{name}_detected"] == pytest.approx(per_image.mean(), abs=1e-12), name
+    assert result["hd95_detected"] == pytest.approx(bs.hausdorff_distance_95(predictions[1], references[1]) / 3)
+    # The worst-case mean (misses at the image diagonal) stays, and is the larger figure.
+    assert result["hd95"] > result["hd95_detected"] and result["dice"] < result["dice_detected"]
+    none_found = segmentation.compute(predictions=[np.zeros(shape, np.uint8)], references=[references[0]], n_bootstrap=10)
+    assert none_found["detection_rate"] == 0.0 and math.isnan(none_found["hd95_detected"])
+
+
 @pytest.mark.parametrize("shift, dice, iou", [((0, 3), 0.7, 70 / 130), ((2, 3), 0.56, 56 / 144), ((0, 10), 0.0, 0.0)])
 def test_shifted_square_has_analytic_overlap(segmentation, shift, dice, iou):
     reference = _square((40, 40), 10, 10, 10)
@@ -711,3 +742,109 @@ def test_segmentation_bad_masks_name_the_image(segmentation):
         segmentation.compute(predictions=[good, good], references=[good])
     with pytest.raises(ValueError, match=r"predictions\[0\] must contain only 0"):
         segmentation.add_batch(predictions=[good - 1], references=[good])
+
+
+# ------------------------------------------------------------------ classification: Newcombe's AUC interval
+
+
+def _newcombe_reference(auc, m, n, level):
+    """Newcombe's (2006) bounds as roots of the published equation (theta - A)^2 = z^2 V(theta), multiplied out
+    into a quartic: (theta - A)^2 (2 - theta)(1 + theta) mn
+    = z^2 theta (1 - theta) [(2 - theta)(1 + theta) + (N* - 1)((1 - theta)(1 + theta) + theta (2 - theta))].
+    The bounds are the real roots in [0, 1] nearest A on each side; theta = A itself is a root only at A = 0 or 1,
+    where that bound is A."""
+    z2 = norm.ppf(0.5 + level / 2) ** 2
+    k = (m + n) / 2 - 1
+    theta = np.polynomial.Polynomial([0, 1])
+    equation = (theta - auc) ** 2 * (2 - theta) * (1 + theta) * m * n - z2 * theta * (1 - theta) * (
+        (2 - theta) * (1 + theta) + k * ((1 - theta) * (1 + theta) + theta * (2 - theta)))
+    roots = [r.real for r in equation.roots() if abs(r.imag) < 1e-7 and -1e-9 <= r.real <= 1 + 1e-9]
+    low = max([r for r in roots if r < auc - 1e-9], default=auc)
+    high = min([r for r in roots if r > auc + 1e-9], default=auc)
+    return low, high
+
+
+@pytest.mark.parametrize("auc, m, n, level", [(0.8, 16, 20, 0.95), (0.65, 8, 10, 0.95), (0.93, 80, 80, 0.9),
+                                              (1.0, 8, 10, 0.95), (0.0, 5, 13, 0.95), (0.5, 3, 3, 0.99)])
+def test_newcombe_interval_solves_the_published_equation(auc, m, n, level):
+    low, high = cc.newcombe_interval(auc, m, n, level)
+    expected_low, expected_high = _newcombe_reference(auc, m, n, level)
+    assert low == pytest.approx(expected_low, abs=1e-9) and high == pytest.approx(expected_high, abs=1e-9)
+    assert 0.0 <= low <= auc <= high <= 1.0 and high - low > 0.05
+
+
+def test_newcombe_variance_is_hanley_mcneil_at_equal_sizes():
+    # With m = n = N*, Newcombe's variance is Hanley & McNeil's (1982) formula, written out here.
+    for theta, size in ((0.7, 10), (0.9, 40)):
+        q1, q2 = theta / (2 - theta), 2 * theta**2 / (1 + theta)
+        hanley_mcneil = (theta * (1 - theta) + (size - 1) * (q1 - theta**2) + (size - 1) * (q2 - theta**2)) / size**2
+        assert float(cc.newcombe_variance(theta, size, size)) == pytest.approx(hanley_mcneil, rel=1e-12)
+
+
+def test_newcombe_interval_covers_at_the_validation_split_size():
+    # 300 binormal sets of 8 malignant / 10 benign at AUC 0.9 (DeLong covers about 0.84 there).
+    rng = np.random.default_rng(0)
+    true_auc, shift = 0.9, math.sqrt(2) * norm.ppf(0.9)
+    labels = np.r_[np.ones(8, int), np.zeros(10, int)]
+    hits = 0
+    for _ in range(300):
+        scores = norm.cdf(np.r_[rng.normal(shift, 1, 8), rng.normal(0, 1, 10)])
+        interval = cc.newcombe_ci(labels, scores)
+        hits += interval["roc_auc_ci_low"] <= true_auc <= interval["roc_auc_ci_high"]
+    assert hits / 300 >= 0.90
+
+
+# ------------------------------------------------------------------ classification: power and the threshold's luck
+
+
+@pytest.mark.parametrize("auc, m, n, correlation", [(0.75, 16, 20, 0.0), (0.8, 80, 80, 0.5), (0.7, 40, 60, 0.3)])
+def test_minimum_detectable_auc_difference_has_the_stated_power(auc, m, n, correlation):
+    from statsmodels.stats.power import NormalIndPower
+
+    difference = cc.minimum_detectable_auc_difference(auc, m, n, power=0.8, alpha=0.05, correlation=correlation)
+    assert 0.0 < difference < 1.0 - auc
+
+    def hanley_mcneil(theta):  # written out from Hanley & McNeil (1982), Table/eq. 2
+        q1, q2 = theta / (2 - theta), 2 * theta**2 / (1 + theta)
+        return (theta * (1 - theta) + (m - 1) * (q1 - theta**2) + (n - 1) * (q2 - theta**2)) / (m * n)
+
+    va, vb = hanley_mcneil(auc), hanley_mcneil(auc + difference)
+    standard_error = math.sqrt(va + vb - 2 * correlation * math.sqrt(va * vb))
+    # A one-sample two-sided z test of effect size difference / SE with one observation: statsmodels' power.
+    power = NormalIndPower().power(effect_size=difference / standard_error, nobs1=1, alpha=0.05, ratio=0)
+    assert power == pytest.approx(0.8, abs=1e-6)
+    assert cc.hanley_mcneil_variance(auc, m, n) == pytest.approx(va, rel=1e-12)
+    # A larger set detects a smaller difference; 8 / 10 cases detect no gain up to AUC 1 from 0.75.
+    assert cc.minimum_detectable_auc_difference(auc, 2 * m, 2 * n, correlation=correlation) < difference
+    assert math.isnan(cc.minimum_detectable_auc_difference(0.75, 8, 10))
+
+
+def test_youden_threshold_stability_matches_an_explicit_bootstrap_loop():
+    rng = np.random.default_rng(21)
+    validation_labels = np.r_[np.ones(8, int), np.zeros(10, int)]
+    validation_scores = np.round(np.clip(rng.normal(0.45 + 0.2 * validation_labels, 0.2), 0, 1), 2)
+    labels = np.r_[np.ones(16, int), np.zeros(20, int)]
+    scores = np.round(np.clip(rng.normal(0.45 + 0.2 * labels, 0.2), 0, 1), 2)
+    result = cc.youden_threshold_stability(validation_labels, validation_scores, labels, scores, n_bootstrap=200, seed=4)
+    # The same stratified draws (positives first, then negatives), Youden's J maximised with sklearn's roc_curve.
+    draws = np.random.default_rng(4)
+    positives, negatives = validation_scores[validation_labels == 1], validation_scores[validation_labels == 0]
+    positive_draws, negative_draws = draws.integers(0, 8, (200, 8)), draws.integers(0, 10, (200, 10))
+    sensitivities, specificities = [], []
+    for p, q in zip(positive_draws, negative_draws):
+        resampled = np.r_[positives[p], negatives[q]]
+        fpr, tpr, _ = roc_curve(np.r_[np.ones(8), np.zeros(10)], resampled)
+        best = np.flatnonzero(np.isclose(tpr - fpr, (tpr - fpr).max()))[-1]  # ties: the most positives
+        called = (tpr[best], fpr[best])
+        # The chosen cut-off calls positive every resampled score at or above the lowest one it needs.
+        threshold = cc.youden_threshold(np.r_[np.ones(8, int), np.zeros(10, int)], resampled)
+        assert (np.mean(positives[p] >= threshold), np.mean(negatives[q] >= threshold)) == pytest.approx(called)
+        sensitivities.append(np.mean(scores[labels == 1] >= threshold))
+        specificities.append(np.mean(scores[labels == 0] < threshold))
+    assert result["sensitivity_threshold_range_low"] == pytest.approx(np.percentile(sensitivities, 2.5))
+    assert result["sensitivity_threshold_range_high"] == pytest.approx(np.percentile(sensitivities, 97.5))
+    assert result["specificity_threshold_range_low"] == pytest.approx(np.percentile(specificities, 2.5))
+    assert result["specificity_threshold_range_high"] == pytest.approx(np.percentile(specificities, 97.5))
+    assert result["threshold_range_low"] < result["threshold_range_high"]
+    one_class = cc.youden_threshold_stability([1, 1], [0.2, 0.3], labels, scores, n_bootstrap=10)
+    assert math.isnan(one_class["sensitivity_threshold_range_low"])

@@ -267,3 +267,117 @@ def test_plot_saliency_cases_writes_three_rows(tmp_path):
     path = saliency.plot_saliency_cases(images, masks, maps, scores, tmp_path / "cases.png", title="synthetic")
     with Image.open(path) as figure:
         assert figure.format == "PNG" and figure.size == (750, 750)  # 7.5 x 2.5 in per row at 100 dpi
+
+
+# Randomised controls (Adebayo et al. 2018), case sample, completeness of integrated gradients
+
+
+def test_a_model_beats_its_randomised_controls_only_when_it_learned_the_node(cue_model):
+    """train_vit.py's default (occlusion, 4 x 4 non-overlapping windows, the predicted class): the node model's
+    share in the node exceeds the all-weights-re-initialised control's (paired interval above 0); the marker model
+    exceeds neither control. (The head-re-initialised control keeps the trained features, which read the node: at
+    this grid the node model's excess over it is not significant; it is reported, not asserted.)"""
+    cue, model, images, masks, _ = cue_model
+    inputs = pixel_values(images)
+    with torch.no_grad():
+        predicted = model(pixel_values=inputs).logits.argmax(1)
+    result = saliency.saliency_with_controls(model, inputs, masks, predicted, seed=0, window_fraction=0.25,
+                                             stride_fraction=0.25)
+    controls = result["summary"]["controls"]
+    assert set(controls) == {"head_reinitialised", "all_reinitialised"}
+    for control in controls.values():
+        assert control["excess_energy_in_node_n_pairs"] >= 24  # pairs where both maps have positive saliency
+        if cue == "node":
+            assert controls["all_reinitialised"]["excess_energy_in_node_ci_low"] > 0.1
+        else:  # the marker model looks at the corners: no more saliency in the node than its controls
+            assert control["excess_energy_in_node_ci_low"] < 0 and control["excess_energy_in_node_mean"] < 0.02
+
+
+def test_integrated_gradients_on_a_trained_model_is_complete_within_five_percent(cue_model):
+    """Completeness on the trained node model: attributions sum to score(x) - score(0) within 5 % (90th
+    percentile), checked against the model's own scores; the fixed 8-step run is reported less complete."""
+    cue, model, images, _, labels = cue_model
+    if cue != "node":
+        pytest.skip("one trained model is enough: the node model")  # parametrised fixture, not a skip-to-pass
+    inputs = pixel_values(images[:12])
+    maps, info = saliency.saliency_maps(model, inputs, labels[:12], method="integrated_gradients", details=True)
+    with torch.no_grad():
+        change = (saliency.target_log_odds(model(pixel_values=inputs).logits)
+                  - saliency.target_log_odds(model(pixel_values=torch.zeros_like(inputs)).logits))
+    change = change[torch.arange(12), torch.as_tensor(labels[:12])].numpy()
+    errors = np.abs(maps.sum(axis=(1, 2)) - change) / np.abs(change)
+    np.testing.assert_allclose(info["completeness_error"], errors, rtol=1e-3, atol=1e-4)
+    assert np.percentile(errors, 90) < 0.05 and (info["steps"] >= 64).all()
+    _, coarse = saliency.saliency_maps(model, inputs, labels[:12], method="integrated_gradients", details=True,
+                                       integrated_gradients_steps=8, completeness_tolerance=None)
+    assert (coarse["steps"] == 8).all() and np.median(coarse["completeness_error"]) > np.median(errors)
+    summary = saliency.completeness_summary(info["completeness_error"])
+    assert summary["completeness_error_p90"] == pytest.approx(np.percentile(errors, 90), rel=1e-3)
+
+
+def test_randomised_controls_reinitialise_the_head_then_everything():
+    model = tiny_model("vit", seed=1).eval()
+    with torch.no_grad():  # stands for training: every weight moved away from its initial value
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    state = torch.random.get_rng_state()
+    controls = saliency.randomised_controls(model, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's random stream is left alone
+    head_control, fresh = controls["head_reinitialised"], controls["all_reinitialised"]
+    assert saliency.classifier_head_name(model) == "classifier"
+    for name, parameter in model.named_parameters():
+        same_in_head_control = torch.equal(parameter, head_control.get_parameter(name))
+        assert same_in_head_control != name.startswith("classifier.")
+        assert not torch.equal(parameter, fresh.get_parameter(name))
+    torch.manual_seed(7)
+    reference = AutoModelForImageClassification.from_config(model.config)
+    for name, parameter in reference.named_parameters():
+        assert torch.equal(parameter, fresh.get_parameter(name))
+        if name.startswith("classifier."):
+            assert torch.equal(parameter, head_control.get_parameter(name))
+    assert saliency.classifier_head_name(tiny_model("resnet")) == "classifier"  # Sequential(Flatten, Linear)
+
+
+def test_paired_excess_against_scipy():
+    rng = np.random.default_rng(6)
+    trained = {"energy_in_node": rng.uniform(size=20), "pointing_game_hit": rng.uniform(size=20) < 0.8}
+    control = {"energy_in_node": rng.uniform(size=20), "pointing_game_hit": rng.uniform(size=20) < 0.5}
+    trained["energy_in_node"][3] = np.nan  # no positive saliency: that pair is left out
+    excess = saliency.paired_excess(trained, control, confidence_level=0.9)
+    both = ~np.isnan(trained["energy_in_node"])
+    energy = stats.ttest_rel(trained["energy_in_node"][both], control["energy_in_node"][both])
+    hits = stats.ttest_rel(trained["pointing_game_hit"].astype(float), control["pointing_game_hit"].astype(float))
+    assert excess["excess_energy_in_node_n_pairs"] == 19 and excess["excess_pointing_game_n_pairs"] == 20
+    assert (excess["excess_energy_in_node_ci_low"], excess["excess_energy_in_node_ci_high"]) == pytest.approx(
+        tuple(energy.confidence_interval(0.9)))
+    assert (excess["excess_pointing_game_ci_low"], excess["excess_pointing_game_ci_high"]) == pytest.approx(
+        tuple(hits.confidence_interval(0.9)))
+    same = saliency.paired_excess(trained, {**control, "pointing_game_hit": trained["pointing_game_hit"]})
+    assert same["excess_pointing_game_mean"] == 0 and np.isnan(same["excess_pointing_game_ci_low"])
+
+
+def test_stratified_sample_keeps_the_label_mix_and_is_seeded():
+    labels = np.array([0] * 100 + [1] * 58)
+    sample = saliency.stratified_sample(labels, 24, seed=3)
+    assert len(sample) == 24 and len(set(sample)) == 24 and (np.diff(sample) > 0).all()
+    assert np.bincount(labels[sample]).tolist() == [15, 9]  # 24 * 100/158 = 15.2, 24 * 58/158 = 8.8
+    np.testing.assert_array_equal(sample, saliency.stratified_sample(labels, 24, seed=3))
+    assert not np.array_equal(sample, saliency.stratified_sample(labels, 24, seed=4))
+    np.testing.assert_array_equal(saliency.stratified_sample(labels, 0, seed=3), np.arange(158))
+    np.testing.assert_array_equal(saliency.stratified_sample(labels[:20], 24, seed=3), np.arange(20))
+    rare = np.array([0] * 99 + [1])
+    assert np.bincount(rare[saliency.stratified_sample(rare, 10, seed=0)]).tolist() == [9, 1]  # each label kept
+
+
+def test_plot_saliency_cases_shows_the_controls(tmp_path):
+    images, masks, _ = synthetic_cases(5, "node", seed=5)
+    rng = np.random.default_rng(5)
+    maps = {name: rng.normal(size=(5, SIZE, SIZE)) for name in ("trained", *saliency.CONTROLS)}
+    scores = {name: saliency.saliency_scores(m, masks)["energy_in_node"] for name, m in maps.items()}
+    path = saliency.plot_saliency_cases(
+        images, masks, maps["trained"], scores["trained"], tmp_path / "cases.png",
+        controls={name: maps[name] for name in saliency.CONTROLS},
+        control_scores={name: scores[name] for name in saliency.CONTROLS},
+    )
+    with Image.open(path) as figure:
+        assert figure.size == (1250, 750)  # five columns of 2.5 in

@@ -315,6 +315,14 @@ def test_main_writes_metrics_overlays_and_card(trained, export_dir):
     external = json.loads((trained / "metrics_external.json").read_text())
     row = next(line for line in card.text.splitlines() if line.startswith("| external ("))
     assert "missed nodes" in card.text and row.split("|")[-2].split()[0] == str(external["n_missed"])
+    # Two parts and the worst case: detection (exact CI), the detected nodes' Dice and HD95, then the worst-case means.
+    detected = [c for c in external["cases"] if c["expert_pixels"] and c["dice"] > 0]
+    assert external["n_detected"] == len(detected) and external["detection_rate_ci_method"] == "clopper-pearson"
+    assert row.split("|")[3].strip().startswith(f"{external['n_detected']}/{external['n_with_node']} = ")
+    if detected:
+        assert external["dice_detected"] == pytest.approx(np.mean([c["dice"] for c in detected]))
+    rate = [r for r in card.data.eval_results if r.metric_type == "detection_rate" and r.dataset_split == "all"]
+    assert rate and "clopper pearson" in rate[0].metric_name and "worst-case" in card.text
     with open(trained / "segmentation_cases.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == sum(len(c) for c in expected_cases.values())
 

@@ -145,7 +145,7 @@ def test_per_model_mean_and_sd_match_statistics(swept):
     markdown = (swept / "leaderboard.md").read_text()
     assert "ddof=1" in markdown
     for slug in ("vit-micro", "convnext-micro"):
-        cells = next(line for line in markdown.splitlines() if line.startswith(f"| `{slug}` | 2/2 |")).split(" | ")
+        cells = next(line for line in markdown.splitlines() if line.startswith(f"| `{slug}` | 2/2 |")).rstrip(" |").split(" | ")
         for position, metric in enumerate(leaderboard.SUMMARY_METRICS, start=2):
             values = [float(row[metric]) for row in rows if row["model_slug"] == slug]
             assert cells[position] == f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}", metric
@@ -176,7 +176,10 @@ def test_seed_averaged_auc_matches_sklearn_and_a_brute_force_delong_interval(swe
             else:
                 assert (result["roc_auc_ci_low"], result["roc_auc_ci_high"]) == pytest.approx((low, high), abs=1e-9)
             assert result["n"] == len(case_ids) and result["n_seeds"] == 2
-        line = next(line for line in markdown.splitlines() if line.startswith(f"| `{slug}` | 2/2 |"))
+        # The ensemble sits apart from the per-model means, labelled as a model nobody can download.
+        ensemble = markdown.split("## For reference: the seeds' ensemble (not a saved model)")[1].split("## Runs")[0]
+        assert "no one can download" in ensemble
+        line = next(line for line in ensemble.splitlines() if line.startswith(f"| `{slug}` | 2 |"))
         external = averaged[slug]["external"]
         if external["roc_auc_ci_low"] is None:
             expected = f"{external['roc_auc']:.3f} (perfectly separated: no CI)"
@@ -185,9 +188,21 @@ def test_seed_averaged_auc_matches_sklearn_and_a_brute_force_delong_interval(swe
         assert line.rstrip(" |").endswith(expected)
 
 
+def test_the_forest_plots_diamond_is_the_mean_across_seeds_with_its_sd(swept):
+    rows = [{key: (float(value) if key in leaderboard.SUMMARY_METRICS and value else value or None)
+             for key, value in row.items()} for row in read_csv(swept / "leaderboard.csv")]
+    entries = leaderboard.forest_entries(rows, leaderboard.seed_summary(rows))
+    for slug in ("vit-micro", "convnext-micro"):
+        values = [row["external_auc"] for row in rows if row["model_slug"] == slug]
+        (diamond,) = [entry for entry in entries if entry[0].startswith(slug) and entry[4]]
+        mean, sd = statistics.mean(values), statistics.stdev(values)
+        assert diamond[1:4] == pytest.approx((mean, max(0.0, mean - sd), min(1.0, mean + sd)), abs=1e-12)
+        assert diamond[0] == f"{slug} · mean of 2 run(s)"
+
+
 def test_forest_plot_and_settings_are_written(swept):
     with Image.open(swept / "forest_external_auc.png") as image:
-        # One line per run and per model's seed average: 6 lines, 0.35 inch each at 100 dpi, + 1.2 inch of margins.
+        # One line per run and per model's mean across seeds: 6 lines, 0.35 inch each at 100 dpi, + 1.2 inch of margins.
         assert image.format == "PNG" and image.size == (700, round(100 * (1.2 + 0.35 * 6)))
     settings = json.loads((swept / "sweep.json").read_text())
     assert settings["train_vit_options"] == FORWARDED and settings["dataset_config"] == "center1"
@@ -320,21 +335,6 @@ def test_offline_demo_defaults_give_way_to_the_command(export_dir, tmp_path):
 
 
 # Hub Jobs and collecting from the Hub
-
-
-@pytest.fixture
-def bucket_recorder(monkeypatch):
-    """The local hub has no buckets (xet): record what launch_job uploads to the Jobs artifacts bucket."""
-    from huggingface_hub import HfApi
-
-    uploads = {}
-    monkeypatch.setattr(
-        HfApi, "create_bucket", lambda self, bucket_id, **kwargs: uploads.setdefault("bucket", bucket_id)
-    )
-    monkeypatch.setattr(
-        HfApi, "batch_bucket_files", lambda self, bucket_id, add=None, **kwargs: uploads.setdefault("add", list(add))
-    )
-    return uploads
 
 
 def launch_args(local_hub, configs, output_dir, prefix, *extra):

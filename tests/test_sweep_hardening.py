@@ -222,7 +222,7 @@ def test_a_mean_over_fewer_runs_than_finished_says_so():
              "validation_auc": 0.6 + seed / 10} for seed, value in values.items()]
     rows.append({"model": "m", "model_slug": "m", "seed": 3, "status": "failed"})
     summary = leaderboard.seed_summary(rows)
-    (line,) = [line for line in leaderboard.summary_table(summary, {}) if line.startswith("| `m` |")]
+    (line,) = [line for line in leaderboard.summary_table(summary) if line.startswith("| `m` |")]
     cells = line.strip("| ").split(" | ")
     position = {metric: index for index, metric in enumerate(leaderboard.SUMMARY_METRICS, start=2)}
     assert cells[1] == "3/4"

@@ -60,6 +60,11 @@ def test_card_reports_held_out_sets_first_and_labels_validation(full_model):
     assert all(set(r.metric_args or {}) <= {"threshold"} for r in results)
     assert {"roc_auc", "recall", "precision", "accuracy", "f1", "specificity"} <= {r.metric_type for r in results}
     assert card.data.license == "other" and card.data.license_name == cards.LYMPHUS_DATA_LICENSE["license_name"]
+    # The threshold's luck: the range of sensitivity and specificity it gives on each held-out set, in JSON and card.
+    test = json.loads((full_model / "metrics_test.json").read_text())["at_youden"]
+    assert test["sensitivity_threshold_range_low"] <= test["sensitivity_threshold_range_high"]
+    assert test["threshold_range_n_bootstrap"] > 0 and "Re-choosing the Youden threshold" in text
+    assert "the PPV and NPV below hold at this prevalence only" in text and "Newcombe" in text
 
 
 def test_card_licence_is_the_users_else_the_base_models_else_the_data_terms():
@@ -80,6 +85,29 @@ def test_a_crop_model_turns_the_widget_off_and_points_to_predict(crop_classifier
 def test_a_perfectly_separated_set_prints_no_interval():
     values = {"roc_auc": 1.0, "roc_auc_ci_low": None, "roc_auc_ci_high": None, "perfect_separation": True}
     assert "perfectly separated" in cards.auc_text(values, 95) and "1.000-1.000" not in cards.auc_text(values, 95)
+
+
+def test_a_perfectly_separated_set_gets_newcombes_lower_bound_and_no_zero_width_interval_is_printed():
+    from lymphus_ml.evaluation import format_estimate
+    from lymphus_ml.leaderboard import CARD_INTERVAL
+
+    separated = {"roc_auc": 1.0, "roc_auc_ci_low": 0.778, "roc_auc_ci_high": 1.0, "perfect_separation": True,
+                 "roc_auc_ci_method": "newcombe", "threshold": 0.5}
+    assert "lower bound 0.778 (Newcombe)" in cards.auc_text(separated, 95)
+    # Zero width is no variation, not certainty: F1 of 0 in every resample, a constant Brier score.
+    assert format_estimate(0.0, 0.0, 0.0) == "0.000 (no variation: interval undefined)"
+    assert format_estimate(0.071, 0.071, 0.071, style="report") == "0.071 (no variation: interval undefined)"
+    assert format_estimate(0.5, 0.4, 0.6, style="report") == "0.500 [0.400, 0.600]"
+    split_metrics = {"test": {"at_0.5": {**separated, "f1": 0.0, "f1_ci_low": 0.0, "f1_ci_high": 0.0,
+                                         "f1_ci_method": "stratified-bootstrap"},
+                              "at_youden": {"threshold": 0.4, "sensitivity": 0.8, "sensitivity_ci_low": 0.5,
+                                            "sensitivity_ci_high": 0.95, "sensitivity_ci_method": "clopper-pearson"}}}
+    results = cards.classification_eval_results(split_metrics, "user/lymphus", "center1", "center2")
+    names = {r.metric_type: r.metric_name for r in results}
+    assert "0.000-0.000" not in names["f1"] and "no variation" in names["f1"]
+    # The leaderboard reads two-sided intervals out of these names: none for the one-sided bound.
+    assert "lower bound 0.778" in names["roc_auc"] and not CARD_INTERVAL.search(names["roc_auc"])
+    assert CARD_INTERVAL.search(names["recall"]).groups() == ("95", "0.500", "0.950")
 
 
 # Same answers everywhere
@@ -204,7 +232,7 @@ def test_predict_reports_an_unreadable_file_and_still_writes_the_good_ones(full_
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert completed.returncode != 0 and "Traceback" not in completed.stderr
-    assert "1 of 3 image(s) could not be predicted" in completed.stderr and "c_broken.png" in completed.stderr
+    assert "1 of 3 file(s) could not be predicted" in completed.stderr and "c_broken.png" in completed.stderr
     rows = {Path(row["file"]).name: row for row in read_csv(tmp_path / "out" / "predictions.csv")}
     assert set(rows) == {"a_good.png", "b_sixteen_bit.png", "c_broken.png"}
     assert rows["a_good.png"]["status"] == rows["b_sixteen_bit.png"]["status"] == "ok"
@@ -219,8 +247,11 @@ def test_where_the_model_looks_is_in_the_metrics_and_the_card(full_model):
     assert "## Where the model looks" in text
     for split in ("external", "test", "validation"):
         saliency = json.loads((full_model / f"metrics_{split}.json").read_text())["saliency"]
-        assert saliency["method"] == "occlusion" and saliency["n_images"] == json.loads(
-            (full_model / f"metrics_{split}.json").read_text())["at_0.5"]["n"]
+        n = json.loads((full_model / f"metrics_{split}.json").read_text())["at_0.5"]["n"]
+        assert saliency["method"] == "occlusion" and saliency["n_cases_in_set"] == n
+        assert saliency["n_images"] == min(24, n)  # the default stratified sample, stated in the card
+        assert f"| {split} | {'all ' if n <= 24 else ''}{min(24, n)}{'' if n <= 24 else f' of {n}'} | control: head" in text
+        assert set(saliency["controls"]) == {"head_reinitialised", "all_reinitialised"}
         assert 0 <= saliency["energy_in_node_ci_low"] <= saliency["energy_in_node_mean"] <= saliency["energy_in_node_ci_high"] <= 1
         assert (full_model / saliency["figure"]).stat().st_size > 10_000 and f"]({saliency['figure']})" in text
 

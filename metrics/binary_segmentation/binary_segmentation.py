@@ -20,6 +20,7 @@ import datasets
 import evaluate
 import numpy as np
 from scipy import ndimage
+from scipy.stats import beta as beta_distribution
 
 
 _CITATION = """\
@@ -74,6 +75,13 @@ Per-image overlap and boundary metrics for binary masks of a lymph node (0 = bac
   (a predicted node where the reference mask is empty) is scored the same way.
   `n_missed` and `n_spurious` count them and `per_image_missed` marks the missed images,
   so a report can say how much of the mean HD95 is the worst-case value.
+- Reported in two parts, because one missed node among 36 moves the mean HD95 from 9.5 to
+  24.4 px: (1) the detection rate, the share of images with a node in the expert mask whose
+  predicted mask overlaps it by at least one pixel (`n_detected` / `n_with_node`), with the
+  exact Clopper-Pearson interval; (2) Dice, IoU and HD95 of the detected nodes only
+  (`dice_detected`, `iou_detected`, `hd95_detected`, means over the detected images with
+  their bootstrap intervals). The means over all images above, misses at the worst case,
+  stay as the third, worst-case figure.
 - HD95 is NaN only when both masks are empty (nothing to find and nothing found: Dice
   and IoU record the correct answer as 1.0, but there is no boundary to measure). The
   mean HD95 and its interval use the images where it is defined (`n_hd95_defined`).
@@ -103,7 +111,12 @@ Returns:
     a missed or spurious node has HD95 = the image diagonal), `per_image_missed` (list of
     bools: empty prediction, node in the reference), `n_images`, `n_missed`, `n_spurious`,
     `n_hd95_defined` (images with an HD95, worst cases included: all but those where both
-    masks are empty), `n_bootstrap`, `confidence_level`.
+    masks are empty), `n_bootstrap`, `confidence_level`;
+    the two-part report: `detection_rate`, `detection_rate_ci_low`, `detection_rate_ci_high`
+    (Clopper-Pearson; `detection_rate_ci_method` = "clopper-pearson"), `n_with_node`,
+    `n_detected`, `per_image_detected` (None where the expert mask is empty), and
+    `dice_detected`, `iou_detected`, `hd95_detected` with `_ci_low`/`_ci_high` (means over
+    the detected nodes, NaN when none is).
 
 Examples:
     >>> metric = evaluate.load("metrics/binary_segmentation")
@@ -238,6 +251,16 @@ def _mean_with_interval(values, n_bootstrap, confidence_level, rng):
     return mean, low, high
 
 
+def clopper_pearson_interval(successes, trials, confidence_level=0.95):
+    """Exact (Clopper-Pearson) interval of successes/trials (the same as clinical_classification's); NaN with 0 trials."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence_level) / 2.0
+    low = 0.0 if successes == 0 else beta_distribution.ppf(tail, successes, trials - successes + 1)
+    high = 1.0 if successes == trials else beta_distribution.ppf(1.0 - tail, successes + 1, trials - successes)
+    return float(low), float(high)
+
+
 def _check_options(n_bootstrap=1000, confidence_level=0.95):
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be an integer >= 0, got {n_bootstrap!r}")
@@ -264,17 +287,33 @@ def binary_segmentation_metrics(predictions, references, n_bootstrap=1000, confi
     reference_node = np.array([r.any() for _, r in pairs])
     missed = reference_node & ~predicted_node
     spurious = predicted_node & ~reference_node
+    # Detected: the expert mask has a node and the prediction overlaps it by at least one pixel.
+    detected = reference_node & np.array([bool((p & r).any()) for p, r in pairs])
 
     rng = np.random.default_rng(seed)
     results = {}
     for name, values in (("dice", dice), ("iou", iou), ("hd95", hd95[~np.isnan(hd95)])):
         mean, low, high = _mean_with_interval(values, n_bootstrap, level, rng)
         results.update({name: mean, f"{name}_ci_low": low, f"{name}_ci_high": high})
+    n_with_node, n_detected = int(np.count_nonzero(reference_node)), int(np.count_nonzero(detected))
+    low, high = clopper_pearson_interval(n_detected, n_with_node, level)
+    results.update(
+        detection_rate=n_detected / n_with_node if n_with_node else float("nan"),
+        detection_rate_ci_low=low,
+        detection_rate_ci_high=high,
+        detection_rate_ci_method="clopper-pearson",
+        n_with_node=n_with_node,
+        n_detected=n_detected,
+    )
+    for name, values in (("dice", dice), ("iou", iou), ("hd95", hd95)):
+        mean, low, high = _mean_with_interval(values[detected], n_bootstrap, level, rng)
+        results.update({f"{name}_detected": mean, f"{name}_detected_ci_low": low, f"{name}_detected_ci_high": high})
     results.update(
         per_image_dice=dice.tolist(),
         per_image_iou=iou.tolist(),
         per_image_hd95=hd95.tolist(),
         per_image_missed=missed.tolist(),
+        per_image_detected=[bool(d) if r else None for d, r in zip(detected, reference_node)],
         n_images=len(pairs),
         n_missed=int(np.count_nonzero(missed)),
         n_spurious=int(np.count_nonzero(spurious)),

@@ -18,6 +18,7 @@ import datasets
 import evaluate
 import numpy as np
 from scipy.special import ndtr
+from scipy.optimize import brentq
 from scipy.special import ndtri
 from scipy.stats import beta as beta_distribution
 
@@ -68,6 +69,24 @@ _CITATION = """\
   pages   = {32--35},
   year    = {1950}
 }
+@article{newcombe2006confidence,
+  title   = {Confidence intervals for an effect size measure based on the {Mann-Whitney} statistic. Part 2: asymptotic methods and evaluation},
+  author  = {Newcombe, Robert G.},
+  journal = {Statistics in Medicine},
+  volume  = {25},
+  number  = {4},
+  pages   = {559--573},
+  year    = {2006}
+}
+@article{hanley1982meaning,
+  title   = {The meaning and use of the area under a receiver operating characteristic ({ROC}) curve},
+  author  = {Hanley, James A. and McNeil, Barbara J.},
+  journal = {Radiology},
+  volume  = {143},
+  number  = {1},
+  pages   = {29--36},
+  year    = {1982}
+}
 @book{efron1993introduction,
   title     = {An Introduction to the Bootstrap},
   author    = {Efron, Bradley and Tibshirani, Robert J.},
@@ -96,24 +115,37 @@ Which interval each metric gets (`<name>_ci_method` says it in the results):
   number of malignant cases (sensitivity), benign cases (specificity), predicted
   positives (PPV), predicted negatives (NPV) or all cases (accuracy), and the interval is
   NaN when that number is 0.
-- "stratified-bootstrap": ROC AUC, balanced accuracy and F1, which are not simple
+- "newcombe": the ROC AUC's interval is Newcombe's (2006) score-type interval: the values of
+  theta with (theta - AUC)^2 = z^2 V(theta), V being Hanley & McNeil's variance with both class
+  sizes replaced by N* = (m + n) / 2 (`newcombe_interval`). At this dataset's sizes (8 malignant
+  / 10 benign, 16 / 20) DeLong's interval and the percentile bootstrap cover the true AUC only
+  60-92 % of the time; Newcombe's holds about 95 % (benchmarks/bench_auc_coverage.py). It stays
+  in [0, 1] and never has zero width.
+- "stratified-bootstrap": balanced accuracy and F1, which are not simple
   proportions, get a stratified percentile bootstrap: malignant and benign cases are
   resampled separately, keeping their counts fixed. Test sets in this domain are small
   and often imbalanced, so an ordinary bootstrap produces replicates with no malignant
   (or no benign) case, in which AUC does not exist; dropping those replicates biases the
   interval, and keeping the class counts fixed also matches the design of a diagnostic
-  study (pROC's default, Robin et al. 2011). AUC in each replicate is the Mann-Whitney
-  statistic with ties counted one half. Replicates in which a metric is undefined are
-  left out of that metric's percentiles; the interval is NaN if it is undefined in all.
+  study (pROC's default, Robin et al. 2011). The AUC's bootstrap interval is reported too
+  (`roc_auc_bootstrap_ci_low`, `roc_auc_bootstrap_ci_high`), with the AUC in each replicate
+  the Mann-Whitney statistic with ties counted one half. Replicates in which a metric is
+  undefined are left out of that metric's percentiles; the interval is NaN if it is
+  undefined in all. When every replicate gives the same value (e.g. F1 with no true
+  positive in any replicate) the interval has zero width: that is no variation to
+  estimate, not certainty, and reports must not print it as an interval.
 - "delong": the AUC also gets DeLong's asymptotic interval (`roc_auc_delong_ci_low`,
   `roc_auc_delong_ci_high`), AUC -/+ z * SE clipped to [0, 1], as pROC's `ci.auc`
-  reports by default. NaN with fewer than 2 cases in a class.
+  reports by default. NaN with fewer than 2 cases in a class. Too narrow at small
+  sizes for a headline, it is kept for paired comparisons (`delong_test`), whose size
+  and coverage hold.
 
 Perfect separation: when both classes are present and the AUC is exactly 1 (or 0),
 every bootstrap replicate has the same AUC and DeLong's standard error is 0, so both
-intervals would read [1, 1], a certainty that a finite sample cannot give. Then
-`perfect_separation` is True and both AUC intervals are NaN; report "perfectly
-separated: no interval" instead.
+of those intervals would read [1, 1], a certainty that a finite sample cannot give. Then
+`perfect_separation` is True, the bootstrap and DeLong intervals are NaN, and the
+Newcombe interval is [lower bound, 1] (or [0, upper bound] for an AUC of 0): report the
+lower bound, "AUC 1.000, 95 % CI lower bound 0.78 (Newcombe)".
 
 `small_sample` is True when either class has fewer than 30 cases (`small_sample_flag`):
 asymptotic (DeLong) intervals and bootstrap percentiles are unreliable there.
@@ -135,7 +167,8 @@ Args:
         on the test set whose metrics you report.
     n_bootstrap (`int`, defaults to 1000): number of stratified bootstrap replicates;
         0 skips the bootstrap, and the intervals of the "stratified-bootstrap" metrics
-        (roc_auc, balanced_accuracy, f1) are NaN; the exact and DeLong intervals remain.
+        (balanced_accuracy, f1, the AUC's bootstrap interval) are NaN; the exact, Newcombe
+        and DeLong intervals remain.
     confidence_level (`float`, defaults to 0.95): coverage of every interval.
     seed (`int` or `None`, defaults to 0): seed of the bootstrap's random generator; the
         same seed and inputs give the same intervals.
@@ -146,10 +179,11 @@ Returns:
       `specificity`, `ppv`, `npv`, `f1`: the estimate `<name>` (float), its interval
       `<name>_ci_low`, `<name>_ci_high` (floats) and `<name>_ci_method` (str), one of
       "clopper-pearson" (accuracy, sensitivity, specificity, ppv, npv),
-      "stratified-bootstrap" (roc_auc, balanced_accuracy, f1);
+      "newcombe" (roc_auc), "stratified-bootstrap" (balanced_accuracy, f1);
+    - `roc_auc_bootstrap_ci_low`, `roc_auc_bootstrap_ci_high` (floats; stratified bootstrap);
     - `roc_auc_delong_ci_low`, `roc_auc_delong_ci_high` (floats; method "delong");
     - `perfect_separation` (bool): both classes present and AUC exactly 0 or 1; then
-      all four AUC interval bounds are NaN;
+      the bootstrap and DeLong AUC bounds are NaN and Newcombe's is one-sided ([low, 1]);
     - `threshold` (float), `tn`, `fp`, `fn`, `tp`, `n`, `n_positive`, `n_negative` (ints);
     - `small_sample` (bool): fewer than 30 malignant or fewer than 30 benign cases;
     - `n_bootstrap` (int), `confidence_level` (float).
@@ -171,9 +205,13 @@ METRIC_NAMES = ("roc_auc",) + THRESHOLD_METRICS
 EXACT_METHOD = "clopper-pearson"
 BOOTSTRAP_METHOD = "stratified-bootstrap"
 DELONG_METHOD = "delong"
-#: Proportions k/n, which get the exact Clopper-Pearson interval; the others get the bootstrap.
+NEWCOMBE_METHOD = "newcombe"
+#: Proportions k/n, which get the exact Clopper-Pearson interval; the AUC gets Newcombe's; the others the bootstrap.
 PROPORTION_METRICS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
-CI_METHODS = {name: EXACT_METHOD if name in PROPORTION_METRICS else BOOTSTRAP_METHOD for name in METRIC_NAMES}
+CI_METHODS = {
+    name: EXACT_METHOD if name in PROPORTION_METRICS else NEWCOMBE_METHOD if name == "roc_auc" else BOOTSTRAP_METHOD
+    for name in METRIC_NAMES
+}
 #: Fewer cases than this in either class makes a test set "small" (see `small_sample_flag`).
 SMALL_SAMPLE_MINIMUM = 30
 
@@ -392,6 +430,49 @@ def youden_threshold(references, probabilities):
     return _threshold_below(levels, best)
 
 
+def youden_threshold_stability(
+    validation_references, validation_probabilities, references, probabilities, n_bootstrap=1000,
+    confidence_level=0.95, seed=0,
+):
+    """How much the Youden threshold, chosen on a small validation set, moves the operating point on another set.
+
+    The threshold is re-chosen (`youden_threshold`) on each of `n_bootstrap` stratified bootstrap resamples of the
+    validation set (malignant and benign cases resampled separately), and each re-chosen threshold is applied to
+    the evaluated set (`references`, `probabilities`). Returns the central `confidence_level` percentile range of
+    the thresholds and of the sensitivity and specificity they give there: dict(threshold_range_low,
+    threshold_range_high, sensitivity_threshold_range_low, ..._high, specificity_threshold_range_low, ..._high,
+    threshold_range_n_bootstrap). A range, not a confidence interval of the point estimate: it shows how much of
+    the evaluated set's sensitivity and specificity is the luck of the threshold. NaN where undefined (a class
+    absent from either set, or `n_bootstrap` 0).
+    """
+    validation_labels, validation_scores = _validated(validation_references, validation_probabilities)
+    labels, scores = _validated(references, probabilities)
+    n_bootstrap = _check_n_bootstrap(n_bootstrap)
+    confidence_level = _check_confidence_level(confidence_level)
+    keys = ("threshold", "sensitivity_threshold", "specificity_threshold")
+    results = {f"{key}_range_{end}": float("nan") for key in keys for end in ("low", "high")}
+    results["threshold_range_n_bootstrap"] = n_bootstrap
+    positive = validation_labels == 1
+    if n_bootstrap == 0 or positive.all() or not positive.any():
+        return results
+    rng = np.random.default_rng(seed)
+    positive_scores, negative_scores = validation_scores[positive], validation_scores[~positive]
+    positive_draws = _resample(rng, positive_scores.size, n_bootstrap)
+    negative_draws = _resample(rng, negative_scores.size, n_bootstrap)
+    resampled_labels = np.r_[np.ones(positive_scores.size, dtype=np.int64), np.zeros(negative_scores.size, dtype=np.int64)]
+    thresholds = np.array([
+        youden_threshold(resampled_labels, np.r_[positive_scores[p], negative_scores[n]])
+        for p, n in zip(positive_draws, negative_draws)
+    ])
+    predicted = scores[None, :] >= thresholds[:, None]
+    evaluated_positive = labels == 1
+    sensitivity = _divide(predicted[:, evaluated_positive].sum(axis=1), np.full(n_bootstrap, evaluated_positive.sum()))
+    specificity = _divide((~predicted[:, ~evaluated_positive]).sum(axis=1), np.full(n_bootstrap, (~evaluated_positive).sum()))
+    for key, values in zip(keys, (thresholds, sensitivity, specificity)):
+        results[f"{key}_range_low"], results[f"{key}_range_high"] = _percentile_interval(values, confidence_level)
+    return results
+
+
 def _threshold_below(levels, index):
     """Threshold calling levels[index:] positive: midway to the next lower level, 0.0 below the lowest."""
     if index == 0:
@@ -535,7 +616,9 @@ def clinical_classification_metrics(
     for name in METRIC_NAMES:
         if name in proportion_counts:
             low, high = clopper_pearson_interval(*proportion_counts[name], confidence_level)
-        elif n_bootstrap == 0 or (name == "roc_auc" and perfect_separation):
+        elif name == "roc_auc":
+            low, high = newcombe_interval(point["roc_auc"], point["n_positive"], point["n_negative"], confidence_level)
+        elif n_bootstrap == 0:
             low, high = nan_interval
         else:
             low, high = _percentile_interval(replicates[name], confidence_level)
@@ -544,6 +627,10 @@ def clinical_classification_metrics(
         results[f"{name}_ci_high"] = high
         results[f"{name}_ci_method"] = CI_METHODS[name]
         if name == "roc_auc":
+            bootstrap = nan_interval
+            if n_bootstrap > 0 and not perfect_separation:
+                bootstrap = _percentile_interval(replicates["roc_auc"], confidence_level)
+            results["roc_auc_bootstrap_ci_low"], results["roc_auc_bootstrap_ci_high"] = bootstrap
             delong = delong_ci(labels, scores, confidence_level)
             results["roc_auc_delong_ci_low"] = delong["roc_auc_ci_low"]
             results["roc_auc_delong_ci_high"] = delong["roc_auc_ci_high"]
@@ -603,6 +690,106 @@ def holm_adjust(p_values):
     adjusted = values.copy()
     adjusted[order] = np.minimum(1.0, np.maximum.accumulate(multipliers * values[order]))
     return adjusted.tolist()
+
+
+# --------------------------------------------------------------------------- Newcombe
+
+
+def newcombe_variance(theta, n_positive, n_negative):
+    """Newcombe's (2006) variance of the Mann-Whitney AUC at the true value `theta`.
+
+    Hanley & McNeil's (1982) variance, [theta(1-theta) + (m-1)(Q1-theta^2) + (n-1)(Q2-theta^2)] / (mn) with
+    Q1 = theta/(2-theta) and Q2 = 2theta^2/(1+theta), with both m-1 and n-1 replaced by N* - 1, N* = (m+n)/2:
+    theta(1-theta)/(mn) * [1 + (N*-1)(1-theta)/(2-theta) + (N*-1)theta/(1+theta)].
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    n_star_minus_1 = (n_positive + n_negative) / 2.0 - 1.0
+    bracket = 1.0 + n_star_minus_1 * ((1.0 - theta) / (2.0 - theta) + theta / (1.0 + theta))
+    return theta * (1.0 - theta) / (n_positive * n_negative) * bracket
+
+
+def newcombe_interval(auc, n_positive, n_negative, confidence_level=0.95):
+    """Newcombe's (2006) score-type interval of an AUC from m positives and n negatives, as (low, high).
+
+    The bounds are the two values of theta with (theta - AUC)^2 = z^2 * V(theta), V being `newcombe_variance`
+    evaluated at theta, not at the estimate (as Wilson's interval does for a proportion): the interval stays
+    inside [0, 1] and keeps a non-zero width when the AUC is 0 or 1 (perfect separation gives [low, 1]).
+    Its simulated coverage holds at 8/10 cases (benchmarks/bench_auc_coverage.py), where DeLong's does not.
+    (NaN, NaN) when a class is absent or the AUC is NaN.
+    """
+    m, n = int(n_positive), int(n_negative)
+    if m == 0 or n == 0 or auc is None or np.isnan(auc):
+        return float("nan"), float("nan")
+    z_squared = float(ndtri(0.5 + confidence_level / 2.0)) ** 2
+
+    def excess(theta):  # (theta - auc)^2 - z^2 V(theta): negative inside the interval
+        return (theta - auc) ** 2 - z_squared * float(newcombe_variance(theta, m, n))
+
+    def bracket(theta):
+        return 1.0 + ((m + n) / 2.0 - 1.0) * ((1.0 - theta) / (2.0 - theta) + theta / (1.0 + theta))
+
+    if auc >= 1.0:  # (1 - theta)^2 = z^2 theta (1 - theta) b(theta) / (mn), divided by (1 - theta)
+        low = brentq(lambda t: (1.0 - t) - z_squared * t * bracket(t) / (m * n), 0.0, 1.0, xtol=1e-14)
+    elif auc <= 0.0:
+        low = 0.0
+    else:
+        low = brentq(excess, 0.0, auc, xtol=1e-14)
+    if auc <= 0.0:
+        high = brentq(lambda t: t - z_squared * (1.0 - t) * bracket(t) / (m * n), 0.0, 1.0, xtol=1e-14)
+    elif auc >= 1.0:
+        high = 1.0
+    else:
+        high = brentq(excess, auc, 1.0, xtol=1e-14)
+    return float(low), float(high)
+
+
+def newcombe_ci(references, probabilities, confidence_level=0.95):
+    """The AUC with Newcombe's interval (`newcombe_interval`): dict(roc_auc, roc_auc_ci_low, roc_auc_ci_high)."""
+    labels, scores = _validated(references, probabilities)
+    confidence_level = _check_confidence_level(confidence_level)
+    auc = roc_auc(labels, scores)
+    n_positive = int(labels.sum())
+    low, high = newcombe_interval(auc, n_positive, labels.size - n_positive, confidence_level)
+    return {"roc_auc": auc, "roc_auc_ci_low": low, "roc_auc_ci_high": high}
+
+
+def hanley_mcneil_variance(theta, n_positive, n_negative):
+    """Hanley & McNeil's (1982) variance of an AUC of `theta` from m positives and n negatives (exponential model):
+    [theta(1-theta) + (m-1)(Q1-theta^2) + (n-1)(Q2-theta^2)] / (mn), Q1 = theta/(2-theta), Q2 = 2theta^2/(1+theta)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    q1, q2 = theta / (2.0 - theta), 2.0 * theta**2 / (1.0 + theta)
+    m, n = n_positive, n_negative
+    return (theta * (1.0 - theta) + (m - 1) * (q1 - theta**2) + (n - 1) * (q2 - theta**2)) / (m * n)
+
+
+def auc_difference_power(difference, auc, n_positive, n_negative, alpha=0.05, correlation=0.0):
+    """Power of the two-sided paired z test (DeLong's, asymptotically) to detect AUC auc + difference against auc.
+
+    The variance of the difference is V(auc) + V(auc + difference) - 2 r sqrt(V(auc) V(auc + difference)), with
+    `hanley_mcneil_variance` at the set's sizes and r the correlation of the two AUCs (Obuchowski & McClish 1997's
+    design: r = 0 for independent readings, larger when both models rank the same cases alike).
+    """
+    other = auc + difference
+    v_a, v_b = hanley_mcneil_variance(auc, n_positive, n_negative), hanley_mcneil_variance(other, n_positive, n_negative)
+    standard_error = float(np.sqrt(v_a + v_b - 2.0 * correlation * np.sqrt(v_a * v_b)))
+    z = float(ndtri(1.0 - alpha / 2.0))
+    if standard_error == 0:
+        return 1.0 if difference != 0 else alpha
+    shift = difference / standard_error
+    return float(ndtr(shift - z) + ndtr(-shift - z))
+
+
+def minimum_detectable_auc_difference(auc, n_positive, n_negative, power=0.8, alpha=0.05, correlation=0.0):
+    """Smallest AUC gain over `auc` that a set of this size detects with `power` (two-sided `alpha`), by
+    `auc_difference_power`; NaN when even an AUC of 1 would not be detected that often (or auc is NaN)."""
+    if auc is None or not 0.0 < auc < 1.0 or n_positive < 1 or n_negative < 1:
+        return float("nan")
+    if auc_difference_power(1.0 - auc, auc, n_positive, n_negative, alpha, correlation) < power:
+        return float("nan")
+    return float(brentq(
+        lambda d: auc_difference_power(d, auc, n_positive, n_negative, alpha, correlation) - power,
+        1e-9, 1.0 - auc, xtol=1e-12,
+    ))
 
 
 # --------------------------------------------------------------------------- DeLong
