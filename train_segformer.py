@@ -66,7 +66,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, SegformerImageProcessor
 
-from lymphus_ml.cards import base_model_license, benchmark_eval_results, card_license, segmenter_card
+from lymphus_ml.cards import base_model_license, benchmark_eval_results, card_license
 from lymphus_ml.cli import run
 from lymphus_ml.data import dataset_is_synthetic, dataset_revision, load_evaluation_sets
 from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG
@@ -87,6 +87,7 @@ from lymphus_ml.segmentation import (
     transform_for,
     write_cases_csv,
 )
+from lymphus_ml.segmenter_card import segmenter_card
 from lymphus_ml.training import (
     CheckpointArguments,
     ClinicalTrainer,

@@ -62,26 +62,27 @@ uploads only what this run wrote.
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from datasets import ClassLabel
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, ViTImageProcessor
 
 from lymphus_ml import crossval
-from lymphus_ml.cards import base_model_license, benchmark_eval_results, card_license, classifier_card
+from lymphus_ml.cards import benchmark_eval_results
+from lymphus_ml.classifier_card import card_fields, classifier_card
+from lymphus_ml.classifier_training import build_trainer, load_model, predict_splits
 from lymphus_ml.cli import run
-from lymphus_ml.data import (
-    dataset_is_synthetic,
-    dataset_revision,
-    empty_mask_cases,
-    load_evaluation_sets,
-    split_sizes,
-)
+from lymphus_ml.data import empty_mask_cases, load_evaluation_sets, split_sizes
 from lymphus_ml.demo_configs import TINY_VIT_CONFIG
+from lymphus_ml.evaluation import (
+    CLINICAL_METRIC_PATH,
+    apply_threshold,
+    clinical_metrics_at_thresholds,
+    format_metric,
+    load_metric,
+    youden_threshold,
+    youden_threshold_stability,
+)
 from lymphus_ml.finetuning import (
     BASE_MODEL_FOLDER,
     FinetuningArguments,
@@ -92,49 +93,19 @@ from lymphus_ml.finetuning import (
     save_classifier_config,
     write_finetuning_record,
 )
-from lymphus_ml.evaluation import (
-    CLINICAL_METRIC_PATH,
-    RocAucComputeMetrics,
-    apply_threshold,
-    clinical_metrics_at_thresholds,
-    format_metric,
-    json_safe,
-    load_metric,
-    positive_probabilities,
-    youden_threshold,
-    youden_threshold_stability,
-)
 from lymphus_ml.hub import HubJobArguments, hub_repo_id, push_run_to_hub, submit_script_job
-from lymphus_ml.images import (
-    ROI_MODES,
-    PreparedCases,
-    collate_fn,
-    evaluation_transform,
-    model_input_size,
-    model_num_channels,
-    processor_mean_std,
-)
+from lymphus_ml.images import ROI_MODES
 from lymphus_ml.plots import plot_confusion_matrix, plot_roc
 from lymphus_ml.runs import PREDICTION_COLUMNS, write_run_predictions
-from lymphus_ml.saliency import (
-    CONTROLS,
-    SALIENCY_METHODS,
-    model_inputs_with_masks,
-    plot_saliency_cases,
-    saliency_with_controls,
-    stratified_sample,
-)
+from lymphus_ml.saliency import SALIENCY_METHODS
+from lymphus_ml.saliency_controls import where_the_model_looks
 from lymphus_ml.training import (
     CheckpointArguments,
-    ClinicalTrainer,
     ClinicalTrainingArguments,
     LymphUsDataArguments,
-    WeightedCrossEntropyLoss,
-    balanced_class_weights,
     claim_output_dir,
     offline_demo_export,
     parse_training_arguments,
-    read_model_config_json,
     prepare_run,
     train_and_save,
 )
@@ -302,108 +273,6 @@ def check_masks_mark_a_node(dataset, evaluation_sets, data_args, do_train):
             )
 
 
-def load_model(model_args, data_args, class_names, do_train):
-    """(model, image_processor, base_model, description): a checkpoint, or a model built from a config offline."""
-    id2label = dict(enumerate(class_names))
-    label2id = {name: index for index, name in id2label.items()}
-    if model_args.model_config_json:
-        model_type, config_dict = read_model_config_json(model_args.model_config_json)
-        config = AutoConfig.for_model(
-            model_type, num_labels=len(class_names), id2label=id2label, label2id=label2id, **config_dict
-        )
-        model = AutoModelForImageClassification.from_config(config)
-        image_size = getattr(config, "image_size", 224)
-        height, width = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
-        num_channels = model_num_channels(config)
-        image_processor = ViTImageProcessor(
-            size={"height": height, "width": width}, image_mean=[0.5] * num_channels, image_std=[0.5] * num_channels
-        )
-        description = f"Architecture `{model_type}` built from a config: {json.dumps(config_dict)}."
-        return model, image_processor, None, description
-    config = AutoConfig.from_pretrained(
-        model_args.model_name_or_path,
-        num_labels=len(class_names),
-        id2label=id2label,
-        label2id=label2id,
-        finetuning_task="image-classification",
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-    )
-    model, loading_info = AutoModelForImageClassification.from_pretrained(
-        model_args.model_name_or_path,
-        config=config,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
-        output_loading_info=True,
-    )
-    if not do_train:
-        check_trained_head(model_args, loading_info, class_names)
-    image_processor = AutoImageProcessor.from_pretrained(
-        model_args.image_processor_name or model_args.model_name_or_path,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-    )
-    base_model = model_args.model_name_or_path if not Path(model_args.model_name_or_path).exists() else None
-    verb = "Fine-tuned from" if do_train else "Evaluation only (no training) of"
-    trained_roi = getattr(config, "roi_mode", None)
-    if trained_roi is not None and trained_roi != data_args.roi:
-        logger.warning(f"{model_args.model_name_or_path} was trained with --roi {trained_roi}, used here with --roi {data_args.roi}.")
-    return model, image_processor, base_model, f"{verb} `{model_args.model_name_or_path}` ({config.model_type})."
-
-
-def check_trained_head(model_args, loading_info, class_names):
-    """Evaluation only (--do_train False) must evaluate trained weights: refuse a checkpoint whose head was replaced
-    or left out (other classes, or weights missing), which would be a random classifier under this card."""
-    original = AutoConfig.from_pretrained(
-        model_args.model_name_or_path, cache_dir=model_args.cache_dir, revision=model_args.model_revision
-    )
-    labels = [original.id2label[index] for index in sorted(original.id2label)]
-    replaced = list(loading_info.get("missing_keys", [])) + [str(key) for key in loading_info.get("mismatched_keys", [])]
-    if labels != list(class_names) or replaced:
-        raise ValueError(
-            f"--do_train False evaluates {model_args.model_name_or_path} as it is, but its head does not fit LymphUs: "
-            f"its classes are {labels} (expected {list(class_names)})"
-            + (f" and {len(replaced)} weight(s) would be newly initialised (e.g. {replaced[:3]})" if replaced else "")
-            + ". Fine-tune it (--do_train True) or pass a classifier written by train_vit.py."
-        )
-
-
-def model_view(split_dataset, data_args, image_processor, num_channels, train=False):
-    """`split_dataset` as the model sees it, prepared once in memory: the ROI at the model's input size (training:
-    at a working size, each batch augmented from there), `pixel_values` and `labels`."""
-    mean, std = processor_mean_std(image_processor, num_channels)
-    augment = train and data_args.augmentation != "none"
-    return PreparedCases(
-        split_dataset, model_input_size(image_processor), mean, std, data_args.roi, data_args.roi_margin, augment,
-        num_channels, data_args.image_column_name, data_args.mask_column_name, data_args.label_column_name,
-    )
-
-
-def build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index):
-    """ClinicalTrainer: selects the epoch on validation ROC-AUC, the only metric computed each epoch (the clinical
-    metrics with their intervals are computed once, after training); class-weighted loss with --class_weighting
-    balanced. Training and validation cases are prepared once, here."""
-    num_channels = model_num_channels(model.config)
-    compute_loss_func, train_view = None, None
-    if data_args.class_weighting == "balanced" and training_args.do_train:
-        weights = balanced_class_weights(dataset["train"][data_args.label_column_name], len(class_names))
-        logger.info(f"Balanced class weights: {dict(zip(class_names, weights))}")
-        compute_loss_func = WeightedCrossEntropyLoss(weights)
-    if training_args.do_train:
-        train_view = model_view(dataset["train"], data_args, image_processor, num_channels, train=True)
-    return ClinicalTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_view,
-        eval_dataset=model_view(dataset["validation"], data_args, image_processor, num_channels),
-        processing_class=image_processor,
-        data_collator=collate_fn,
-        compute_metrics=RocAucComputeMetrics(positive_index, data_args.metric_path),
-        compute_loss_func=compute_loss_func,
-    )
-
-
 def add_predicted_roi_sets(evaluation_sets, data_args, device):
     """Mask-free evaluation: the test sets again, cropped with a segmenter's masks instead of the expert's."""
     from lymphus_ml.inference import load_segmenter, with_predicted_masks
@@ -413,19 +282,6 @@ def add_predicted_roi_sets(evaluation_sets, data_args, device):
         evaluation_sets[f"{split}_predicted_roi"] = with_predicted_masks(
             evaluation_sets[split], segmenter, segmenter_processor, data_args
         )
-
-
-def predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index):
-    """{split: (references 0/1, positive-class probabilities, case ids)} for every evaluated set."""
-    num_channels = model_num_channels(trainer.model.config)
-    predictions = {}
-    for split, split_dataset in evaluation_sets.items():
-        view = model_view(split_dataset, data_args, image_processor, num_channels)
-        output = trainer.predict(view, metric_key_prefix=split)
-        references = (np.asarray(split_dataset[data_args.label_column_name]) == positive_index).astype(int)
-        probabilities = positive_probabilities(output.predictions, positive_index)
-        predictions[split] = (references, probabilities, list(split_dataset[data_args.case_id_column_name]))
-    return predictions
 
 
 def report_splits(predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency=None,
@@ -499,92 +355,6 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
     return split_metrics, plots, prediction_rows
 
 
-def where_the_model_looks(model, evaluation_sets, data_args, image_processor, class_names, positive_index, seed,
-                          output_dir) -> dict:
-    """{split: saliency summary + figure}: saliency maps of the evaluated sets scored against the expert masks,
-    beside two randomised controls (`saliency_with_controls`).
-
-    Each set is sampled (at most --saliency_max_cases cases, stratified by label, seeded); the best, median and worst
-    case (by share of saliency in the node) go to saliency_<split>.png with the controls' maps. The sets cropped
-    with a segmenter's masks are left out: the expert mask is the reference.
-    """
-    started, started_cpu = time.perf_counter(), time.process_time()
-    transform = evaluation_transform(model, image_processor, data_args.roi, data_args.roi_margin)
-    explained = "predicted" if data_args.saliency_target == "predicted" else data_args.positive_label
-    options = (
-        {"window_fraction": data_args.saliency_window, "stride_fraction": data_args.saliency_stride}
-        if data_args.saliency == "occlusion" else {}
-    )
-    summaries, cases = {}, 0
-    for split, split_dataset in evaluation_sets.items():
-        if split.endswith("_predicted_roi"):
-            continue
-        sample = stratified_sample(split_dataset[data_args.label_column_name], data_args.saliency_max_cases, seed)
-        pixel_values, masks, images = model_inputs_with_masks(
-            split_dataset.select(sample), transform, transform.size, data_args.image_column_name,
-            data_args.mask_column_name,
-        )
-        targets = predicted_classes(model, pixel_values) if explained == "predicted" else positive_index
-        result = saliency_with_controls(
-            model, pixel_values, masks, targets, data_args.saliency, seed=seed,
-            confidence_level=data_args.confidence_level, **options,
-        )
-        summary, scores = result["summary"], result["scores"]
-        of_set = f"{len(sample)} of {len(split_dataset)} cases" if len(sample) < len(split_dataset) else f"all {len(sample)} cases"
-        figure = plot_saliency_cases(
-            images, masks, result["maps"]["trained"], scores["trained"]["energy_in_node"],
-            output_dir / f"saliency_{split}.png",
-            title=f"{split}: where the model looks ({data_args.saliency}, {of_set}, explaining the "
-            f"{explained} class); best, median and worst by share in the node; randomised controls right",
-            controls={name: result["maps"][name] for name in CONTROLS},
-            control_scores={name: scores[name]["energy_in_node"] for name in CONTROLS},
-        )
-        explained_counts = np.bincount(np.broadcast_to(np.asarray(targets), len(sample)), minlength=len(class_names))
-        summaries[split] = json_safe({
-            "method": data_args.saliency,
-            "explained_class": explained,
-            "explained_class_counts": dict(zip(class_names, explained_counts.tolist())),
-            "n_cases_in_set": len(split_dataset),
-            "case_sample": "every case" if len(sample) == len(split_dataset) else "stratified by label",
-            "max_cases": data_args.saliency_max_cases,
-            "sample_seed": seed,
-            **({"occlusion_window_fraction": data_args.saliency_window,
-                "occlusion_stride_fraction": data_args.saliency_stride} if options else {}),
-            **summary,
-            "excess_interval": "paired over cases: mean difference, Student t interval",
-            "figure": figure.name,
-        })
-        cases += len(sample)
-        logger.info(
-            f"{split}: {summary['energy_in_node_mean']:.2f} of the saliency in the node (chance "
-            f"{summary['node_area_fraction_mean']:.2f}; head re-initialised "
-            f"{summary['controls']['head_reinitialised']['energy_in_node_mean']:.2f}, all re-initialised "
-            f"{summary['controls']['all_reinitialised']['energy_in_node_mean']:.2f}); peak in the node for "
-            f"{summary['pointing_game_hit_rate']:.2f}; {of_set}"
-        )
-    logger.info(
-        f"Saliency: {cases} cases x 3 models in {time.perf_counter() - started:.1f} s "
-        f"(CPU {time.process_time() - started_cpu:.1f} s)"
-    )
-    return summaries
-
-
-def predicted_classes(model, pixel_values, batch_size: int = 256) -> np.ndarray:
-    """The model's top class per image (argmax of the logits)."""
-    import torch
-
-    parameter = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = [model(pixel_values=batch.to(parameter.device, parameter.dtype)).logits.float().cpu()
-                      for batch in torch.as_tensor(pixel_values).split(batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(logits).argmax(dim=1).numpy()
-
-
 def save_inference_settings(trainer, youden, data_args, output_dir):
     """The threshold and the input the model expects travel with the model (config.json) and beside it."""
     inference = {
@@ -596,111 +366,6 @@ def save_inference_settings(trainer, youden, data_args, output_dir):
     (output_dir / "threshold.json").write_text(json.dumps(inference, indent=2) + "\n")
     trainer.model.config.update(inference)
     trainer.save_model()
-
-
-def card_fields(data_args, model_args, training_args, dataset, evaluation_sets, class_names, image_processor,
-                base_model, model_description, split_metrics, plots, youden, output_dir) -> dict:
-    """The keyword arguments of `classifier_card` for this run."""
-    sizes = {}
-    if training_args.do_train:
-        sizes["train"] = split_sizes(dataset["train"], data_args.label_column_name, class_names)
-    for split, split_dataset in evaluation_sets.items():
-        sizes[split] = split_sizes(split_dataset, data_args.label_column_name, class_names)
-    height, width = model_input_size(image_processor)
-    hyperparameters = None if not training_args.do_train else {
-        "learning_rate": training_args.learning_rate,
-        "epochs": training_args.num_train_epochs,
-        "train_batch_size": training_args.per_device_train_batch_size,
-        "seed": training_args.seed,
-        "augmentation": data_args.augmentation,
-        "class_weighting": data_args.class_weighting,
-        "model_selection": f"best validation {training_args.metric_for_best_model}",
-        "input_size": f"{height}x{width}",
-    }
-    return dict(
-        model_name=(training_args.hub_model_id or output_dir.resolve().name).split("/")[-1],
-        base_model=base_model,
-        model_description=model_description,
-        dataset_name=data_args.dataset_name,
-        dataset_config=data_args.dataset_config,
-        external_config=data_args.external_config,
-        roi_mode=data_args.roi,
-        roi_margin=data_args.roi_margin,
-        split_sizes=sizes,
-        split_metrics=split_metrics,
-        youden=youden,
-        class_names=class_names,
-        positive_label=data_args.positive_label,
-        plots=plots,
-        synthetic=dataset_is_synthetic(data_args.dataset_name),
-        hyperparameters=hyperparameters,
-        confidence_level=data_args.confidence_level,
-        license_fields=card_license(model_args.license, base_model_license(base_model, model_args.model_revision)),
-        dataset_revision=dataset_revision(data_args.dataset_name),
-    )
-
-
-def cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets, class_names,
-                             positive_index, image_processor, run_folder):
-    """--cv_folds K: K fold models on train + validation (the dataset's folds) predict their held-out fold after every
-    epoch; the out-of-fold predictions choose the epochs, threshold, calibration and conformal sets (lymphus_ml.crossval).
-    Returns (the refit model's trainer, cv). The validation split leaves `evaluation_sets`: it is development data."""
-    import tempfile
-    from dataclasses import replace
-
-    from datasets import DatasetDict
-    from transformers import set_seed
-
-    if not training_args.do_train:
-        raise ValueError("--cv_folds trains K fold models and a refit: it cannot run with --do_train False.")
-    development, folds = crossval.development_set(dataset, cv_args, data_args.label_column_name, data_args.dataset_name)
-    evaluation_sets.pop("validation", None)
-    fold_records, test_views = [], None
-    with tempfile.TemporaryDirectory() as scratch:
-        fold_args = replace(training_args, output_dir=scratch, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
-        for k in range(cv_args.cv_folds):
-            parts = DatasetDict(train=development.select(np.flatnonzero(folds != k)), validation=development.select(np.flatnonzero(folds == k)))
-            set_seed(training_args.seed)
-            model = load_model(model_args, data_args, class_names, True)[0]
-            trainer = build_trainer(model, image_processor, parts, data_args, fold_args, class_names, positive_index)
-            channels = model_num_channels(model.config)
-            test_views = test_views or {split: model_view(s, data_args, image_processor, channels) for split, s in evaluation_sets.items()}
-            callback = crossval.EpochPredictions({"held_out": trainer.eval_dataset, **test_views})
-            callback.trainer = trainer
-            trainer.add_callback(callback)
-            logger.info(f"Fold {k}: training on {len(parts['train'])} development cases, predicting the {len(parts['validation'])} held out")
-            trainer.train()
-            fold_records.append(callback.records)
-    labels = np.asarray(development[data_args.label_column_name])
-    cv = crossval.fit_on_oof(fold_records, folds, labels, positive_index, class_names, cv_args, data_args.metric_path)
-    cv.update(folds=folds, case_ids=list(development[data_args.case_id_column_name]), fold_records=fold_records, development=development)
-    logger.info(f"Out-of-fold: {cv['epochs']:g} epochs chosen (OOF ROC-AUC by epoch {cv['oof_roc_auc_by_epoch']}), "
-                f"threshold {cv['threshold']:.4f}, calibration {cv['calibrator'].as_dict()}")
-    trainer, cv["raw"] = refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets,
-                                              class_names, positive_index, image_processor, run_folder)
-    return trainer, cv
-
-
-def refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets, class_names,
-                         positive_index, image_processor, run_folder):
-    """One model trained on all development cases for the OOF-chosen epochs; its test-set probabilities before
-    calibration are taken, then the OOF calibration is folded into its head and the conformal thresholds put in its
-    config (CalibratedClassifierCV's ensemble=False design). Returns (trainer, {split: raw predictions})."""
-    from dataclasses import replace
-
-    from datasets import DatasetDict
-    from transformers import set_seed
-
-    refit_args = replace(training_args, eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
-                         num_train_epochs=cv["epochs"], max_steps=-1)
-    set_seed(training_args.seed)
-    model = load_model(model_args, data_args, class_names, True)[0]
-    parts = DatasetDict(train=development, validation=development.select(range(1)))  # no evaluation during the refit
-    trainer = build_trainer(model, image_processor, parts, data_args, refit_args, class_names, positive_index)
-    train_and_save(trainer, None, run_folder)
-    raw = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
-    crossval.carry_settings(trainer.model, cv)
-    return trainer, raw
 
 
 def job_paths(model_args, data_args, training_args) -> dict:
@@ -715,14 +380,92 @@ def job_paths(model_args, data_args, training_args) -> dict:
     }
 
 
-def main(args=None):
-    # Arguments
+def parse_arguments(args=None):
+    """((model, data, training, job, cross-validation, fine-tuning arguments), push_to_hub, hub_token, argv)."""
     dataclass_types = (ModelArguments, DataTrainingArguments, ClinicalTrainingArguments, HubJobArguments,
                        crossval.CrossValidationArguments, FinetuningArguments)
-    (model_args, data_args, training_args, job_args, cv_args, finetuning_args), push_to_hub, hub_token, argv = (
-        parse_training_arguments(dataclass_types, args)
-    )
+    arguments, push_to_hub, hub_token, argv = parse_training_arguments(dataclass_types, args)
+    *_, cv_args, finetuning_args = arguments
     crossval.check_finetuning_scheme(cv_args, finetuning_args.finetuning)
+    return arguments, push_to_hub, hub_token, argv
+
+
+def train(model, image_processor, dataset, evaluation_sets, class_names, positive_index, model_args, data_args,
+          training_args, cv_args, run_folder):
+    """(trainer, cv or None, training cost): the model fine-tuned (the best validation epoch kept) and saved; with
+    --cv_folds, fold models choose the settings on out-of-fold predictions and a refit on all development cases
+    carries them (`crossval.cross_validated_training`)."""
+    trainer, cv = None, None
+    if cv_args.cv_folds:
+        trainer, cv = crossval.cross_validated_training(model_args, data_args, training_args, cv_args, dataset,
+                                                        evaluation_sets, class_names, positive_index, image_processor,
+                                                        run_folder)
+    trainer = trainer or build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
+    training_cost = TrainingCostCallback()
+    trainer.add_callback(training_cost)
+    if training_args.do_train and not cv:
+        train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
+    return trainer, cv, training_cost
+
+
+def predict_and_choose_threshold(trainer, evaluation_sets, image_processor, positive_index, cv, data_args,
+                                 training_args):
+    """(predictions, Youden threshold): every evaluated set predicted (with --roi_source predicted, the test sets
+    again with a segmenter's masks); validation picks the threshold (--cv_folds: the out-of-fold predictions)."""
+    if data_args.roi_source == "predicted":
+        add_predicted_roi_sets(evaluation_sets, data_args, training_args.device)
+    predictions = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
+    youden = cv["threshold"] if cv else youden_threshold(*predictions["validation"][:2], data_args.metric_path)
+    logger.info(f"Youden threshold on {'the out-of-fold predictions' if cv else 'validation'}: {youden:.4f}")
+    return predictions, youden
+
+
+def write_reports(trainer, predictions, youden, metric, cv, evaluation_sets, image_processor, class_names,
+                  positive_index, data_args, training_args, output_dir):
+    """(split_metrics, plots, saliency): where the model looks (--saliency), metrics_<split>.json with the plots and
+    predictions.csv, the cross-validation's out-of-fold rows first."""
+    saliency = {}
+    if data_args.saliency != "none":
+        saliency = where_the_model_looks(
+            trainer.model, evaluation_sets, data_args, image_processor, class_names, positive_index,
+            training_args.seed, output_dir,
+        )
+    split_metrics, plots, prediction_rows = report_splits(
+        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency,
+        (cv["references"], cv["oof_probabilities"]) if cv else None,
+    )
+    if cv:
+        oof_rows = crossval.report_cross_validation(cv, predictions, metric, data_args, training_args.seed, output_dir)
+        prediction_rows = oof_rows + prediction_rows
+    write_run_predictions(output_dir / "predictions.csv", prediction_rows)
+    return split_metrics, plots, saliency
+
+
+def save_model(trainer, youden, training_cost, split_metrics, data_args, finetuning_args, output_dir) -> dict:
+    """The model as it is shared (an adapter merged with --merge_adapter), its threshold and input settings, and the
+    fine-tuning record (finetuning.json, metrics_<split>.json), which is returned."""
+    merge_for_saving(trainer, finetuning_args, output_dir)
+    save_inference_settings(trainer, youden, data_args, output_dir)
+    save_classifier_config(trainer.model, output_dir)
+    finetuning = finetuning_record(trainer.model, finetuning_args, output_dir, training_cost)
+    write_finetuning_record(finetuning, output_dir, split_metrics)
+    return finetuning
+
+
+def push(output_dir, repo_id, hub_token, split_metrics, fields, data_args, training_args):
+    """One commit of the files this run wrote, with the final card and its Hub evaluation results."""
+    url = push_run_to_hub(
+        output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier",
+        extra_files=benchmark_eval_results("classification", split_metrics, data_args, fields["dataset_revision"], repo_id),
+    )
+    logger.info(f"Pushed to {url}")
+
+
+def main(args=None):
+    # Arguments
+    (model_args, data_args, training_args, job_args, cv_args, finetuning_args), push_to_hub, hub_token, argv = (
+        parse_arguments(args)
+    )
 
     # Hub Job: submit this same command, with the project modules it imports, and stop
     if job_args.launch_on_hub:
@@ -747,63 +490,36 @@ def main(args=None):
 
     # Train
     metric = load_metric(data_args.metric_path)
-    trainer, cv = None, None
-    if cv_args.cv_folds:  # fold models choose the settings on out-of-fold predictions; a refit on all carries them
-        trainer, cv = cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets,
-                                               class_names, positive_index, image_processor, run_folder)
-    trainer = trainer or build_trainer(model, image_processor, dataset, data_args, training_args, class_names, positive_index)
-    training_cost = TrainingCostCallback()
-    trainer.add_callback(training_cost)
-    if training_args.do_train and not cv:
-        train_and_save(trainer, training_args.resume_from_checkpoint, run_folder)
+    trainer, cv, training_cost = train(model, image_processor, dataset, evaluation_sets, class_names, positive_index,
+                                       model_args, data_args, training_args, cv_args, run_folder)
 
     # Evaluate: validation picks the threshold, test and external use it unchanged
-    if data_args.roi_source == "predicted":
-        add_predicted_roi_sets(evaluation_sets, data_args, training_args.device)
-    predictions = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
-    youden = cv["threshold"] if cv else youden_threshold(*predictions["validation"][:2], data_args.metric_path)
-    logger.info(f"Youden threshold on {'the out-of-fold predictions' if cv else 'validation'}: {youden:.4f}")
+    predictions, youden = predict_and_choose_threshold(
+        trainer, evaluation_sets, image_processor, positive_index, cv, data_args, training_args
+    )
     if not trainer.is_world_process_zero():
         return None  # under torchrun every process holds all predictions; the first writes the reports and pushes
-    saliency = {}
-    if data_args.saliency != "none":
-        saliency = where_the_model_looks(
-            trainer.model, evaluation_sets, data_args, image_processor, class_names, positive_index,
-            training_args.seed, output_dir,
-        )
-    split_metrics, plots, prediction_rows = report_splits(
-        predictions, youden, metric, data_args, training_args, class_names, output_dir, saliency,
-        (cv["references"], cv["oof_probabilities"]) if cv else None,
+    split_metrics, plots, saliency = write_reports(
+        trainer, predictions, youden, metric, cv, evaluation_sets, image_processor, class_names, positive_index,
+        data_args, training_args, output_dir,
     )
-    if cv:
-        prediction_rows = crossval.report_cross_validation(cv, predictions, metric, data_args, training_args.seed, output_dir) + prediction_rows
-    write_run_predictions(output_dir / "predictions.csv", prediction_rows)
-    merge_for_saving(trainer, finetuning_args, output_dir)
-    save_inference_settings(trainer, youden, data_args, output_dir)
-    save_classifier_config(trainer.model, output_dir)
-    finetuning = finetuning_record(trainer.model, finetuning_args, output_dir, training_cost)
-    write_finetuning_record(finetuning, output_dir, split_metrics)
+    finetuning = save_model(trainer, youden, training_cost, split_metrics, data_args, finetuning_args, output_dir)
 
     # Model card
     fields = card_fields(
         data_args, model_args, training_args, dataset, evaluation_sets, class_names, image_processor, base_model,
         model_description, split_metrics, plots, youden, output_dir,
     )
-    fields["saliency"] = saliency
+    fields |= {"saliency": saliency, "finetuning": finetuning}
     if cv:
         crossval.update_card_fields(fields, cv, split_sizes(cv["development"], data_args.label_column_name, class_names))
-    fields["finetuning"] = finetuning
     repo_id = hub_repo_id(training_args.hub_model_id, output_dir, hub_token) if push_to_hub else training_args.hub_model_id
     classifier_card(**fields, repo_id=repo_id).save(output_dir / "README.md")
     run_folder.complete()
 
     # Push: one commit of the files this run wrote, with the final card
     if push_to_hub:
-        url = push_run_to_hub(
-            output_dir, repo_id, hub_token, private=training_args.hub_private_repo, commit_message="LymphUs classifier",
-            extra_files=benchmark_eval_results("classification", split_metrics, data_args, fields["dataset_revision"], repo_id),
-        )
-        logger.info(f"Pushed to {url}")
+        push(output_dir, repo_id, hub_token, split_metrics, fields, data_args, training_args)
     logger.info(
         f"Results in {output_dir.resolve()}: README.md (model card), metrics_<split>.json, predictions.csv, "
         "roc_<split>.png, confusion_matrix_<split>.png, threshold.json"

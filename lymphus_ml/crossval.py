@@ -12,14 +12,20 @@ at the chosen epoch give the fold ensemble, reported in the metrics only.
 
 import json
 import logging
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from transformers import TrainerCallback
+from datasets import DatasetDict
+from transformers import TrainerCallback, set_seed
 
 from lymphus_ml.calibration import METHODS
+from lymphus_ml.classifier_training import build_trainer, load_model, model_view, predict_splits
 from lymphus_ml.evaluation import json_safe
+from lymphus_ml.images import model_num_channels
 from lymphus_ml.runs import PREDICTION_COLUMNS
+from lymphus_ml.training import train_and_save
+
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +104,58 @@ class EpochPredictions(TrainerCallback):
     def record(self, state):
         logits = {name: np.asarray(self.trainer.predict(view, metric_key_prefix=f"cv_{name}").predictions) for name, view in self.views.items()}
         self.records.append({"epoch": float(state.epoch or 0.0), "step": int(state.global_step), "logits": logits})
+
+
+def cross_validated_training(model_args, data_args, training_args, cv_args, dataset, evaluation_sets, class_names,
+                             positive_index, image_processor, run_folder):
+    """--cv_folds K: K fold models on train + validation (the dataset's folds) predict their held-out fold after every
+    epoch; the out-of-fold predictions choose the epochs, threshold, calibration and conformal sets (`fit_on_oof`).
+    Returns (the refit model's trainer, cv). The validation split leaves `evaluation_sets`: it is development data."""
+    if not training_args.do_train:
+        raise ValueError("--cv_folds trains K fold models and a refit: it cannot run with --do_train False.")
+    development, folds = development_set(dataset, cv_args, data_args.label_column_name, data_args.dataset_name)
+    evaluation_sets.pop("validation", None)
+    fold_records, test_views = [], None
+    with tempfile.TemporaryDirectory() as scratch:
+        fold_args = replace(training_args, output_dir=scratch, eval_strategy="no", save_strategy="no", load_best_model_at_end=False)
+        for k in range(cv_args.cv_folds):
+            parts = DatasetDict(train=development.select(np.flatnonzero(folds != k)), validation=development.select(np.flatnonzero(folds == k)))
+            set_seed(training_args.seed)
+            model = load_model(model_args, data_args, class_names, True)[0]
+            trainer = build_trainer(model, image_processor, parts, data_args, fold_args, class_names, positive_index)
+            channels = model_num_channels(model.config)
+            test_views = test_views or {split: model_view(s, data_args, image_processor, channels) for split, s in evaluation_sets.items()}
+            callback = EpochPredictions({"held_out": trainer.eval_dataset, **test_views})
+            callback.trainer = trainer
+            trainer.add_callback(callback)
+            logger.info(f"Fold {k}: training on {len(parts['train'])} development cases, predicting the {len(parts['validation'])} held out")
+            trainer.train()
+            fold_records.append(callback.records)
+    labels = np.asarray(development[data_args.label_column_name])
+    cv = fit_on_oof(fold_records, folds, labels, positive_index, class_names, cv_args, data_args.metric_path)
+    cv.update(folds=folds, case_ids=list(development[data_args.case_id_column_name]), fold_records=fold_records, development=development)
+    logger.info(f"Out-of-fold: {cv['epochs']:g} epochs chosen (OOF ROC-AUC by epoch {cv['oof_roc_auc_by_epoch']}), "
+                f"threshold {cv['threshold']:.4f}, calibration {cv['calibrator'].as_dict()}")
+    trainer, cv["raw"] = refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets,
+                                              class_names, positive_index, image_processor, run_folder)
+    return trainer, cv
+
+
+def refit_on_development(cv, development, model_args, data_args, training_args, evaluation_sets, class_names,
+                         positive_index, image_processor, run_folder):
+    """One model trained on all development cases for the OOF-chosen epochs; its test-set probabilities before
+    calibration are taken, then the OOF calibration is folded into its head and the conformal thresholds put in its
+    config (CalibratedClassifierCV's ensemble=False design). Returns (trainer, {split: raw predictions})."""
+    refit_args = replace(training_args, eval_strategy="no", save_strategy="no", load_best_model_at_end=False,
+                         num_train_epochs=cv["epochs"], max_steps=-1)
+    set_seed(training_args.seed)
+    model = load_model(model_args, data_args, class_names, True)[0]
+    parts = DatasetDict(train=development, validation=development.select(range(1)))  # no evaluation during the refit
+    trainer = build_trainer(model, image_processor, parts, data_args, refit_args, class_names, positive_index)
+    train_and_save(trainer, None, run_folder)
+    raw = predict_splits(trainer, evaluation_sets, data_args, image_processor, positive_index)
+    carry_settings(trainer.model, cv)
+    return trainer, raw
 
 
 def pooled_oof(fold_records, folds):

@@ -12,17 +12,9 @@ Occlusion is batched here (checked against captum's `Occlusion` in the tests); i
 Maps are at the model's input size, so the masks must be in the same geometry: after the ROI transform (full
 image or crop of the mask's box) and the resize to the model's input (`resize_mask`).
 
-A score means little alone: a network with a random head, or random weights throughout, already puts much of its
-saliency on a node that fills the view (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).
-`saliency_with_controls` scores the trained model beside two randomised controls, the two ends of their cascading
-randomisation (the classifier head re-initialised; every weight re-initialised, a fresh model from the same config
-and a fixed seed), with the paired per-case excess of the trained model over each:
-
-    result = saliency_with_controls(model, pixel_values, masks, targets, seed=42)
-    result["summary"]["controls"]["head_reinitialised"]["excess_energy_in_node_ci_low"]  # > 0: beats the control
+A score means little alone: `lymphus_ml.saliency_controls` scores the trained model beside randomised controls
+(Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).
 """
-
-import copy
 
 from pathlib import Path
 
@@ -336,54 +328,11 @@ def stratified_sample(labels, max_cases: int | None, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
+# The randomised controls of lymphus_ml.saliency_controls, by name (the figure's column headings).
 CONTROLS = {
     "head_reinitialised": "classifier head re-initialised",
     "all_reinitialised": "all weights re-initialised",
 }
-
-
-def classifier_head_name(model) -> str:
-    """Name of the top-level module holding the last Linear layer with num_labels outputs (`classifier` in the
-    transformers image classifiers: ViT, ResNet, ConvNeXt, Swin, ...)."""
-    num_labels = model.config.num_labels
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and module.out_features == num_labels]
-    if not names:
-        raise ValueError(f"No Linear layer with {num_labels} outputs in {type(model).__name__}: no classifier head to re-initialise.")
-    return names[-1].split(".")[0]
-
-
-def randomised_controls(model, seed: int) -> dict:
-    """{"head_reinitialised": the model with its classifier head re-initialised, "all_reinitialised": a fresh
-    model from the same config}, both initialised as transformers does, from `seed` (the global torch RNG is left
-    as it was). The two ends of Adebayo et al.'s cascading randomisation (2018)."""
-    from transformers import AutoModelForImageClassification
-
-    parameter = next(model.parameters())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        fresh = AutoModelForImageClassification.from_config(model.config)
-    fresh = fresh.to(device=parameter.device, dtype=parameter.dtype).eval()
-    head = classifier_head_name(model)
-    head_control = copy.deepcopy(model).eval()
-    head_control.get_submodule(head).load_state_dict(fresh.get_submodule(head).state_dict())
-    return {"head_reinitialised": head_control, "all_reinitialised": fresh}
-
-
-def paired_excess(trained: dict, control: dict, confidence_level: float = 0.95) -> dict:
-    """Per-case excess of the trained model over a control (`saliency_scores` of each, same cases): energy in node
-    (cases where both maps have positive saliency) and pointing game (hit 1 / miss 0), mean difference with a
-    paired Student t interval over cases. Bounds NaN when the differences do not vary (no interval to give)."""
-    result = {}
-    energy = trained["energy_in_node"] - control["energy_in_node"]
-    hits = trained["pointing_game_hit"].astype(float) - control["pointing_game_hit"].astype(float)
-    for name, differences in (("energy_in_node", energy[~np.isnan(energy)]), ("pointing_game", hits)):
-        mean, low, high = mean_t_interval(differences, confidence_level)
-        if len(differences) and np.ptp(differences) == 0:
-            low = high = float("nan")
-        result |= {f"excess_{name}_n_pairs": int(len(differences)), f"excess_{name}_mean": mean,
-                   f"excess_{name}_ci_low": low, f"excess_{name}_ci_high": high}
-    return result
 
 
 def completeness_summary(errors) -> dict:
@@ -395,31 +344,6 @@ def completeness_summary(errors) -> dict:
                 "completeness_error_n": 0}
     return {"completeness_error_median": float(np.median(defined)),
             "completeness_error_p90": float(np.percentile(defined, 90)), "completeness_error_n": int(len(defined))}
-
-
-def saliency_with_controls(model, pixel_values, masks, targets, method: str = "occlusion", *, seed: int = 0,
-                           confidence_level: float = 0.95, **options) -> dict:
-    """The trained model's saliency scores beside its randomised controls' (`randomised_controls`), on the same
-    images and explaining the same class per image (`targets`), with the paired excess over each control.
-
-    Returns {"summary": `saliency_summary` of the model + (integrated gradients) its completeness errors +
-    "controls": {name: its summary + `paired_excess` of the model over it}, "maps": {"trained": (N, H, W), name:
-    ...}, "scores": {"trained": `saliency_scores`, name: ...}}. options: `saliency_maps` keyword arguments.
-    """
-    models = {"trained": model, **randomised_controls(model, seed)}
-    summary, all_maps, all_scores = {}, {}, {}
-    for name, explained in models.items():
-        maps, info = saliency_maps(explained, pixel_values, targets, method, details=True, **options)
-        all_maps[name], all_scores[name] = maps, saliency_scores(maps, masks)
-        part = saliency_summary(maps, masks, confidence_level)
-        if info["completeness_error"] is not None:
-            part |= completeness_summary(info["completeness_error"])
-            part["integrated_gradients_steps_max"] = int(info["steps"].max()) if len(info["steps"]) else 0
-        if name == "trained":
-            summary = part | {"controls": {}}
-        else:
-            summary["controls"][name] = part | paired_excess(all_scores["trained"], all_scores[name], confidence_level)
-    return {"summary": summary, "maps": all_maps, "scores": all_scores}
 
 
 def representative_cases(scores) -> list[tuple[str, int]]:

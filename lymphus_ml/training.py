@@ -192,6 +192,9 @@ def setup_logging(training_args, script_logger):
     )
     log_level = training_args.get_process_log_level()
     script_logger.setLevel(logging.INFO if training_args.log_level == "passive" else log_level)
+    # The library modules' progress (fold models, saliency, fine-tuning) at the script's level, which the root logger's
+    # WARNING would otherwise hide.
+    logging.getLogger("lymphus_ml").setLevel(script_logger.level)
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
     script_logger.info(f"Device: {training_args.device}, bf16: {training_args.bf16}, fp16: {training_args.fp16}")

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForImageClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lymphus_ml import evaluation, saliency  # noqa: E402
+from lymphus_ml import evaluation, saliency, saliency_controls  # noqa: E402
 
 SIZE = 64
 
@@ -281,7 +281,7 @@ def test_a_model_beats_its_randomised_controls_only_when_it_learned_the_node(cue
     inputs = pixel_values(images)
     with torch.no_grad():
         predicted = model(pixel_values=inputs).logits.argmax(1)
-    result = saliency.saliency_with_controls(model, inputs, masks, predicted, seed=0, window_fraction=0.25,
+    result = saliency_controls.saliency_with_controls(model, inputs, masks, predicted, seed=0, window_fraction=0.25,
                                              stride_fraction=0.25)
     controls = result["summary"]["controls"]
     assert set(controls) == {"head_reinitialised", "all_reinitialised"}
@@ -321,10 +321,10 @@ def test_randomised_controls_reinitialise_the_head_then_everything():
         for parameter in model.parameters():
             parameter.add_(torch.randn_like(parameter))
     state = torch.random.get_rng_state()
-    controls = saliency.randomised_controls(model, seed=7)
+    controls = saliency_controls.randomised_controls(model, seed=7)
     assert torch.equal(torch.random.get_rng_state(), state)  # the run's random stream is left alone
     head_control, fresh = controls["head_reinitialised"], controls["all_reinitialised"]
-    assert saliency.classifier_head_name(model) == "classifier"
+    assert saliency_controls.classifier_head_name(model) == "classifier"
     for name, parameter in model.named_parameters():
         same_in_head_control = torch.equal(parameter, head_control.get_parameter(name))
         assert same_in_head_control != name.startswith("classifier.")
@@ -335,7 +335,7 @@ def test_randomised_controls_reinitialise_the_head_then_everything():
         assert torch.equal(parameter, fresh.get_parameter(name))
         if name.startswith("classifier."):
             assert torch.equal(parameter, head_control.get_parameter(name))
-    assert saliency.classifier_head_name(tiny_model("resnet")) == "classifier"  # Sequential(Flatten, Linear)
+    assert saliency_controls.classifier_head_name(tiny_model("resnet")) == "classifier"  # Sequential(Flatten, Linear)
 
 
 def test_paired_excess_against_scipy():
@@ -343,7 +343,7 @@ def test_paired_excess_against_scipy():
     trained = {"energy_in_node": rng.uniform(size=20), "pointing_game_hit": rng.uniform(size=20) < 0.8}
     control = {"energy_in_node": rng.uniform(size=20), "pointing_game_hit": rng.uniform(size=20) < 0.5}
     trained["energy_in_node"][3] = np.nan  # no positive saliency: that pair is left out
-    excess = saliency.paired_excess(trained, control, confidence_level=0.9)
+    excess = saliency_controls.paired_excess(trained, control, confidence_level=0.9)
     both = ~np.isnan(trained["energy_in_node"])
     energy = stats.ttest_rel(trained["energy_in_node"][both], control["energy_in_node"][both])
     hits = stats.ttest_rel(trained["pointing_game_hit"].astype(float), control["pointing_game_hit"].astype(float))
@@ -352,7 +352,7 @@ def test_paired_excess_against_scipy():
         tuple(energy.confidence_interval(0.9)))
     assert (excess["excess_pointing_game_ci_low"], excess["excess_pointing_game_ci_high"]) == pytest.approx(
         tuple(hits.confidence_interval(0.9)))
-    same = saliency.paired_excess(trained, {**control, "pointing_game_hit": trained["pointing_game_hit"]})
+    same = saliency_controls.paired_excess(trained, {**control, "pointing_game_hit": trained["pointing_game_hit"]})
     assert same["excess_pointing_game_mean"] == 0 and np.isnan(same["excess_pointing_game_ci_low"])
 
 
