@@ -24,7 +24,9 @@ from lymphus_ml.segmentation import SEGMENTATION_METRICS
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger(__name__)
 CARD_TAGS = ["medical-imaging", "ultrasound", "lymph-node", "lymphus"]
-# The metric ids of the Hub's model-index where one exists (sensitivity is recall, PPV is precision).
+# The Hub's metric ids (the evaluate-metric modules) of the reported metrics that have one (sensitivity is recall, PPV
+# is precision); model-index holds only these. Specificity, NPV, balanced accuracy, Dice, IoU (the Hub's `mean_iou`
+# is another quantity), HD95 and the detection rate have none: the card's tables and metrics_*.json give them.
 HUB_METRIC_TYPES = {"roc_auc": "roc_auc", "accuracy": "accuracy", "sensitivity": "recall", "ppv": "precision", "f1": "f1"}
 # Held-out sets first; validation (which chose the epoch and the threshold) last.
 REPORTING_ORDER = ("external", "external_predicted_roi", "test", "test_predicted_roi", "validation")
@@ -149,11 +151,14 @@ def classification_eval_results(
     split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95, dataset_revision=None
 ):
     """`EvalResult`s for model-index, held-out sets first: ROC-AUC, then each threshold metric at the Youden threshold
-    and at 0.5. Hub metric ids where one exists; the threshold in `metric_args` (an argument of the computation);
+    and at 0.5. Only metrics with a Hub metric id (HUB_METRIC_TYPES), and only for a Hub dataset ([] for a local
+    folder: `dataset.type` must be a Hub id); the threshold in `metric_args` (an argument of the computation);
     the confidence interval in the metric's display name, where model-index keeps extra information."""
     from huggingface_hub import EvalResult
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
+    if not is_hub_dataset:
+        return []  # model-index names a Hub dataset (`dataset.type`): a local folder has none
     level = int(round(confidence_level * 100))
     eval_results = []
     for split in reporting_order(split_metrics):
@@ -162,17 +167,18 @@ def classification_eval_results(
         config = external_config if base_split == "external" else dataset_config
         common = dict(
             task_type="image-classification",
-            dataset_type=dataset_name if is_hub_dataset else "lymphus",
+            dataset_type=dataset_name,
             dataset_name=f"LymphUs {config or ''} {split}".replace("  ", " "),
             dataset_config=config,
             dataset_split="all" if base_split == "external" else base_split,
-            dataset_revision=dataset_revision if is_hub_dataset else None,
+            dataset_revision=dataset_revision,
         )
         entries = [("roc_auc", metrics["at_0.5"], None)]
         entries += [(name, metrics["at_youden"], "youden") for name in THRESHOLD_METRICS]
         entries += [(name, metrics["at_0.5"], "threshold_0.5") for name in THRESHOLD_METRICS]
         for name, values, config_name in entries:
-            if values.get(name) is None:
+            if name not in HUB_METRIC_TYPES or values.get(name) is None:
+                continue  # specificity, NPV, balanced accuracy: no Hub metric id; the card's tables give them
                 continue
             label = METRIC_DISPLAY_NAMES[name]
             if split == "validation":
@@ -189,7 +195,7 @@ def classification_eval_results(
                 label += f" ({level}% CI {values[f'{name}_ci_low']:.3f}-{values[f'{name}_ci_high']:.3f}{', ' + method if method else ''})"
             eval_results.append(
                 EvalResult(
-                    metric_type=HUB_METRIC_TYPES.get(name, name),
+                    metric_type=HUB_METRIC_TYPES[name],
                     metric_value=float(values[name]),
                     metric_name=label,
                     metric_config=config_name,
@@ -250,6 +256,7 @@ def common_context(model_name, synthetic, model_description, base_model, dataset
         external_config=external_config,
         license_text=license_text(license_fields),
         dataset_revision=dataset_revision if is_hub_dataset else None,
+        hub_dataset=is_hub_dataset,  # model-index and .eval_results cite a Hub dataset; a local folder gets neither
         hyperparameters=hyperparameters,
         level=int(round(confidence_level * 100)),
         model_ref=repo_id or "path/to/this/model",
@@ -259,19 +266,24 @@ def common_context(model_name, synthetic, model_description, base_model, dataset
 def segmentation_eval_results(
     split_metrics, dataset_name, dataset_config, external_config, confidence_level=0.95, dataset_revision=None
 ):
-    """`EvalResult`s for model-index, per evaluated split, held-out first: the detection rate (exact CI), Dice and HD95
-    of the detected nodes, then the worst-case means of Dice, IoU and HD95 over all images (misses at the worst)."""
+    """`EvalResult`s for model-index, per evaluated split, held-out first, of the reported figures (the detection rate,
+    Dice and HD95 of the detected nodes, worst-case means of Dice, IoU and HD95) that have a Hub metric id
+    (HUB_METRIC_TYPES): none do (the Hub has no `dice` or `hd95`; its `mean_iou` is a per-class mean over the whole
+    set, not this per-image node IoU), so a segmenter's card has no model-index and its Hub results are in
+    `.eval_results` (benchmark_eval_results). [] for a local folder too."""
     from huggingface_hub import EvalResult
 
     is_hub_dataset, _ = dataset_reference(dataset_name)
+    if not is_hub_dataset:
+        return []  # model-index names a Hub dataset (`dataset.type`): a local folder has none
     level = int(round(confidence_level * 100))
     eval_results = []
     for split in reporting_order(split_metrics):
         metrics = split_metrics[split]
         config = external_config if split == "external" else dataset_config
         for name in SEGMENTATION_REPORTED:
-            if metrics.get(name) is None:
-                continue
+            if name not in HUB_METRIC_TYPES or metrics.get(name) is None:
+                continue  # no Hub metric id: the card's table gives it
             label = SEGMENTATION_LABELS[name]
             if split == "validation":
                 label += " [model-selection set, optimistic]"
@@ -283,12 +295,12 @@ def segmentation_eval_results(
             eval_results.append(
                 EvalResult(
                     task_type="image-segmentation",
-                    dataset_type=dataset_name if is_hub_dataset else "lymphus",
+                    dataset_type=dataset_name,
                     dataset_name=f"LymphUs {config or ''} {split}".replace("  ", " "),
                     dataset_config=config,
                     dataset_split="all" if split == "external" else split,
-                    dataset_revision=dataset_revision if is_hub_dataset else None,
-                    metric_type=name,
+                    dataset_revision=dataset_revision,
+                    metric_type=HUB_METRIC_TYPES[name],
                     metric_value=float(metrics[name]),
                     metric_name=label,
                 )

@@ -109,7 +109,7 @@ def classifier_card_data(model_name, base_model, dataset_name, dataset_config, e
         pipeline_tag="image-classification",
         tags=["image-classification"] + CARD_TAGS + (["synthetic-data"] if synthetic else [])
         + (["lora"] if finetuning and finetuning.get("scheme") == "lora" else []),
-        metrics=["roc_auc", "recall", "specificity"],
+        metrics=["roc_auc", "recall", "precision"],  # Hub metric ids only (cards.HUB_METRIC_TYPES)
         eval_results=eval_results or None,
         **license_fields,
         **({"inference": False} if roi_mode != "full" else {}),

@@ -135,8 +135,9 @@ def cv_fields(oof: dict, source="") -> dict:
     }
 
 
-# train_vit.py's cards use the Hub's metric ids where one exists (sensitivity is `recall`).
-CARD_METRIC_NAMES = {"roc_auc": "roc_auc", "recall": "sensitivity", "sensitivity": "sensitivity", "specificity": "specificity"}
+# train_vit.py's model-index holds only the Hub's metric ids (sensitivity is `recall`); specificity has none, so it
+# comes from the run's metrics_*.json (sweep_jobs.hub_run_results reads those first). A local-data card has no model-index.
+CARD_METRIC_NAMES = {"roc_auc": "roc_auc", "recall": "sensitivity"}
 # The confidence interval rides in the metric's display name, where model-index keeps extra information.
 CARD_INTERVAL = re.compile(r"\((\d+)% CI (-?[0-9.]+)-(-?[0-9.]+)")
 
@@ -144,7 +145,7 @@ CARD_INTERVAL = re.compile(r"\((\d+)% CI (-?[0-9.]+)-(-?[0-9.]+)")
 def row_from_eval_results(eval_results) -> dict:
     """Leaderboard fields from a model card's `model-index` (huggingface_hub `EvalResult`s).
 
-    ROC-AUC per split (split "all" is the external set), sensitivity and specificity at the Youden threshold
+    ROC-AUC per split (split "all" is the external set), sensitivity at the Youden threshold
     (`metric_config` "youden", threshold in `metric_args`); CIs from the display name ("... (95% CI a-b, ...)").
     Results computed on segmenter-cropped images (`..._predicted_roi`) are left out.
     """

@@ -56,7 +56,7 @@ def segmenter_card(
         library_name="transformers",
         pipeline_tag="image-segmentation",
         tags=["image-segmentation", "semantic-segmentation"] + CARD_TAGS + (["synthetic-data"] if synthetic else []),
-        metrics=["dice", "iou", "hd95"],
+        metrics=None,  # no Hub metric id for Dice, node IoU or HD95 (cards.HUB_METRIC_TYPES)
         eval_results=segmentation_eval_results(
             split_metrics, dataset_name, dataset_config, external_config, confidence_level, dataset_revision
         )

@@ -127,7 +127,8 @@ def launch_runs(runs, commands, job_args, output_dir, token, hub_model_id_prefix
 def hub_run_results(repo_id, token, revision=None):
     """(leaderboard fields, predictions) of a run's Hub repo at `revision`, or None while it has no predictions.csv.
 
-    The metrics files are preferred; without them the model card's model-index gives the AUCs (and CIs if it has them).
+    The metrics files are preferred (specificity is only there); without them the model card's model-index (a run on a
+    Hub dataset) gives the AUCs and sensitivity (and CIs if it has them); a card without one gives nothing.
     """
     from huggingface_hub import ModelCard, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError

@@ -305,3 +305,33 @@ def test_a_classifier_trained_on_a_hub_dataset_pushes_its_benchmark_results(smal
     assert set(expected) <= tasks
     assert all(entry["dataset"]["id"] == dataset_id and entry["dataset"]["revision"] == revision for entry in entries)
     assert not (output / ".eval_results").exists()  # written for the push only
+    # Its card's model-index names the Hub dataset (id and revision), held-out sets first, Hub metric ids only.
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    card = ModelCard.load(model_id)
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert list(dict.fromkeys(r.dataset_split for r in results)) == ["all", "test", "validation"]
+    assert all(r.dataset_type == dataset_id and r.dataset_revision == revision for r in results)
+    assert {r.metric_type for r in results} == {"roc_auc", "recall", "precision", "accuracy", "f1"}
+    assert set(card.data.metrics) <= {r.metric_type for r in results}
+    auc = [r for r in results if r.metric_type == "roc_auc" and r.dataset_config == "center2"]
+    assert auc and auc[0].metric_value == pytest.approx(expected["center1_to_center2-malignancy-roc-auc"])
+    assert "CI" in auc[0].metric_name and "not published as Hub evaluation results" not in card.text
+
+
+def test_model_index_holds_hub_datasets_and_hub_metric_ids_only(tmp_path):
+    """No model-index for a local folder; for a Hub id, only metrics with a Hub metric id (none for segmentation)."""
+    from lymphus_ml import cards
+
+    classification = {"test": {"at_0.5": {"threshold": 0.5, "roc_auc": 0.8, "specificity": 0.7, "npv": 0.9,
+                                          "sensitivity": 0.6, "balanced_accuracy": 0.65},
+                               "at_youden": {"threshold": 0.4, "specificity": 0.6, "ppv": 0.5}}}
+    assert cards.classification_eval_results(classification, str(tmp_path), "center1", "center2") == []
+    results = cards.classification_eval_results(classification, "user/lymphus", "center1", "center2")
+    assert [(r.metric_type, r.metric_config, r.metric_value) for r in results] == [
+        ("roc_auc", None, 0.8), ("precision", "youden", 0.5), ("recall", "threshold_0.5", 0.6)]
+    assert all(r.dataset_type == "user/lymphus" for r in results)
+    segmentation = {"test": {"dice": 0.7, "iou": 0.6, "hd95": 3.0, "detection_rate": 0.9}}
+    assert cards.segmentation_eval_results(segmentation, "user/lymphus", "center1", "center2") == []
+    assert cards.segmentation_eval_results(segmentation, str(tmp_path), "center1", "center2") == []
