@@ -35,10 +35,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no analytics, no version check
 
-from lymphus_ml.cli import parse_arguments, run  # noqa: E402
 from lymphus_ml.app_prediction import load_models, predict_image  # noqa: E402
+from lymphus_ml.cli import parse_arguments, run  # noqa: E402
 from lymphus_ml.images import read_grayscale_image  # noqa: E402
 from lymphus_ml.offline_demo import prepare_offline_demo, synthetic_examples  # noqa: E402
 from lymphus_ml.space import push_space, read_space_config  # noqa: E402

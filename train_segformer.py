@@ -96,8 +96,8 @@ from lymphus_ml.training import (
     claim_output_dir,
     offline_demo_export,
     parse_training_arguments,
-    read_model_config_json,
     prepare_run,
+    read_model_config_json,
     train_and_save,
 )
 

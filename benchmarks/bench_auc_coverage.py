@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.special import ndtr
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lymphus_ml.evaluation import metric_functions  # noqa: E402
+
 
 SET_SIZES = (18, 36, 160)
 PREVALENCES = (0.3, 0.45, 0.6)

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lymphus_ml import finetuning  # noqa: E402
 from lymphus_ml.demo_configs import TINY_VIT_CONFIG  # noqa: E402
+
 
 CONFIGS = {"tiny": TINY_VIT_CONFIG, "vit-base": {"model_type": "vit", "image_size": 224, "patch_size": 16}}
 

@@ -27,9 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lymphus_ml import inference  # noqa: E402
 from lymphus_ml.runs import PROJECT_ROOT, run_script  # noqa: E402
+
 
 # The tiny models of the tests (tests/test_segformer.py, tests/test_predict.py).
 TINY_SEGFORMER = {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 32, 64], "num_attention_heads": [1, 1, 2, 2],

@@ -25,9 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from lymphus_ml.data import write_synthetic_export  # noqa: E402
+
 
 DEMO = ["--dataset_config", "center1", "--external_config", "center2", "--roi", "crop", "--num_train_epochs", "5",
         "--learning_rate", "1e-3", "--use_cpu"]

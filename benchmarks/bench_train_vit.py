@@ -28,9 +28,11 @@ from pathlib import Path
 
 import torch
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lymphus_ml import images  # noqa: E402
 from lymphus_ml.demo_configs import TINY_VIT_CONFIG  # noqa: E402
+
 
 # The README's tiny ViT, and the ViT-B/16 architecture (random weights: speed does not depend on them).
 TINY_VIT = TINY_VIT_CONFIG

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+
 METHODS = ("platt", "temperature", "none")
 
 

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+
 REFER = "uncertain: refer"
 
 

@@ -6,6 +6,7 @@ models), sweep.py's two architectures, benchmark_lymphus.py's ViT per direction.
 
 import json
 
+
 # train_vit.py --offline_demo, the app's demo classifier, sweep.py's `vit-tiny`.
 TINY_VIT_CONFIG = {
     "model_type": "vit",

@@ -11,9 +11,9 @@ repo) or, when those are absent, from the `model-index` of its model card; its p
 """
 
 import csv
-import re
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np

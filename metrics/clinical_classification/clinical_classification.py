@@ -17,9 +17,8 @@ docstring with `import` or `from ... import`.
 import datasets
 import evaluate
 import numpy as np
-from scipy.special import ndtr
 from scipy.optimize import brentq
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 from scipy.stats import beta as beta_distribution
 
 
