@@ -246,8 +246,6 @@ def script_option_names(script) -> frozenset[str]:
 
 @functools.cache
 def _script_option_names(path, mtime_ns) -> frozenset[str]:
-    from lymphus_ml.hub import option_name
-
     # One option per line at two spaces (argparse's layout); a wide terminal keeps each on one line.
     environment = {**os.environ, "COLUMNS": "1000"}
     process = _popen([sys.executable, path, "--help"], env=environment, stdout=subprocess.PIPE,
@@ -256,6 +254,13 @@ def _script_option_names(path, mtime_ns) -> frozenset[str]:
     if process.returncode != 0:
         tail = "\n".join(output.strip().splitlines()[-LOG_TAIL_LINES:])
         raise ValueError(f"{Path(path).name} --help failed (exit status {process.returncode}):\n{tail}")
+    return help_option_names(output, Path(path).name)
+
+
+def help_option_names(output: str, script_name: str) -> frozenset[str]:
+    """The options an argparse `--help` text (printed at COLUMNS=1000) lists, spelt as `hub.option_name` spells them."""
+    from lymphus_ml.hub import option_name
+
     names = set()
     for line in output.splitlines():
         match = re.match(r"^  (-\S.*?)(?:\s{2,}|$)", line)
@@ -265,7 +270,7 @@ def _script_option_names(path, mtime_ns) -> frozenset[str]:
                 if name.startswith("--"):
                     names.add(option_name(name))
     if not names:
-        raise ValueError(f"{Path(path).name} --help listed no options.")
+        raise ValueError(f"{script_name} --help listed no options.")
     return frozenset(names)
 
 

@@ -85,4 +85,5 @@ from fixtures import (  # noqa: E402, F401  (pytest registers the fixtures found
     run_cli,
     segmenter,
     small_export,
+    train_vit_options_in_process,
 )

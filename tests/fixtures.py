@@ -148,3 +148,38 @@ def bucket_recorder(monkeypatch):
     monkeypatch.setattr(HfApi, "bucket_info", lambda self, bucket_id, **kwargs: SimpleNamespace(private=not uploads["public"]))
     monkeypatch.setattr(HfApi, "sync_bucket", sync_bucket)
     return uploads
+
+
+@pytest.fixture(scope="session", autouse=True)
+def train_vit_options_in_process():
+    """sweep.py checks the options it forwards against `train_vit.py --help` (lymphus_ml.runs.script_option_names),
+    a child process that costs ~9 CPU-s of imports. In tests the same help text comes from train_vit's own entry point
+    in this process (`lymphus_ml.cli.run(train_vit.main)` with `--help`, at the child's COLUMNS=1000) and is read by
+    the same `runs.help_option_names`; any other script, and tests/test_sweep.py's test of the child, take the real
+    path. train_vit's process start itself is tested in tests/test_layout_and_jobs.py."""
+    import contextlib
+    import functools
+    import importlib
+    import io
+    import os
+
+    from lymphus_ml import cli, runs
+
+    real, train_vit_path = runs._script_option_names, str(Path(runs.TRAIN_VIT_SCRIPT).resolve())
+
+    @functools.cache
+    def option_names(path, mtime_ns):
+        if path != train_vit_path:
+            return real(path, mtime_ns)
+        train_vit, output = importlib.import_module("train_vit"), io.StringIO()
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
+            patch.setenv("COLUMNS", "1000")
+            patch.setattr(sys, "argv", ["train_vit.py", "--help"])
+            with pytest.raises(SystemExit) as exit_info:
+                cli.run(train_vit.main)
+        assert exit_info.value.code in (0, None), output.getvalue()[-2000:]
+        return runs.help_option_names(output.getvalue(), "train_vit.py")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs, "_script_option_names", option_names)
+        yield

@@ -242,6 +242,25 @@ def test_options_train_vit_refuses_stop_the_sweep_at_the_first_run(export_dir, c
     assert not (output_dir / "runs/vit-micro/seed1").exists()
 
 
+def test_script_option_names_reads_a_scripts_help_in_a_child_process(tmp_path):
+    """The real path of sweep's option check (tests read train_vit's own --help in process, tests/fixtures.py):
+    `python SCRIPT --help` in a child, every --option of argparse's layout, one message when --help fails."""
+    from lymphus_ml.runs import script_option_names
+
+    script = tmp_path / "stub.py"
+    script.write_text(
+        "import argparse\nparser = argparse.ArgumentParser()\n"
+        "parser.add_argument('--learning_rate', type=float, help='a rate ' * 30)\n"
+        "parser.add_argument('-x', '--hub-model-id', '--hub_model_id')\n"
+        "parser.add_argument('--no_cuda', action='store_true')\nparser.parse_args()\n"
+    )
+    assert script_option_names(script) == {"--help", "--learning_rate", "--hub_model_id", "--no_cuda"}
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise SystemExit('no parser here')\n")
+    with pytest.raises(ValueError, match=r"broken.py --help failed \(exit status 1\):\nno parser here"):
+        script_option_names(broken)
+
+
 # Arguments, plans and the output folder
 
 
