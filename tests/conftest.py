@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+
 _HUB_TMP = Path(tempfile.mkdtemp(prefix="lymphus-tests-hf-"))
 atexit.register(shutil.rmtree, _HUB_TMP, ignore_errors=True)
 

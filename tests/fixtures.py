@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -161,7 +162,6 @@ def train_vit_options_in_process():
     import functools
     import importlib
     import io
-    import os
 
     from lymphus_ml import cli, runs
 

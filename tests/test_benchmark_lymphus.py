@@ -16,13 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import benchmark_lymphus as bench  # noqa: E402
 from fixtures import TINY_VIT  # noqa: E402
-from lymphus_ml import evaluation, semantic_features, study  # noqa: E402
+
+import benchmark_lymphus as bench  # noqa: E402
 import lymphus  # noqa: E402
+from lymphus_ml import evaluation, semantic_features, study  # noqa: E402
+
 
 TINY_TRAIN_VIT = [
     "--model_config_json", TINY_VIT,

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import statsmodels.api as sm
-
 from fixtures import TINY_VIT
+
 from lymphus_ml import calibration, conformal
 
 

@@ -5,8 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
 from fixtures import vit_args
+
 
 CV = ("--cv_folds", "5", "--max_steps", "2", "--n_bootstrap", "20")
 

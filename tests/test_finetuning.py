@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import train_vit  # noqa: E402
 from fixtures import TINY_VIT, vit_args  # noqa: E402
+
+import train_vit  # noqa: E402
 from lymphus_ml import finetuning  # noqa: E402
 from lymphus_ml.demo_configs import TINY_CONVNEXT_CONFIG  # noqa: E402
 
@@ -183,8 +185,9 @@ def test_sweep_plans_model_by_scheme_by_seed():
 
 
 def test_sweep_leaderboard_has_a_row_and_a_forest_group_per_model_and_scheme(small_export, tmp_path):
-    import sweep
     from sklearn.metrics import roc_auc_score
+
+    import sweep
 
     config = tmp_path / "vit-micro.json"
     config.write_text(TINY_VIT)

@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -28,15 +29,20 @@ import app  # noqa: E402
 import predict  # noqa: E402
 from lymphus_ml import app_prediction, images  # noqa: E402
 from lymphus_ml.cli import run  # noqa: E402
-from lymphus_ml.segmentation import ID2LABEL, LABEL2ID  # noqa: E402
 from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG, TINY_VIT_CONFIG  # noqa: E402
+from lymphus_ml.segmentation import ID2LABEL, LABEL2ID  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     """{"classifier": folder, "segmenter": folder}: an untrained tiny full-image ViT (threshold 0.5) and SegFormer."""
-    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSemanticSegmentation
-    from transformers import SegformerImageProcessor, ViTImageProcessor
+    from transformers import (
+        AutoConfig,
+        AutoModelForImageClassification,
+        AutoModelForSemanticSegmentation,
+        SegformerImageProcessor,
+        ViTImageProcessor,
+    )
 
     folder = tmp_path_factory.mktemp("hardening-models")
     settings = {key: value for key, value in TINY_VIT_CONFIG.items() if key != "model_type"}

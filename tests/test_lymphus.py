@@ -23,6 +23,7 @@ from PIL import Image
 
 import lymphus
 
+
 LYMPHUS_PY = Path(lymphus.__file__)
 
 OFFICIAL_COUNTS = {"center1": {"benign": 99, "malignant": 81}, "center2": {"benign": 76, "malignant": 82}}

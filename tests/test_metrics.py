@@ -27,6 +27,7 @@ from sklearn.metrics import (
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
+
 REPO = Path(__file__).resolve().parents[1]
 CLASSIFICATION_DIR = REPO / "metrics" / "clinical_classification"
 SEGMENTATION_DIR = REPO / "metrics" / "binary_segmentation"

@@ -17,6 +17,7 @@ from torch.nn import functional as nnf
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import predict  # noqa: E402
 from lymphus_ml import images, inference  # noqa: E402
+
 
 @pytest.fixture(scope="session")
 def predict_export(small_export):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import train_vit
 
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -18,9 +18,11 @@ from PIL import Image
 from scipy import stats
 from transformers import AutoConfig, AutoModelForImageClassification
 
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lymphus_ml import evaluation, saliency, saliency_controls  # noqa: E402
+
 
 SIZE = 64
 

@@ -17,14 +17,15 @@ import pytest
 import torch
 from PIL import Image
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import train_segformer  # noqa: E402
 from fixtures import TINY_SEGFORMER, segformer_args  # noqa: E402
-from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG  # noqa: E402
-from lymphus_ml import data, evaluation, inference, plots, segmentation  # noqa: E402
 
+import train_segformer  # noqa: E402
+from lymphus_ml import data, evaluation, inference, plots, segmentation  # noqa: E402
+from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG  # noqa: E402
 
 
 @pytest.fixture(scope="session")

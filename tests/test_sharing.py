@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -283,11 +284,11 @@ def test_a_classifier_trained_on_a_hub_dataset_pushes_its_benchmark_results(smal
     import json
 
     import yaml
+    from fixtures import vit_args
     from huggingface_hub import HfApi
 
     import lymphus
     import train_vit
-    from fixtures import vit_args
 
     monkeypatch.setenv("HF_TOKEN", local_hub.token)
     dataset_id, model_id = f"{local_hub.user}/lymphus-benchmark", f"{local_hub.user}/vit-benchmark"

@@ -20,6 +20,7 @@ from PIL import Image
 from scipy.stats import norm
 from sklearn.metrics import recall_score, roc_auc_score
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 

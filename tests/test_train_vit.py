@@ -17,12 +17,15 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import train_vit  # noqa: E402
 from fixtures import vit_args  # noqa: E402
+
+import train_vit  # noqa: E402
 from lymphus_ml import data, hub, images, inference, training  # noqa: E402
+
 
 MODEL_FILES = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md")
 

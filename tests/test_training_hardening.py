@@ -15,12 +15,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import train_segformer  # noqa: E402
 import train_vit  # noqa: E402
 from lymphus_ml import cli, data, hub, images, run_folder, training  # noqa: E402
+
 
 TINY_VIT = json.dumps({"model_type": "vit", "image_size": 32, "patch_size": 8, "num_hidden_layers": 1,
                        "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64})

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fixtures import TINY_VIT, full_vit_args  # noqa: E402
+
 import predict  # noqa: E402
 import train_vit  # noqa: E402
-from fixtures import TINY_VIT, full_vit_args  # noqa: E402
 from lymphus_ml import cards, hub, images  # noqa: E402
-
 
 
 @pytest.fixture(scope="session")
