@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, format_estimate, json_safe, metric_functions
+from lymphus_ml.plots import forest_entries, plot_forest
 from lymphus_ml.runs import CV_DEVELOPMENT_SPLIT, RUN_SPLITS
 
 
@@ -424,52 +425,6 @@ def leaderboard_markdown(rows, summary, averaged, settings: dict, forest_plot: s
     )
 
 
-def forest_entries(rows, summary, split="external") -> list[tuple]:
-    """(label, auc, low, high, is_model_mean, status) per line of the forest plot: each run with its CI, then the
-    model's mean across its finished runs with a bar of ± 1 SD (the spread a new run of that model can expect)."""
-    name = f"{split}_auc"
-    entries = []
-    for slug in dict.fromkeys(row["model_slug"] for row in rows):
-        for row in [row for row in rows if row["model_slug"] == slug]:
-            entries.append((f"{slug} · seed {row['seed']}", row.get(name), row.get(f"{name}_ci_low"),
-                            row.get(f"{name}_ci_high"), False, row["status"]))
-        spread = summary.get(slug, {}).get(name) or {}
-        if spread.get("mean") is not None:
-            sd = spread["sd"] or 0.0
-            entries.append((f"{slug} · mean of {spread['n']} run(s)", spread["mean"], max(0.0, spread["mean"] - sd),
-                            min(1.0, spread["mean"] + sd), True, "finished"))
-    return entries
-
-
-def plot_forest(rows, summary, path, split="external") -> Path:
-    """Forest plot of `split` AUC: per model, one line per run (point and CI), then the mean across runs (diamond)."""
-    from lymphus_ml.plots import agg_pyplot
-
-    plt = agg_pyplot()
-    entries = forest_entries(rows, summary, split)
-    figure, axes = plt.subplots(figsize=(7, 1.2 + 0.35 * len(entries)), dpi=100)
-    lows = [value for entry in entries for value in entry[1:3] if value is not None]
-    left = max(0.0, min(lows + [0.5]) - 0.05)
-    for position, (label, auc, low, high, is_mean, status) in enumerate(entries):
-        y = len(entries) - 1 - position
-        if auc is None:
-            axes.text(left + 0.01, y, status, va="center", fontsize=8, color="grey")
-            continue
-        color = "black" if is_mean else "tab:blue"
-        if low is not None and high is not None:
-            axes.plot([low, high], [y, y], color=color, lw=2 if is_mean else 1.2)
-        axes.plot([auc], [y], "D" if is_mean else "o", color=color, markersize=7 if is_mean else 5)
-    axes.axvline(0.5, ls="--", color="grey", lw=1)
-    axes.set_yticks(range(len(entries)), [entry[0] for entry in reversed(entries)], fontsize=8)
-    xlabel = f"{split} ROC-AUC (runs: their 95% CI as train_vit.py reports it; diamond: mean across runs ± 1 SD)"
-    axes.set(xlim=(left, 1.0), ylim=(-0.7, len(entries) - 0.3), xlabel=xlabel,
-             title=f"{split.capitalize()} ROC-AUC per run and model")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return Path(path)
-
-
 def write_leaderboard(output_dir, rows, predictions, settings, metric_path=CLINICAL_METRIC_PATH) -> dict:
     """leaderboard.csv, leaderboard.md and forest_external_auc.png in `output_dir`; returns what they hold."""
     output_dir = Path(output_dir)
@@ -478,7 +433,7 @@ def write_leaderboard(output_dir, rows, predictions, settings, metric_path=CLINI
     write_leaderboard_csv(output_dir / "leaderboard.csv", rows)
     forest_plot = "forest_external_auc.png"
     partial = output_dir / f".partial-{forest_plot}"
-    plot_forest(rows, summary, partial)
+    plot_forest(forest_entries(rows, summary), partial)
     os.replace(partial, output_dir / forest_plot)
     markdown = leaderboard_markdown(rows, summary, averaged, settings, forest_plot)
     write_text_atomic(output_dir / "leaderboard.md", markdown)

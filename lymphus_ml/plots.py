@@ -191,3 +191,47 @@ def plot_calibration(curves, path, title="Calibration") -> Path:
     figure.savefig(path)
     plt.close(figure)
     return Path(path)
+
+
+def forest_entries(rows, summary, split="external") -> list[tuple]:
+    """(label, auc, low, high, is_model_mean, status) per line of the forest plot: each run with its CI, then the
+    model's mean across its finished runs with a bar of ± 1 SD (the spread a new run of that model can expect)."""
+    name = f"{split}_auc"
+    entries = []
+    for slug in dict.fromkeys(row["model_slug"] for row in rows):
+        for row in [row for row in rows if row["model_slug"] == slug]:
+            entries.append((f"{slug} · seed {row['seed']}", row.get(name), row.get(f"{name}_ci_low"),
+                            row.get(f"{name}_ci_high"), False, row["status"]))
+        spread = summary.get(slug, {}).get(name) or {}
+        if spread.get("mean") is not None:
+            sd = spread["sd"] or 0.0
+            entries.append((f"{slug} · mean of {spread['n']} run(s)", spread["mean"], max(0.0, spread["mean"] - sd),
+                            min(1.0, spread["mean"] + sd), True, "finished"))
+    return entries
+
+
+def plot_forest(entries, path, split="external") -> Path:
+    """Forest plot of `split` AUC from `forest_entries`: per model, one line per run (point and CI), then the mean
+    across runs (diamond)."""
+    plt = agg_pyplot()
+    figure, axes = plt.subplots(figsize=(7, 1.2 + 0.35 * len(entries)), dpi=100)
+    lows = [value for entry in entries for value in entry[1:3] if value is not None]
+    left = max(0.0, min(lows + [0.5]) - 0.05)
+    for position, (label, auc, low, high, is_mean, status) in enumerate(entries):
+        y = len(entries) - 1 - position
+        if auc is None:
+            axes.text(left + 0.01, y, status, va="center", fontsize=8, color="grey")
+            continue
+        color = "black" if is_mean else "tab:blue"
+        if low is not None and high is not None:
+            axes.plot([low, high], [y, y], color=color, lw=2 if is_mean else 1.2)
+        axes.plot([auc], [y], "D" if is_mean else "o", color=color, markersize=7 if is_mean else 5)
+    axes.axvline(0.5, ls="--", color="grey", lw=1)
+    axes.set_yticks(range(len(entries)), [entry[0] for entry in reversed(entries)], fontsize=8)
+    xlabel = f"{split} ROC-AUC (runs: their 95% CI as train_vit.py reports it; diamond: mean across runs ± 1 SD)"
+    axes.set(xlim=(left, 1.0), ylim=(-0.7, len(entries) - 0.3), xlabel=xlabel,
+             title=f"{split.capitalize()} ROC-AUC per run and model")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)

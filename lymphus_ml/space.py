@@ -38,7 +38,7 @@ def space_requirements(requirements_path=PROJECT_ROOT / "requirements.txt", app_
     from TORCH_CPU_INDEX. ValueError for an import requirements.txt does not list, or an unpinned torch."""
     from importlib.metadata import packages_distributions
 
-    from lymphus_ml.hub import job_files, third_party_imports
+    from lymphus_ml.shipped_files import job_files, third_party_imports
 
     pinned = {}
     for line in Path(requirements_path).read_text().splitlines():
@@ -123,7 +123,7 @@ def check_space_models(api, classifier, segmenter) -> None:
 
 def push_space(space_id, classifier, segmenter=None, token=None, private=None, app_path=PROJECT_ROOT / "app.py") -> str:
     """Create or update the Gradio Space `space_id`: app.py with exactly the project files it imports
-    (`lymphus_ml.hub.job_files`), the card (README.md), requirements.txt and space_config.json (the Hub ids the
+    (`lymphus_ml.shipped_files.job_files`), the card (README.md), requirements.txt and space_config.json (the Hub ids the
     app serves when started with no option, and each file this push shipped with its SHA-256 and git blob id), in
     one commit. Returns the commit URL.
 
@@ -134,7 +134,7 @@ def push_space(space_id, classifier, segmenter=None, token=None, private=None, a
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
-    from lymphus_ml.hub import job_files
+    from lymphus_ml.shipped_files import job_files
 
     api = HfApi(token=token)
     check_space_models(api, classifier, segmenter)

@@ -33,10 +33,11 @@ import predict  # noqa: E402
 from lymphus_ml import app_prediction, offline_demo  # noqa: E402
 from lymphus_ml.cli import run  # noqa: E402
 from lymphus_ml.demo_configs import TINY_SEGFORMER_CONFIG, TINY_VIT_CONFIG  # noqa: E402
-from lymphus_ml.hub import job_files, push_folder_to_hub  # noqa: E402
+from lymphus_ml.hub import push_folder_to_hub  # noqa: E402
 from lymphus_ml.plots import PREDICTED_COLOR  # noqa: E402
 from lymphus_ml.runs import subprocess as runs_subprocess  # noqa: E402
 from lymphus_ml.segmentation import ID2LABEL, LABEL2ID  # noqa: E402
+from lymphus_ml.shipped_files import job_files  # noqa: E402
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

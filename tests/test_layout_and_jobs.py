@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lymphus_ml import hub  # noqa: E402
+from lymphus_ml import hub, shipped_files  # noqa: E402
 
 
 SCRIPTS = sorted(p.name for p in REPO.glob("*.py") if "__main__" in p.read_text())
@@ -28,7 +28,7 @@ PROJECT_MODULES = {p.stem for p in REPO.glob("*.py")} | {"lymphus_ml"}
 
 def project_imports(path) -> set[str]:
     """Top-level project modules `path` imports, anywhere in the file."""
-    names = hub.imported_module_names((REPO / path).read_text())
+    names = shipped_files.imported_module_names((REPO / path).read_text())
     return {name.split(".")[0] for name in names} & PROJECT_MODULES
 
 
@@ -51,8 +51,8 @@ def test_library_modules_import_no_script(module):
 def test_no_import_circle():
     graph = {}
     for path in [*SCRIPTS, *LIBRARY]:
-        names = hub.imported_module_names((REPO / path).read_text())
-        graph[path] = {f for name in names for f in hub.project_module_files(name, REPO) if f.endswith(".py")} - {path}
+        names = shipped_files.imported_module_names((REPO / path).read_text())
+        graph[path] = {f for name in names for f in shipped_files.project_module_files(name, REPO) if f.endswith(".py")} - {path}
 
     def visit(node, stack):
         assert node not in stack, f"import circle: {' -> '.join(stack + [node])}"
@@ -85,7 +85,7 @@ def shipped_third_party_distributions(script) -> dict[str, set[str]]:
     from importlib.metadata import packages_distributions
 
     distributions, found = packages_distributions(), {}
-    for file in (f for f in hub.job_files(REPO / script) if f.endswith(".py")):
+    for file in (f for f in shipped_files.job_files(REPO / script) if f.endswith(".py")):
         for node in ast.walk(ast.parse((REPO / file).read_text())):
             if isinstance(node, ast.Import):
                 tops = [alias.name.split(".")[0] for alias in node.names]
@@ -112,11 +112,11 @@ def test_a_job_declares_every_third_party_module_its_shipped_files_import(script
     """The Job installs exactly its PEP 723 block: a module imported but not declared fails on paid hardware (captum at
     the saliency step); the test venv has everything, so only reading the imports can tell."""
     imported = shipped_third_party_distributions(script)
-    declared = requirement_names(hub.pep723_dependencies(REPO / script))
+    declared = requirement_names(shipped_files.pep723_dependencies(REPO / script))
     missing = {name: sorted(files) for name, files in imported.items() if name not in declared}
     assert not missing, f"{script}'s PEP 723 block lacks {missing}"
     assert declared - set(imported) == RUNTIME_ONLY_DEPENDENCIES, "declared but never imported"
-    assert hub.undeclared_imports(REPO / script) == {}
+    assert shipped_files.undeclared_imports(REPO / script) == {}
     if script == "train_vit.py":
         assert {"captum", "numpy", "pyarrow"} <= declared
 
@@ -126,7 +126,7 @@ def test_pep723_blocks_are_installed_by_requirements():
         line for line in (REPO / "requirements.txt").read_text().splitlines() if line.strip() and not line.startswith("#")
     )
     for script in JOB_SCRIPTS:
-        names = requirement_names(hub.pep723_dependencies(REPO / script))
+        names = requirement_names(shipped_files.pep723_dependencies(REPO / script))
         assert names - requirements <= RUNTIME_ONLY_DEPENDENCIES, script
 
 
@@ -137,10 +137,10 @@ def test_a_job_with_an_undeclared_import_is_refused_before_anything_is_submitted
     (tmp_path / "job.py").write_text(
         '# /// script\n# dependencies = [\n#     "NumPy>=1",  # pinned\n# ]\n# ///\nfrom pkg import late\nimport pkg\n'
     )
-    assert hub.pep723_dependencies(tmp_path / "job.py") == ["NumPy>=1"]
-    assert hub.undeclared_imports(tmp_path / "job.py", tmp_path) == {"captum": ["pkg/late.py"]}
+    assert shipped_files.pep723_dependencies(tmp_path / "job.py") == ["NumPy>=1"]
+    assert shipped_files.undeclared_imports(tmp_path / "job.py", tmp_path) == {"captum": ["pkg/late.py"]}
     with pytest.raises(ValueError, match=r"does not install captum \(imported by pkg/late.py\)"):
-        hub.check_job_dependencies(tmp_path / "job.py", tmp_path)
+        shipped_files.check_job_dependencies(tmp_path / "job.py", tmp_path)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -167,7 +167,7 @@ def test_job_files_follow_imports_inside_functions(tmp_path):
     (tmp_path / "helper.py").write_text("import os\n")
     (tmp_path / "unused.py").write_text("")
     (tmp_path / "job.py").write_text("import helper\n\ndef later():\n    from pkg import late\n")
-    assert hub.job_files(tmp_path / "job.py", tmp_path) == [
+    assert shipped_files.job_files(tmp_path / "job.py", tmp_path) == [
         "job.py", "data/table.csv", "helper.py", "pkg/__init__.py", "pkg/late.py"
     ]
 
@@ -175,7 +175,7 @@ def test_job_files_follow_imports_inside_functions(tmp_path):
 def test_job_files_refuse_a_declared_file_that_is_missing(tmp_path):
     (tmp_path / "job.py").write_text('SHIPPED_FILES = ("missing.md",)\n')
     with pytest.raises(FileNotFoundError, match="missing.md"):
-        hub.job_files(tmp_path / "job.py", tmp_path)
+        shipped_files.job_files(tmp_path / "job.py", tmp_path)
 
 
 JOB_ARGUMENTS = {
@@ -202,7 +202,7 @@ def test_launch_on_hub_submits_the_same_run_and_ships_what_it_imports(script, lo
     assert local_hub.token not in json.dumps(spec["command"]) + json.dumps(spec.get("environment"))
     shipped = {remote.split("/", 1)[1]: content for content, remote in bucket_recorder["add"]}
     assert bucket_recorder["bucket"] == f"{local_hub.user}/jobs-artifacts"
-    assert sorted(shipped) == sorted(hub.job_files(REPO / script))
+    assert sorted(shipped) == sorted(shipped_files.job_files(REPO / script))
     assert {script, "lymphus_ml/__init__.py", "lymphus_ml/cli.py", "lymphus_ml/hub.py"} <= set(shipped)
     assert all(local_hub.token.encode() not in content for content in shipped.values())
     assert shipped[script] == (REPO / script).read_bytes()
@@ -221,7 +221,7 @@ def test_a_public_jobs_bucket_is_warned_about_as_huggingface_hub_does(local_hub,
 
 def copy_job_folder(script, folder) -> Path:
     """The script and exactly what its Job ships, alone in `folder`."""
-    for file in hub.job_files(REPO / script):
+    for file in shipped_files.job_files(REPO / script):
         (folder / file).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / file, folder / file)
     return folder

@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lymphus_ml import hub, space  # noqa: E402
+from lymphus_ml import shipped_files, space  # noqa: E402
 
 
 def distribution_key(name: str) -> str:
@@ -21,13 +21,13 @@ def distribution_key(name: str) -> str:
 
 def imported_distributions(script) -> set[str]:
     """Distributions of the third-party modules the files shipped with `script` import, read independently of
-    lymphus_ml.hub.third_party_imports."""
+    lymphus_ml.shipped_files.third_party_imports."""
     from importlib.metadata import packages_distributions
 
     distributions = packages_distributions()
     project = {p.stem for p in REPO.glob("*.py")} | {"lymphus_ml"}
     found = set()
-    for file in (f for f in hub.job_files(REPO / script) if f.endswith(".py")):
+    for file in (f for f in shipped_files.job_files(REPO / script) if f.endswith(".py")):
         for node in ast.walk(ast.parse((REPO / file).read_text())):
             if isinstance(node, ast.Import):
                 tops = {alias.name.split(".")[0] for alias in node.names}

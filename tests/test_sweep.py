@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import sweep  # noqa: E402
-from lymphus_ml import leaderboard  # noqa: E402
+from lymphus_ml import leaderboard, plots  # noqa: E402
 from lymphus_ml.runs import read_run_predictions  # noqa: E402
 
 
@@ -192,7 +192,7 @@ def test_seed_averaged_auc_matches_sklearn_and_a_brute_force_delong_interval(swe
 def test_the_forest_plots_diamond_is_the_mean_across_seeds_with_its_sd(swept):
     rows = [{key: (float(value) if key in leaderboard.SUMMARY_METRICS and value else value or None)
              for key, value in row.items()} for row in read_csv(swept / "leaderboard.csv")]
-    entries = leaderboard.forest_entries(rows, leaderboard.seed_summary(rows))
+    entries = plots.forest_entries(rows, leaderboard.seed_summary(rows))
     for slug in ("vit-micro", "convnext-micro"):
         values = [row["external_auc"] for row in rows if row["model_slug"] == slug]
         (diamond,) = [entry for entry in entries if entry[0].startswith(slug) and entry[4]]
