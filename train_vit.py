@@ -292,6 +292,7 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
     prediction rows). threshold_set: the (references, probabilities) the threshold was chosen on (validation's unless
     given: --cv_folds gives the out-of-fold predictions).
     """
+    threshold_source = "out-of-fold" if threshold_set else "validation"
     threshold_set = threshold_set or predictions["validation"][:2]
     local_dataset = Path(data_args.dataset_name).exists()
     dataset_label = Path(data_args.dataset_name).name if local_dataset else data_args.dataset_name
@@ -319,7 +320,7 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
             "roi": data_args.roi,
             "roi_source": "predicted" if split.endswith("_predicted_roi") else "expert",
             "youden_threshold": youden,
-            "threshold_source": "validation",
+            "threshold_source": threshold_source,
             **results,
             **({"saliency": saliency[split]} if saliency and split in saliency else {}),
         }
@@ -340,7 +341,7 @@ def report_splits(predictions, youden, metric, data_args, training_args, class_n
             predicted,
             output_dir / f"confusion_matrix_{split}.png",
             class_names=[n for n in class_names if n != data_args.positive_label] + [data_args.positive_label],
-            title=f"{split}, Youden threshold {youden:.3f} (validation)",
+            title=f"{split}, Youden threshold {youden:.3f} ({threshold_source})",
         )
         plots[split] = {"roc": f"roc_{split}.png", "confusion_matrix": f"confusion_matrix_{split}.png"}
         prediction_rows += [
