@@ -297,12 +297,12 @@ def test_a_model_beats_its_randomised_controls_only_when_it_learned_the_node(cue
             assert control["excess_energy_in_node_ci_low"] < 0 and control["excess_energy_in_node_mean"] < 0.02
 
 
+@pytest.mark.parametrize("cue_model", ["node"], indirect=True)  # one trained model is enough: the node model
 def test_integrated_gradients_on_a_trained_model_is_complete_within_five_percent(cue_model):
     """Completeness on the trained node model: attributions sum to score(x) - score(0) within 5 % (90th
     percentile), checked against the model's own scores; the fixed 8-step run is reported less complete."""
     cue, model, images, _, labels = cue_model
-    if cue != "node":
-        pytest.skip("one trained model is enough: the node model")  # parametrised fixture, not a skip-to-pass
+    assert cue == "node"
     inputs = pixel_values(images[:12])
     maps, info = saliency.saliency_maps(model, inputs, labels[:12], method="integrated_gradients", details=True)
     with torch.no_grad():
