@@ -14,7 +14,6 @@ is a run that was cut short, deleted. Anything else in the way (a `classifier/` 
 refused, named, before anything is written. (A training run's own `.lymphus-run.json` is one of the sealed files.)
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 from PIL import Image
 
 from lymphus_ml.data import export_problems, write_synthetic_export
+from lymphus_ml.run_folder import sha256_of_file
 from lymphus_ml.runs import PROJECT_ROOT, start_script
 
 
@@ -92,14 +92,6 @@ def write_demo_record(folder, record) -> None:
     partial = path.with_name(f"{DEMO_RECORD}.{secrets.token_hex(4)}.partial")
     partial.write_text(json.dumps({"format": DEMO_FORMAT, "paths": record}, indent=1, sort_keys=True) + "\n")
     os.replace(partial, path)
-
-
-def sha256_of_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def folder_files(folder) -> dict:
