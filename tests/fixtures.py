@@ -13,12 +13,17 @@ may import huggingface_hub / datasets / transformers at module level. Test files
   occlusion saliency (the saliency tests read it).
 - `segmenter`: a tiny SegFormer trained by train_segformer.py on `small_export`, 3 epochs.
 - `run_cli` (per test): a script's command line run in this process through `lymphus_ml.cli.run`.
+- `run_script_in_process`: a stand-in for `lymphus_ml.runs.run_script` where a test reads what a script's run wrote
+  (the sweep's and the benchmark's train_vit.py runs), not how its process behaves.
 - `bucket_recorder` (per test): the local hub has no buckets (xet); records what `HfApi.sync_job_volume` (launch_job)
   would upload to the Jobs artifacts bucket: "bucket", "add" [(bytes, remote path)]; "public" makes it a public one.
 """
 
+import contextlib
+import importlib
 import json
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -57,6 +62,32 @@ def segformer_args(dataset, output_dir, *extra, epochs=3):
     return ["--dataset_name", str(dataset), "--model_config_json", TINY_SEGFORMER, "--image_size", "64",
             "--output_dir", str(output_dir), "--num_train_epochs", str(epochs), "--per_device_train_batch_size", "2",
             "--per_device_eval_batch_size", "4", "--learning_rate", "5e-3", "--n_bootstrap", "200", *COMMON, *extra]
+
+
+_ONE_SCRIPT_AT_A_TIME = threading.Lock()
+
+
+def run_script_in_process(script, arguments, log_path=None, env=None, cwd=None, check=True, what=None) -> int:
+    """`lymphus_ml.runs.run_script` without the process: the script's `main(arguments)` in this one, through
+    `lymphus_ml.cli.run` as its `__main__` runs it, with its stdout and stderr in `log_path`. For tests that read what
+    the runs of a sweep or a benchmark wrote: each real child pays ~8 CPU-s of imports (torch, transformers' Trainer)
+    for ~2 s of training a tiny model. One run at a time (a run seeds the global random generators), whatever the
+    caller's parallelism. The process itself is tested with real children: tests/test_sweep.py's rerun test,
+    tests/test_sweep_hardening.py, the one `__main__` test of each script."""
+    from lymphus_ml import cli
+
+    assert cwd is None, "a run in this process cannot change directory"
+    module = importlib.import_module(Path(script).stem)
+    with _ONE_SCRIPT_AT_A_TIME, open(log_path or "/dev/null", "w") as log:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                cli.run(lambda: module.main([str(argument) for argument in arguments]), arguments)
+                status = 0
+            except SystemExit as exit_info:
+                status = exit_info.code if isinstance(exit_info.code, int) else (0 if exit_info.code is None else 1)
+    if check and status != 0:
+        raise ValueError(f"{what or Path(script).name} failed (exit status {status}); end of {log_path}")
+    return status
 
 
 @pytest.fixture

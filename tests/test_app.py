@@ -398,10 +398,11 @@ def test_push_to_space_refuses_a_local_folder(hub_with_spaces, demo_dir):
                   "--segmenter", str(demo_dir / "segmenter"), "--hub_token", hub_with_spaces.token])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def space_app(hub_with_spaces, hub_models, tmp_path_factory):
     """A Space pushed by app.py, downloaded with snapshot_download and started as a Space starts: `python app.py`
-    with no option in the Space's folder, so it serves the Hub ids of its space_config.json. Yields its URL."""
+    with no option in the Space's folder, so it serves the Hub ids of its space_config.json. Yields its URL.
+    Stopped after this file's tests: a Gradio server idling through the rest of the session costs CPU time."""
     from huggingface_hub import snapshot_download
 
     hub, space_id = hub_with_spaces, f"{hub_with_spaces.user}/lymphus-app"

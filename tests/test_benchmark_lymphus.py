@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fixtures import TINY_VIT  # noqa: E402
+from fixtures import TINY_VIT, run_script_in_process  # noqa: E402
 
 import benchmark_lymphus as bench  # noqa: E402
 import lymphus  # noqa: E402
@@ -277,18 +277,21 @@ def export_dir(small_export):
 
 @pytest.fixture(scope="module")
 def benchmark_run(export_dir, tmp_path_factory):
+    """The study on the small export; its train_vit.py runs in this process (run_script_in_process: their outputs
+    are what the tests read; tests/test_trust.py starts benchmark_lymphus.py itself)."""
     output_dir = tmp_path_factory.mktemp("benchmark") / "report"
-    record = bench.main(
-        [
-            "--dataset_name", str(export_dir),
-            "--output_dir", str(output_dir),
-            "--train_vit_args", json.dumps({"tiny-vit": TINY_TRAIN_VIT}),
-            "--n_bootstrap", "100",
-            # Synthetic features separate the classes almost perfectly; weak ones keep DeLong's variance above 0.
-            "--measurement_columns", "maximum_diameter",
-            "--coded_columns", "margin1,margin2,loss_of_fatty_hilum,internal_component",
-        ]
-    )
+    arguments = [
+        "--dataset_name", str(export_dir),
+        "--output_dir", str(output_dir),
+        "--train_vit_args", json.dumps({"tiny-vit": TINY_TRAIN_VIT}),
+        "--n_bootstrap", "100",
+        # Synthetic features separate the classes almost perfectly; weak ones keep DeLong's variance above 0.
+        "--measurement_columns", "maximum_diameter",
+        "--coded_columns", "margin1,margin2,loss_of_fatty_hilum,internal_component",
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench, "run_script", run_script_in_process)
+        record = bench.main(arguments)
     return output_dir, record
 
 

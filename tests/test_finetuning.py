@@ -18,7 +18,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fixtures import TINY_VIT, vit_args  # noqa: E402
+from fixtures import TINY_VIT, run_script_in_process, vit_args  # noqa: E402
 
 import train_vit  # noqa: E402
 from lymphus_ml import finetuning  # noqa: E402
@@ -184,10 +184,12 @@ def test_sweep_plans_model_by_scheme_by_seed():
             sweep.plan_runs("org/vit-a", "0", None, text)
 
 
-def test_sweep_leaderboard_has_a_row_and_a_forest_group_per_model_and_scheme(small_export, tmp_path):
+def test_sweep_leaderboard_has_a_row_and_a_forest_group_per_model_and_scheme(small_export, tmp_path, monkeypatch):
     from sklearn.metrics import roc_auc_score
 
     import sweep
+
+    monkeypatch.setattr(sweep, "run_script", run_script_in_process)  # the runs' outputs are read, not their processes
 
     config = tmp_path / "vit-micro.json"
     config.write_text(TINY_VIT)

@@ -24,6 +24,8 @@ from sklearn.metrics import recall_score, roc_auc_score
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fixtures import run_script_in_process  # noqa: E402
+
 import sweep  # noqa: E402
 from lymphus_ml import leaderboard, plots  # noqa: E402
 from lymphus_ml.runs import read_run_predictions  # noqa: E402
@@ -62,10 +64,13 @@ def sweep_args(export_dir, output_dir, models, seeds="0,1", *extra):
 
 @pytest.fixture(scope="session")
 def swept(export_dir, configs, tmp_path_factory):
-    """A finished local sweep: 2 models x 2 seeds."""
+    """A finished local sweep: 2 models x 2 seeds, its train_vit.py runs in this process (run_script_in_process;
+    test_a_rerun_skips_finished_runs_and_reports_a_failed_one starts a real one)."""
     output_dir = tmp_path_factory.mktemp("sweep") / "out"
     models = [configs["vit-micro"], configs["convnext-micro"]]
-    sweep.main(sweep_args(export_dir, output_dir, models, "0,1", "--max_parallel_runs", "2"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep, "run_script", run_script_in_process)
+        sweep.main(sweep_args(export_dir, output_dir, models, "0,1", "--max_parallel_runs", "2"))
     return output_dir
 
 
@@ -232,7 +237,8 @@ def test_a_rerun_skips_finished_runs_and_reports_a_failed_one(swept, export_dir,
     assert "| `broken` | 0/1 |" in markdown
 
 
-def test_options_train_vit_refuses_stop_the_sweep_at_the_first_run(export_dir, configs, tmp_path):
+def test_options_train_vit_refuses_stop_the_sweep_at_the_first_run(export_dir, configs, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "run_script", run_script_in_process)  # train_vit.py's own argparse refusal, exit 2
     output_dir = tmp_path / "typo"
     with pytest.raises(ValueError, match=r"--num_train_epoch is an option of neither .* \(did you mean --num_train_epochs\?\)"):
         sweep.main(sweep_args(export_dir, output_dir, [configs["vit-micro"]], "0,1", "--num_train_epoch", "1"))
