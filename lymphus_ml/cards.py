@@ -9,7 +9,6 @@ lymphus_ml.segmenter_card (segmentation_card.md).
 import logging
 from pathlib import Path
 
-from lymphus import LYMPHUS_LICENSE
 from lymphus_ml.evaluation import (
     DEGENERATE_INTERVAL,
     METRIC_DISPLAY_NAMES,
@@ -17,6 +16,7 @@ from lymphus_ml.evaluation import (
     degenerate_interval,
     format_metric,
 )
+from lymphus_ml.release import LYMPHUS_LICENSE
 from lymphus_ml.segmentation import METRIC_DISPLAY_NAMES as SEGMENTATION_DISPLAY_NAMES
 from lymphus_ml.segmentation import SEGMENTATION_METRICS
 
@@ -31,7 +31,7 @@ HUB_METRIC_TYPES = {"roc_auc": "roc_auc", "accuracy": "accuracy", "sensitivity":
 # Held-out sets first; validation (which chose the epoch and the threshold) last.
 REPORTING_ORDER = ("external", "external_predicted_roi", "test", "test_predicted_roi", "validation")
 # The terms of the data the weights were trained on, when neither the base model's nor the user's licence is known:
-# the dataset card's own fields and name for them (lymphus.LYMPHUS_LICENSE), so both say the same thing.
+# the dataset card's own fields and name for them (lymphus_ml.release.LYMPHUS_LICENSE), so both say the same thing.
 LYMPHUS_DATA_LICENSE = dict(LYMPHUS_LICENSE)
 LICENSE_FIELDS = ("license", "license_name", "license_link")
 
@@ -218,7 +218,7 @@ def benchmark_eval_results(kind, split_metrics, data_args, dataset_revision=None
     import yaml
     from huggingface_hub import constants
 
-    from lymphus import CENTRES, benchmark_task_id
+    from lymphus_ml.release import CENTRES, benchmark_task_id
 
     dataset_name, external_config = data_args.dataset_name, data_args.external_config
     if not dataset_name or not dataset_reference(dataset_name)[0]:

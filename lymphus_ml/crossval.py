@@ -1,4 +1,4 @@
-"""Cross-validated development on the dataset's official folds (`fold` column, lymphus.py's assign_folds).
+"""Cross-validated development on the dataset's official folds (`fold` column, lymphus_ml.splits.assign_folds).
 
 K models are trained on train + validation minus one fold each and predict their held-out fold after every
 epoch, so each development case gets one out-of-fold (OOF) prediction per epoch. The number of epochs is the

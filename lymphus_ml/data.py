@@ -74,9 +74,9 @@ def write_synthetic_export(folder, scale=0.25, cases_per_group=None, seed=0, reu
 def export_problems(folder) -> list[str]:
     """What keeps `folder` from being a complete export written by `lymphus.py export`: no marker, a file the
     marker does not list or that changed since, a file it lists that is missing; [] for a complete export."""
-    import lymphus
+    from lymphus_ml.export_folder import export_discrepancies
 
-    return lymphus.export_discrepancies(folder, complete=True)
+    return export_discrepancies(folder, complete=True)
 
 
 def split_sizes(dataset, label_column, class_names) -> dict:

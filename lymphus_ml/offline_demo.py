@@ -255,7 +255,7 @@ def synthetic_examples(folder, per_group: int = 2) -> list[Path]:
     """Example images: the first `per_group` benign-group and malignant-group cases of centre 2 of a synthetic
     release (`lymphus.py synth`, made-up pixels; centre 2 is the offline demo's external centre, unseen in its
     training), as PNG files in `folder`, written once."""
-    import lymphus
+    from lymphus_ml.synthetic_archives import write_synthetic_archives
 
     folder = Path(folder)
     names = [f"synthetic-center2-{group}-{index}.png" for group in ("benign", "malignant")
@@ -264,7 +264,7 @@ def synthetic_examples(folder, per_group: int = 2) -> list[Path]:
         return [folder / name for name in names]
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        archives = lymphus.write_synthetic_archives(scratch, cases_per_group=max(3, per_group), scale=0.5)
+        archives = write_synthetic_archives(scratch, cases_per_group=max(3, per_group), scale=0.5)
         with zipfile.ZipFile(archives[-1]) as archive:
             for member in archive.namelist():
                 found = re.search(r"/(Benign|Malignant)/(\d+) \1 Image\.bmp$", member)

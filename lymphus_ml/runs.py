@@ -8,7 +8,8 @@ with `write_run_predictions`.
 One process tree that dies together: every script started here gets SIGTERM from the kernel when the process that
 started it dies, even by SIGKILL (Linux `PR_SET_PDEATHSIG`), so no trainer goes on writing a run folder with parent
 PID 1; inside `stop_scripts_on_signals()`, SIGINT and SIGTERM end the scripts started here, say so and exit
-non-zero. `folder_lock` keeps a second process out of a folder one is writing.
+non-zero. The forked workers of `lymphus.py export` die with it the same way (`export_worker_init`).
+`folder_lock` keeps a second process out of a folder one is writing.
 """
 
 import contextlib
@@ -67,6 +68,42 @@ def _child_dies_with(parent_pid):
     die_with_parent(signal.SIGTERM)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def export_worker_init(parent_pid):
+    """Tie a worker of `lymphus.py export` (forked, one per centre) to the export: Ctrl-C and SIGTERM are the export's
+    to handle (it stops the workers), and the kernel kills the worker when the export dies, even by SIGKILL, instead
+    of leaving a ~250 MB orphan running."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # blocked by the export while it forked this worker
+    own_progress_bar_lock()
+    if not die_with_parent(signal.SIGKILL):
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:  # the export died before the line above took effect
+        os._exit(1)
+
+
+def own_progress_bar_lock():
+    """Give this worker a tqdm lock of its own. tqdm's default one is a multiprocessing lock, shared with the export
+    across fork: a worker killed while drawing a progress bar (the export kills the other worker on an error) would
+    leave it held, and the next progress bar of the export's process would wait for it forever."""
+    from tqdm import tqdm
+
+    classes = [tqdm]
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        if cls is tqdm or "_lock" in vars(cls):
+            cls.set_lock(threading.RLock())
+
+
+def _exit_when_orphaned(parent_pid):
+    import time
+
+    while os.getppid() == parent_pid:
+        time.sleep(1)
+    os._exit(1)
 
 
 @functools.cache

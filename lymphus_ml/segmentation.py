@@ -12,12 +12,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from lymphus import MASK_LABELS
 from lymphus_ml.evaluation import json_safe
 from lymphus_ml.images import model_input_size, per_channel, processor_mean_std
+from lymphus_ml.release import MASK_LABELS
 
 
-# The segmenter's classes are the export's mask values (lymphus.py's MASK_LABELS: 0 background, 1 lymph node).
+# The segmenter's classes are the export's mask values (lymphus_ml.release.MASK_LABELS: 0 background, 1 lymph node).
 ID2LABEL = MASK_LABELS
 LABEL2ID = {name: index for index, name in ID2LABEL.items()}
 

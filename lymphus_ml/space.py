@@ -68,7 +68,7 @@ def space_card(space_id, classifier, segmenter=None, gradio_version=None):
     the LymphUs terms as its licence (what it serves was trained on LymphUs; the dataset card's name for them)."""
     from huggingface_hub import SpaceCard, SpaceCardData
 
-    from lymphus import LYMPHUS_LICENSE
+    from lymphus_ml.release import LYMPHUS_LICENSE
 
     if gradio_version is None:
         import gradio

@@ -22,6 +22,7 @@ from datasets.exceptions import NonMatchingChecksumError
 from PIL import Image
 
 import lymphus
+from lymphus_ml import export_folder
 
 
 LYMPHUS_PY = Path(lymphus.__file__)
@@ -704,7 +705,8 @@ def archive_server(small_archives, monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setattr(lymphus, "_URLS", {centre: f"{base}/{info['file']}" for centre, info in lymphus._ARCHIVES.items()})
+    # locate_source (lymphus_ml.archives) downloads from these.
+    monkeypatch.setattr("lymphus_ml.archives.URLS", {centre: f"{base}/{info['file']}" for centre, info in lymphus._ARCHIVES.items()})
     yield small_archives
     server.shutdown()
 
@@ -974,7 +976,7 @@ def test_a_kill_right_after_the_swap_leaves_the_new_export_in_place(tmp_path, mo
         assert is_complete_export(output_dir) and is_complete_export(previous)  # both complete, the new one in place
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lymphus, "discard_previous_export", killed)
+    monkeypatch.setattr(export_folder, "discard_previous_export", killed)  # put_in_place calls it
     with pytest.raises(KeyboardInterrupt):
         export(tmp_path / "b", out, overwrite=True)
     assert is_complete_export(out) and sum(len(s) for s in datasets.load_dataset(str(out), "all").values()) == 16
@@ -989,14 +991,14 @@ def test_a_kill_right_after_the_swap_leaves_the_new_export_in_place(tmp_path, mo
 def test_an_old_export_that_cannot_be_deleted_leaves_the_new_one_in_place(small_archives, tmp_path, monkeypatch, caplog):
     out = export(small_archives, tmp_path / "out")
 
-    real_remove_ours = lymphus.remove_ours
+    real_remove_ours = export_folder.remove_ours
 
     def read_only(path):  # the previous export (it has the marker) cannot be deleted, as with a read-only folder
         if (Path(path) / lymphus.EXPORT_MARKER).exists():
             raise PermissionError(13, "Permission denied", str(Path(path) / "data"))
         real_remove_ours(path)
 
-    monkeypatch.setattr(lymphus, "remove_ours", read_only)
+    monkeypatch.setattr(export_folder, "remove_ours", read_only)  # discard_previous_export calls it
     with caplog.at_level(logging.WARNING, logger="lymphus"):
         export(small_archives, out, overwrite=True)
     assert is_complete_export(out)
@@ -1009,7 +1011,7 @@ def test_an_old_export_that_cannot_be_deleted_leaves_the_new_one_in_place(small_
 
 def test_without_an_atomic_exchange_a_swap_cut_short_is_put_back(small_archives, tmp_path, monkeypatch, caplog):
     out = export(small_archives, tmp_path / "out")
-    monkeypatch.setattr(lymphus, "exchange_paths", lambda first, second: False)  # systems without renameat2
+    monkeypatch.setattr(export_folder, "exchange_paths", lambda first, second: False)  # systems without renameat2
     export(small_archives, out, overwrite=True)
     assert is_complete_export(out) and sorted(p.name for p in tmp_path.iterdir()) == ["archives", "out"]
     # Killed between the two renames: the old export is complete beside the path; the next export puts it back.
