@@ -72,8 +72,8 @@ def run_script_in_process(script, arguments, log_path=None, env=None, cwd=None, 
     `lymphus_ml.cli.run` as its `__main__` runs it, with its stdout and stderr in `log_path`. For tests that read what
     the runs of a sweep or a benchmark wrote: each real child pays ~8 CPU-s of imports (torch, transformers' Trainer)
     for ~2 s of training a tiny model. One run at a time (a run seeds the global random generators), whatever the
-    caller's parallelism. The process itself is tested with real children: tests/test_sweep.py's rerun test,
-    tests/test_sweep_hardening.py, the one `__main__` test of each script."""
+    caller's parallelism. The processes are tested with real children: tests/test_sweep_hardening.py (started, stopped
+    and killed by sweep.py), and the one `__main__` test of each script."""
     from lymphus_ml import cli
 
     assert cwd is None, "a run in this process cannot change directory"

@@ -64,8 +64,8 @@ def sweep_args(export_dir, output_dir, models, seeds="0,1", *extra):
 
 @pytest.fixture(scope="session")
 def swept(export_dir, configs, tmp_path_factory):
-    """A finished local sweep: 2 models x 2 seeds, its train_vit.py runs in this process (run_script_in_process;
-    test_a_rerun_skips_finished_runs_and_reports_a_failed_one starts a real one)."""
+    """A finished local sweep: 2 models x 2 seeds, its train_vit.py runs in this process (run_script_in_process:
+    the tests read what they wrote; the sweep's processes are tested with real ones in test_sweep_hardening.py)."""
     output_dir = tmp_path_factory.mktemp("sweep") / "out"
     models = [configs["vit-micro"], configs["convnext-micro"]]
     with pytest.MonkeyPatch.context() as patch:
@@ -216,7 +216,8 @@ def test_forest_plot_and_settings_are_written(swept):
     assert not list(swept.glob("**/.*partial*"))
 
 
-def test_a_rerun_skips_finished_runs_and_reports_a_failed_one(swept, export_dir, configs, tmp_path):
+def test_a_rerun_skips_finished_runs_and_reports_a_failed_one(swept, export_dir, configs, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "run_script", run_script_in_process)  # its processes: tests/test_sweep_hardening.py
     output_dir = tmp_path / "resumed"
     shutil.copytree(swept, output_dir)
     finished = output_dir / "runs" / "vit-micro" / "seed0"
