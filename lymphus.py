@@ -52,7 +52,6 @@ from PIL import Image
 from lymphus_ml import release
 from lymphus_ml.archives import locate_source, read_centre
 from lymphus_ml.archives import read_official_cases as read_official_cases
-from lymphus_ml.archives import sha256_of_file as sha256_of_file
 from lymphus_ml.case_images import load_case
 from lymphus_ml.export_folder import (
     EXPORT_MARKER,

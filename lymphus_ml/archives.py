@@ -30,6 +30,7 @@ from lymphus_ml.release import (
     URLS,
     LymphUsFormatError,
 )
+from lymphus_ml.run_folder import sha256_of_file  # the one file hash (standard library only)
 from lymphus_ml.splits import assign_folds, assign_splits
 from lymphus_ml.spreadsheet import parse_spreadsheet
 
@@ -95,14 +96,6 @@ class CentreSource:
 
     def describe(self, member=None):
         return f"{self.path}" + (f" member '{member}'" if member else "")
-
-
-def sha256_of_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def locate_source(centre, data_dir, dl_manager=None, verify_checksums=True):

@@ -18,7 +18,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from lymphus_ml.archives import sha256_of_file
+from lymphus_ml.run_folder import sha256_of_file
 
 
 # The builder's logger: every message of a build or an export is the `lymphus` logger's, whichever module writes it.
