@@ -254,7 +254,8 @@ def prepare_offline_demo(folder, cases_per_group=None, extra_arguments=(), root=
 def synthetic_examples(folder, per_group: int = 2) -> list[Path]:
     """Example images: the first `per_group` benign-group and malignant-group cases of centre 2 of a synthetic
     release (`lymphus.py synth`, made-up pixels; centre 2 is the offline demo's external centre, unseen in its
-    training), as PNG files in `folder`, written once."""
+    training), as PNG files in `folder`, written once: a file already there under one of their names is used as it
+    is, never overwritten (the folder may hold what someone put there)."""
     from lymphus_ml.synthetic_archives import write_synthetic_archives
 
     folder = Path(folder)
@@ -269,7 +270,7 @@ def synthetic_examples(folder, per_group: int = 2) -> list[Path]:
             for member in archive.namelist():
                 found = re.search(r"/(Benign|Malignant)/(\d+) \1 Image\.bmp$", member)
                 name = found and f"synthetic-center2-{found.group(1).lower()}-{found.group(2)}.png"
-                if name in names:
+                if name in names and not (folder / name).exists():
                     with archive.open(member) as handle:
                         Image.open(handle).convert("L").save(folder / name)
     return [folder / name for name in names]

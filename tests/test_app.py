@@ -179,6 +179,17 @@ def test_offline_demo_trains_what_is_missing_with_the_scripts(demo_dir, tmp_path
     assert len((tmp_path / "train_segformer.calls").read_text().splitlines()) == 2
 
 
+def test_synthetic_examples_write_only_the_missing_ones(examples, tmp_path):
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    mine = folder / examples[0].name
+    mine.write_bytes(b"a file someone put here")
+    written = offline_demo.synthetic_examples(folder)
+    assert [path.name for path in written] == [path.name for path in examples]
+    assert mine.read_bytes() == b"a file someone put here"  # never overwritten
+    assert all(path.read_bytes() == example.read_bytes() for path, example in zip(written[1:], examples[1:]))
+
+
 # predict_image, the page's logic
 
 
