@@ -24,6 +24,13 @@ written with the odd bytes escaped (\\xff). The table is renamed into place comp
 masks/<name>.png (the predicted mask, pixel values 0 = background, 1 = node: multiply by 255 to view it; <name> is
 the file's stem, made unique when stems clash) and, with --save_overlays, overlays/<name>.png (the predicted
 contour in red).
+
+--output_dir is predict.py's only when it is missing, empty, or holds exactly what an earlier predict.py run listed
+in its .lymphus-predict.json (every file it wrote, with its size and SHA-256). Anything else there (a file of yours,
+a listed file changed since, a link) is refused by name before anything is written or deleted and before the models
+load. Reusing the folder deletes the earlier run's files first, so no mask of an image that is not in this run is
+left behind. A run cut short leaves its marker saying "running" and no predictions.csv; the next run into the folder
+replaces what it wrote (lymphus_ml/predict_folder.py says why).
 """
 
 import csv
@@ -49,6 +56,7 @@ from lymphus_ml.inference import (
     load_segmenter,
 )
 from lymphus_ml.plots import PREDICTED_COLOR, overlay_contours
+from lymphus_ml.predict_folder import check_output_folder, claim_output_folder, complete_output_folder
 
 
 logger = logging.getLogger(__name__)
@@ -193,14 +201,27 @@ def output_names(paths) -> list[str]:
     return names
 
 
+def partial_path(path) -> Path:
+    """Where write_predictions_csv writes `path` before renaming it into place (listed as ours while a run writes)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def planned_outputs(names, folders) -> list[str]:
+    """Every file a run may write into --output_dir, relative to it, known before anything is written: the table, its
+    partial file, and <folder>/<name>.png for each of `folders` (masks, overlays) and each of `names` (output_names)."""
+    table = "predictions.csv"
+    return [table, partial_path(table).as_posix()] + [f"{folder}/{name}.png" for folder in folders for name in names]
+
+
 def write_predictions_csv(path, rows, positive_label="malignant") -> Path:
     """One row per input file: its prediction, or `status` "failed: <why>" / "skipped: <why>" with the prediction
-    columns empty. UTF-8; written to a temporary file beside `path` and renamed into place, so `path` is either the
-    complete table or not there (a previous run's stays as it was until then)."""
+    columns empty. UTF-8; written to a temporary file beside `path` (partial_path) and renamed into place, so `path`
+    is either the complete table or not there (a table already there stays as it was until then)."""
     path = Path(path)
     fieldnames = ["file", "status", f"probability_{positive_label}", "label_at_threshold", "threshold", "mask_path",
                   "node_pixels", "roi"] + (["conformal_set"] if any("conformal_set" in row for row in rows) else [])
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = partial_path(path)
     try:
         with open(partial, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=fieldnames)
@@ -236,33 +257,12 @@ def prediction_row(path, name, image, probability, mask, roi, threshold, setting
     }
 
 
-def main(args=None):
-    # Arguments
-    (predict_args,) = parse_arguments([PredictArguments], args)
-    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
-    logger.setLevel(logging.INFO)
-    entries = list_inputs(predict_args.input)
-    paths = [entry for entry, why in entries if why == ""]
-    output_dir = Path(predict_args.output_dir)
-    loading = dict(device=predict_args.device, revision=predict_args.revision, cache_dir=predict_args.cache_dir)
-
-    # Models: the classifier says which ROI it needs
-    classifier, classifier_processor = load_classifier(predict_args.classifier, **loading)
-    settings = classifier_settings(classifier.config)
-    roi_mode, margin, positive = settings["roi_mode"], settings["roi_margin"], settings["positive_label"]
-    threshold = settings["threshold"] if predict_args.threshold is None else predict_args.threshold
-    check_segmenter_given(predict_args.classifier, roi_mode, predict_args.segmenter)
-    segmenter, segmenter_processor = None, None
-    if predict_args.segmenter is not None:
-        segmenter, segmenter_processor = load_segmenter(predict_args.segmenter, **loading)
-        (output_dir / "masks").mkdir(parents=True, exist_ok=True)
-        if predict_args.save_overlays:
-            (output_dir / "overlays").mkdir(parents=True, exist_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    logger.info(f"{len(paths)} image(s); classifier ROI {roi_mode} (margin {margin}), threshold {threshold:.4f}")
-
-    # Segment, crop with the predicted mask, classify: a batch of files at a time; a file that fails is reported
-    predicted, names, batch_size = {}, output_names(paths), predict_args.batch_size
+def predict_images(paths, names, models, settings, threshold, batch_size, output_dir, save_overlays) -> dict:
+    """{path: its CSV row}: segment, crop with the predicted mask, classify, a batch of files at a time; a file that
+    cannot be read gets a "failed: <why>" row and the others go on. models: (classifier, its processor, segmenter,
+    its processor), the segmenter's None for a full-image classifier."""
+    classifier, classifier_processor, segmenter, segmenter_processor = models
+    predicted = {}
     for start in range(0, len(paths), batch_size):
         batch_paths, batch_names = paths[start : start + batch_size], names[start : start + batch_size]
         images, errors = read_images(batch_paths)
@@ -278,15 +278,51 @@ def main(args=None):
                 continue
             probability, mask, roi, _ = by_index[index]
             predicted[path] = prediction_row(path, name, images[index], probability, mask, roi, threshold, settings,
-                                             output_dir, predict_args.save_overlays)
+                                             output_dir, save_overlays)
+    return predicted
 
-    # Outputs: every file of --input has its row (predicted, failed or skipped, in folder order); the exit status
-    # says whether any failed
+
+def main(args=None):
+    # Arguments; --output_dir is refused before the models load unless it is provably ours (lymphus_ml.predict_folder)
+    (predict_args,) = parse_arguments([PredictArguments], args)
+    logging.basicConfig(format="%(levelname)s - %(name)s - %(message)s", handlers=[logging.StreamHandler(sys.stdout)])
+    logger.setLevel(logging.INFO)
+    entries = list_inputs(predict_args.input)
+    paths = [entry for entry, why in entries if why == ""]
+    output_dir = Path(predict_args.output_dir)
+    check_output_folder(output_dir)
+    loading = dict(device=predict_args.device, revision=predict_args.revision, cache_dir=predict_args.cache_dir)
+
+    # Models: the classifier says which ROI it needs
+    classifier, classifier_processor = load_classifier(predict_args.classifier, **loading)
+    settings = classifier_settings(classifier.config)
+    roi_mode, margin, positive = settings["roi_mode"], settings["roi_margin"], settings["positive_label"]
+    threshold = settings["threshold"] if predict_args.threshold is None else predict_args.threshold
+    check_segmenter_given(predict_args.classifier, roi_mode, predict_args.segmenter)
+    segmenter, segmenter_processor = None, None
+    if predict_args.segmenter is not None:
+        segmenter, segmenter_processor = load_segmenter(predict_args.segmenter, **loading)
+    logger.info(f"{len(paths)} image(s); classifier ROI {roi_mode} (margin {margin}), threshold {threshold:.4f}")
+
+    # The output folder: marked as this run's with every name it may write, the earlier run's files deleted
+    names = output_names(paths)
+    folders = (["masks"] + (["overlays"] if predict_args.save_overlays else [])) if segmenter is not None else []
+    planned = planned_outputs(names, folders)
+    claim_output_folder(output_dir, planned, folders)
+
+    # Segment, crop with the predicted mask, classify; every file of --input has its row (predicted, failed or
+    # skipped, in folder order)
+    models = (classifier, classifier_processor, segmenter, segmenter_processor)
+    predicted = predict_images(paths, names, models, settings, threshold, predict_args.batch_size, output_dir,
+                               predict_args.save_overlays)
     rows = [predicted[entry] if why == "" else {"file": display_name(entry), "status": why} for entry, why in entries]
     for row in rows:
         if row["status"] != "ok":
             logger.warning(f"{row['file']}: not predicted: {row['status']}")
+
+    # Outputs: the table, then the marker says the folder is complete; the exit status says whether any file failed
     csv_path = write_predictions_csv(output_dir / "predictions.csv", rows, positive)
+    complete_output_folder(output_dir, planned, folders)
     failed = [row for row in rows if row["status"].startswith("failed")]
     skipped = [row for row in rows if row["status"].startswith("skipped")]
     logger.info(

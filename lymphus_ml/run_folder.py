@@ -75,8 +75,9 @@ def is_run_output(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_OUTPUT_FILES)
 
 
-def folder_entries(folder) -> tuple[list[str], list[str], list[str]]:
-    """(files, folders, links) under `folder` as sorted POSIX relative paths; the marker and DRIVER_FILES left out."""
+def folder_entries(folder, skip=(RUN_MARKER, *DRIVER_FILES)) -> tuple[list[str], list[str], list[str]]:
+    """(files, folders, links) under `folder` as sorted POSIX relative paths; the files named in `skip` (by default
+    the run marker and DRIVER_FILES) left out, unless they are links."""
     folder = Path(folder)
     files, folders, links = [], [], []
     for directory, subfolders, names in os.walk(folder):
@@ -87,7 +88,7 @@ def folder_entries(folder) -> tuple[list[str], list[str], list[str]]:
                 links.append(relative)
             elif name in subfolders:
                 folders.append(relative)
-            elif relative != RUN_MARKER and relative not in DRIVER_FILES:
+            elif relative not in skip:
                 files.append(relative)
         subfolders[:] = [name for name in subfolders if not (Path(directory) / name).is_symlink()]
     return sorted(files), sorted(folders), sorted(links)

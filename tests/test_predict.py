@@ -2,12 +2,16 @@
 
 A tiny segmenter (train_segformer.main) and a tiny `--roi crop` ViT (train_vit.main) are trained on the same tiny
 synthetic export. References are independent where one exists: numpy slicing for the crop, transformers'
-`pipeline("image-classification")` for the probabilities, PIL for the written masks.
+`pipeline("image-classification")` for the probabilities, PIL for the written masks; for the output folder (what
+predict.py may write, reuse or must refuse), the file system and hashlib.
 """
 
 import csv
+import errno
+import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -245,3 +249,149 @@ def test_main_names_an_unreadable_image_in_the_folder(segmenter_dir, classifier_
     with pytest.raises(ValueError, match="zz-bad.bmp"):
         predict.main(["--input", str(tmp_path), "--classifier", str(classifier_dir), "--segmenter", str(segmenter_dir),
                       "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
+
+
+# The output folder: predict.py's only where its marker proves it (lymphus_ml.predict_folder)
+
+
+MARKER = ".lymphus-predict.json"
+
+
+def snapshot(folder):
+    """{relative path: its bytes, a link's target, or "folder"} for everything under `folder`."""
+    return {
+        path.relative_to(folder).as_posix(): os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else "folder"
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def copy_images(image_folder, folder, count):
+    """The first `count` images of `image_folder` copied into the new folder `folder`."""
+    folder.mkdir()
+    for path in predict.list_images(image_folder)[:count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def predict_into(output_dir, input_folder, classifier_dir, segmenter_dir, *extra):
+    return ["--input", str(input_folder), "--classifier", str(classifier_dir), "--segmenter", str(segmenter_dir),
+            "--output_dir", str(output_dir), "--device", "cpu", *extra]
+
+
+def assert_complete(output_dir, rows, input_folder):
+    """The folder holds exactly the run's table and masks (and overlays), each listed in a complete marker with its
+    size and SHA-256 (hashlib, read back here), and the marker names nothing of the inputs."""
+    marker = json.loads((output_dir / MARKER).read_text())
+    files = {path.relative_to(output_dir).as_posix() for path in output_dir.rglob("*") if path.is_file()} - {MARKER}
+    assert marker["status"] == "complete" and files == set(marker["files"])
+    for name, entry in marker["files"].items():
+        data = (output_dir / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert {name for name in files if name.startswith("masks/")} == {row["mask_path"] for row in rows}
+    assert [row["file"] for row in read_csv(output_dir / "predictions.csv")] == [row["file"] for row in rows]
+    assert str(input_folder) not in (output_dir / MARKER).read_text()
+
+
+@pytest.fixture(scope="module")
+def earlier_run(segmenter_dir, classifier_dir, image_folder, tmp_path_factory):
+    """(folder, rows) of a complete run on 3 images with --save_overlays: tests copy the folder."""
+    output_dir = tmp_path_factory.mktemp("earlier-run") / "out"
+    inputs = copy_images(image_folder, tmp_path_factory.mktemp("three") / "images", 3)
+    rows = predict.main(predict_into(output_dir, inputs, classifier_dir, segmenter_dir, "--save_overlays"))
+    assert_complete(output_dir, rows, inputs)
+    assert len(list((output_dir / "overlays").iterdir())) == 3
+    return output_dir, rows
+
+
+def users_own_table(folder):
+    folder.mkdir()
+    (folder / "predictions.csv").write_text("file,my_notes\nscan-1.png,follow up in 6 months\n")
+    return "'predictions.csv' (not written by predict.py)"
+
+
+def unlisted_file(folder):
+    (folder / "masks" / "my-annotation.png").write_bytes(b"a user's file")
+    return "'masks/my-annotation.png' (not written by predict.py)"
+
+
+def changed_mask(folder):
+    mask = sorted((folder / "masks").iterdir())[0]
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(mask)  # the user corrected the mask
+    return f"'masks/{mask.name}' (changed since predict.py wrote it)"
+
+
+def forged_marker(folder):
+    marker = json.loads((folder / MARKER).read_text())
+    marker["files"]["../outside.png"] = None
+    (folder / MARKER).write_text(json.dumps({**marker, "status": "running"}))
+    return f"'{MARKER}' (not a marker predict.py wrote)"
+
+
+def linked_overlay(folder):
+    overlay = sorted((folder / "overlays").iterdir())[0]
+    overlay.unlink()
+    overlay.symlink_to(folder.parent / "elsewhere.png")
+    return f"'overlays/{overlay.name}' (a link)"
+
+
+@pytest.mark.parametrize("tamper", [users_own_table, unlisted_file, changed_mask, forged_marker, linked_overlay])
+def test_an_output_dir_holding_what_predict_py_did_not_write_is_refused_untouched(
+    tamper, earlier_run, segmenter_dir, image_folder, tmp_path, run_cli
+):
+    """Refused before anything is written or deleted, and before the models load: the classifier given does not
+    exist, so a later check would report that instead."""
+    output_dir = tmp_path / "out"
+    if tamper is not users_own_table:
+        shutil.copytree(earlier_run[0], output_dir, symlinks=True)
+    (tmp_path / "elsewhere.png").write_bytes(b"not ours")
+    named = tamper(output_dir)
+    before = snapshot(output_dir)
+    status, _, err = run_cli(predict, *predict_into(output_dir, image_folder, tmp_path / "never-loaded", segmenter_dir))
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert status == 1 and len(errors) == 1 and "Traceback" not in err
+    assert f"--output_dir {output_dir} holds {named}" in errors[0]
+    assert "nothing was written or deleted" in errors[0] and "Choose another --output_dir" in errors[0]
+    assert snapshot(output_dir) == before
+
+
+def test_a_second_run_with_fewer_images_leaves_only_its_own_outputs(
+    earlier_run, segmenter_dir, classifier_dir, image_folder, tmp_path
+):
+    output_dir = tmp_path / "out"
+    shutil.copytree(earlier_run[0], output_dir)
+    inputs = copy_images(image_folder, tmp_path / "one", 1)
+    rows = predict.main(predict_into(output_dir, inputs, classifier_dir, segmenter_dir))  # no overlays this time
+    assert len(earlier_run[1]) == 3 and len(rows) == 1
+    assert_complete(output_dir, rows, inputs)
+    assert [path.name for path in (output_dir / "masks").iterdir()] == [Path(rows[0]["mask_path"]).name]
+    assert not (output_dir / "overlays").exists()
+
+
+def test_an_interrupted_run_leaves_a_folder_the_next_run_replaces(
+    earlier_run, segmenter_dir, classifier_dir, image_folder, tmp_path, monkeypatch, run_cli
+):
+    """The disk fills up after the first mask: the folder does not look complete (no predictions.csv, the marker
+    says "running"), holds nothing of the earlier run, and the next run into it writes complete outputs."""
+    output_dir = tmp_path / "out"
+    shutil.copytree(earlier_run[0], output_dir)
+    inputs = copy_images(image_folder, tmp_path / "two", 2)
+    original, written = predict.prediction_row, []
+
+    def disk_full_after_one_image(*args):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(original(*args))
+        return written[-1]
+
+    monkeypatch.setattr(predict, "prediction_row", disk_full_after_one_image)
+    status, _, err = run_cli(predict, *predict_into(output_dir, inputs, classifier_dir, segmenter_dir, "--save_overlays"))
+    assert status == 1 and "error: [Errno 28] No space left on device" in err
+    assert json.loads((output_dir / MARKER).read_text())["status"] == "running"
+    assert not (output_dir / "predictions.csv").exists()
+    left = {path.relative_to(output_dir).as_posix() for path in output_dir.rglob("*") if path.is_file()} - {MARKER}
+    assert left == {written[0]["mask_path"], "overlays/" + Path(written[0]["mask_path"]).name}
+    monkeypatch.setattr(predict, "prediction_row", original)
+    rows = predict.main(predict_into(output_dir, inputs, classifier_dir, segmenter_dir))
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert_complete(output_dir, rows, inputs)
+    assert not (output_dir / "overlays").exists()
