@@ -189,9 +189,7 @@ def train_vit_options_in_process():
     in this process (`lymphus_ml.cli.run(train_vit.main)` with `--help`, at the child's COLUMNS=1000) and is read by
     the same `runs.help_option_names`; any other script, and tests/test_sweep.py's test of the child, take the real
     path. train_vit's process start itself is tested in tests/test_layout_and_jobs.py."""
-    import contextlib
     import functools
-    import importlib
     import io
 
     from lymphus_ml import cli, runs
