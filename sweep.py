@@ -73,7 +73,8 @@ from lymphus_ml.hub import (
     resolve_hub_token,
     without_boolean_flag,
 )
-from lymphus_ml.leaderboard import row_from_metrics_files, write_leaderboard, write_text_atomic
+from lymphus_ml.leaderboard import row_from_metrics_files, write_leaderboard
+from lymphus_ml.run_folder import write_text_atomic
 from lymphus_ml.runs import (
     TRAIN_VIT_SCRIPT,
     folder_lock,

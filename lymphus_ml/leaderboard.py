@@ -20,6 +20,7 @@ import numpy as np
 
 from lymphus_ml.evaluation import CLINICAL_METRIC_PATH, format_estimate, json_safe, metric_functions
 from lymphus_ml.plots import forest_entries, plot_forest
+from lymphus_ml.run_folder import write_text_atomic
 from lymphus_ml.runs import CV_DEVELOPMENT_SPLIT, RUN_SPLITS
 
 
@@ -68,15 +69,6 @@ CSV_COLUMNS = (
     "model", "model_slug", "finetuning", "seed", "status", "roi", "youden_threshold", "confidence_level",
     *metric_columns(), *CV_COLUMNS, "run_dir", "hub_repo", "hub_commit", "job_id", "returncode", "error",
 )
-
-
-def write_text_atomic(path, text: str) -> Path:
-    """Write beside `path`, then rename: a reader never sees half a file."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-    return path
 
 
 def number(value):

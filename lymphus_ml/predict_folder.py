@@ -27,13 +27,20 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lymphus_ml.run_folder import OutputFolderError, folder_entries, running_process, sha256_of_file
+from lymphus_ml.run_folder import (
+    OutputFolderError,
+    folder_entries,
+    running_process,
+    sha256_of_file,
+    write_text_atomic,
+)
 
 
 PREDICT_MARKER = ".lymphus-predict.json"
 PREDICT_FORMAT = "lymphus-predict"
-# The one name the marker is written under before its rename: only predict.py writes it, the next write replaces it.
-MARKER_PARTIAL = f"{PREDICT_MARKER}.partial"
+# The one name the marker is written under before its rename (run_folder.write_text_atomic's): only predict.py
+# writes it, the next write replaces it.
+MARKER_PARTIAL = f".{PREDICT_MARKER}.partial"
 SCRIPT = "predict.py"
 # Every name predict.py writes: the table and its partial file (predict.write_predictions_csv), masks, overlays.
 PREDICT_NAME = re.compile(r"predictions\.csv|\.predictions\.csv\.[0-9]+\.partial|(masks|overlays)/[^/\\\x00]+\.png")
@@ -144,6 +151,4 @@ def write_marker(folder, status: str, files: dict, folders: list[str]) -> None:
     marker = {"format": PREDICT_FORMAT, "script": SCRIPT, "status": status, "host": socket.gethostname(),
               "pid": os.getpid(), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "folders": folders, "files": files}
-    partial = Path(folder) / MARKER_PARTIAL
-    partial.write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
-    os.replace(partial, Path(folder) / PREDICT_MARKER)
+    write_text_atomic(Path(folder) / PREDICT_MARKER, json.dumps(marker, indent=1) + "\n")

@@ -54,6 +54,15 @@ def sha256_of_file(path) -> str:
     return digest.hexdigest()
 
 
+def write_text_atomic(path, text: str) -> Path:
+    """Write beside `path`, then rename: a reader never sees half a file."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+    return path
+
+
 def read_run_marker(folder) -> dict | None:
     """The run marker of `folder` (a dict listing its files), or None where there is none or it is not ours."""
     try:

@@ -13,7 +13,8 @@ from datetime import datetime
 from pathlib import Path
 
 from lymphus_ml.hub import check_hub_job_request, is_option, launch_job, option_name
-from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files, write_text_atomic
+from lymphus_ml.leaderboard import row_from_eval_results, row_from_metrics_files
+from lymphus_ml.run_folder import write_text_atomic
 from lymphus_ml.runs import CV_DEVELOPMENT_SPLIT, RUN_SPLITS, TRAIN_VIT_SCRIPT, read_run_predictions
 
 
