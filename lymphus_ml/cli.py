@@ -152,6 +152,9 @@ def error_message(error: BaseException) -> str:
         and type(error.__cause__).__name__ != "_RemoteTraceback"
     ):
         error = error.__cause__
+    if type(error) is FileExistsError and error.filename and os.path.isfile(error.filename):
+        # mkdir(exist_ok=True) on a file: "[Errno 17] File exists" would not say that a folder was wanted there.
+        return f"{error.filename} is a file, where a folder is needed: it is left as it is; choose another folder."
     text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
     return text or type(error).__name__
 

@@ -574,6 +574,14 @@ def assert_one_line(status, stderr, *culprits):
         assert culprit in lines[0], stderr
 
 
+def test_synth_into_a_file_names_it_and_leaves_it(tmp_path, capsys):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    status, stderr = run_command(["synth", "--output_dir", str(mine)], capsys)
+    assert_one_line(status, stderr, f"{mine} is a file, where a folder is needed")
+    assert mine.read_text() == "mine"
+
+
 def test_a_tampered_marker_is_one_message_for_overwrite_and_push(small_archives, tmp_path, local_hub, monkeypatch, capsys):
     import shutil
 
